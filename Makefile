@@ -1,0 +1,44 @@
+# The two commands: `make run` and `make test`. Both build .venv and install vsand.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+STATE   ?= var/demo
+PYTEST_ARGS ?=
+
+# Debian packages the interop tests drive (real NBD clients, fio, FUSE, filesystems).
+DEB_PKGS := libnbd-bin python3-libnbd nbdkit nbdfuse nbd-client qemu-utils fio fuse3 e2fsprogs
+
+.PHONY: run test venv deps bench check clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test,fast]'
+	touch $@
+
+venv: $(STAMP)
+
+# Installs missing Debian packages when run as root; otherwise the tests that need
+# them skip with the reason.
+deps:
+	@missing=""; for p in $(DEB_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	else echo "not root: tests needing$$missing will skip"; fi
+
+run: venv
+	$(BIN)/vsand demo --state-dir $(STATE)
+
+test: venv deps
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: venv
+	$(BIN)/python scripts/bench_mapmem.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .hypothesis

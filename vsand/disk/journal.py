@@ -1,0 +1,71 @@
+"""What the next metadata commit must record, and what it may release.
+
+Map changes are collected as "segment k of LD x changed" and turned into records
+from the *current* entries at commit time, so a segment written a thousand times
+between two flushes costs one record. Freed slots and RSD indices wait here until
+the commit that records their release is durable.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+FULL_LMAP_THRESHOLD = 256  # more touched entries than this in one LMAP: log it whole
+
+
+class Journal:
+    def __init__(self):
+        self.records: list[dict] = []
+        self.segs: dict[int, set[int]] = {}
+        self.lmaps: dict[int, set[int]] = {}
+        self.slots: list[tuple[object, int, int]] = []
+        self.rsd_ids: list[tuple[object, int]] = []
+
+    def add(self, rec: dict) -> None:
+        self.records.append(rec)
+
+    def touch(self, ld_id: int, k: int) -> None:
+        s = self.segs.get(ld_id)
+        if s is None:
+            s = self.segs[ld_id] = set()
+        s.add(k)
+
+    def touch_lmaps(self, ld_id: int, lis) -> None:
+        self.lmaps.setdefault(ld_id, set()).update(lis)
+
+    def forget(self, ld_id: int) -> None:
+        self.segs.pop(ld_id, None)
+        self.lmaps.pop(ld_id, None)
+
+    def empty(self) -> bool:
+        return not (self.records or self.segs or self.lmaps)
+
+    def take(self, lds: dict) -> list[dict]:
+        """Records for this commit: structural ones in order, then map contents."""
+        out = self.records
+        self.records = []
+        for ld_id in sorted(set(self.segs) | set(self.lmaps)):
+            ld = lds.get(ld_id)
+            if ld is None:
+                continue
+            l2 = ld.l2
+            whole = set(self.lmaps.get(ld_id, ()))
+            ks = np.fromiter(self.segs.get(ld_id, ()), dtype=np.int64)
+            ks = ks[ks < l2.nsegs]
+            if len(ks):
+                lis, counts = np.unique(ks >> l2.shift, return_counts=True)
+                whole.update(int(li) for li, c in zip(lis, counts) if c > FULL_LMAP_THRESHOLD)
+                ks = ks[~np.isin(ks >> l2.shift, list(whole))] if whole else ks
+            for li in sorted(whole):
+                if li < len(l2.lmaps):
+                    lm = l2.lmaps[li]
+                    out.append({"t": "lmap", "ld": ld_id, "li": li,
+                                "e": b"" if lm is None else lm.tobytes()})
+            if len(ks):
+                ks.sort()
+                es = np.fromiter((l2.get(int(k)) for k in ks), dtype=np.uint32, count=len(ks))
+                out.append({"t": "map", "ld": ld_id, "k": ks.astype(np.uint32).tobytes(),
+                            "e": es.tobytes()})
+        self.segs.clear()
+        self.lmaps.clear()
+        return out

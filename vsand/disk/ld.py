@@ -1,0 +1,148 @@
+"""A logical disk: byte-range I/O over 1 MiB segments, thin allocation.
+
+Requests are validated here once (range, length) and then split per segment.
+A segment never written has an unallocated entry and reads as zeros without any
+drive I/O; a newly allocated segment is zeroed on its members before a partial
+write, so it can never show bytes of an earlier owner.
+"""
+
+from __future__ import annotations
+
+from ..errors import OutOfRange, ReadOnly
+from ..mapping.lmap import ALLOCATED, L2map, SS, entry_rsd, entry_slot
+
+
+class LogicalDisk:
+    def __init__(self, pool, ld_id: int, name: str, size: int, raid: int, ldad: str,
+                 attrs: dict | None = None):
+        self.pool = pool
+        self.id = ld_id
+        self.name = name
+        self.size = size
+        self.raid = raid
+        self.ldad = ldad
+        self.attrs = dict(attrs or {})
+        u = pool.units
+        self.seg = u.segment
+        self.l2 = L2map(size // u.segment, u.lmap_segments)
+        self.table = pool.space.table(raid, ldad)
+        self.open_rsd: int | None = None
+        self.succ: LogicalDisk | None = None
+        self.pred: LogicalDisk | None = None
+
+    # ---- helpers -----------------------------------------------------------------
+    def _check(self, off: int, n: int) -> None:
+        if off < 0 or n < 0 or off + n > self.size:
+            raise OutOfRange(f"{self.name}: range {off}+{n} is outside 0..{self.size}")
+
+    def _check_writable(self) -> None:
+        if self.attrs.get("read_only"):
+            raise ReadOnly(f"{self.name} is read-only")
+
+    def _pieces(self, off: int, n: int):
+        seg = self.seg
+        end = off + n
+        while off < end:
+            k, so = divmod(off, seg)
+            m = min(seg - so, end - off)
+            yield k, so, m
+            off += m
+
+    def _holder(self, k: int) -> tuple["LogicalDisk", int]:
+        ld, e = self, self.l2.get(k)
+        while e & SS:
+            ld = ld.succ
+            e = ld.l2.get(k)
+        return ld, e
+
+    # ---- read --------------------------------------------------------------------
+    def read(self, off: int, n: int) -> bytes:
+        self._check(off, n)
+        pool = self.pool
+        seg = self.seg
+        k, so = divmod(off, seg)
+        if so + n <= seg:  # fast path: one segment
+            holder, e = self._holder(k)
+            if not e & ALLOCATED:
+                return bytes(n)
+            return pool.rio.read(self.raid, pool.space.members(holder.table, entry_rsd(e)),
+                                 entry_slot(e), so, n)
+        parts = []
+        for k, so, m in self._pieces(off, n):
+            holder, e = self._holder(k)
+            if not e & ALLOCATED:
+                parts.append(bytes(m))
+            else:
+                parts.append(pool.rio.read(self.raid, pool.space.members(holder.table, entry_rsd(e)),
+                                           entry_slot(e), so, m))
+        return b"".join(parts)
+
+    # ---- write -------------------------------------------------------------------
+    def write(self, off: int, data) -> None:
+        mv = memoryview(data).cast("B")
+        self._check(off, len(mv))
+        self._check_writable()
+        pos = 0
+        for k, so, m in self._pieces(off, len(mv)):
+            self._write_segment(k, so, mv[pos:pos + m])
+            pos += m
+
+    def _write_segment(self, k: int, so: int, data) -> None:
+        pool = self.pool
+        e = self.l2.get(k)
+        fresh = not e & ALLOCATED
+        if fresh:
+            e = pool.space.alloc_segment(self)
+            self.l2.set(k, e)
+            pool.journal.touch(self.id, k)
+        members = pool.space.members(self.table, entry_rsd(e))
+        if fresh and len(data) < self.seg:
+            pool.rio.zero(self.raid, members, entry_slot(e))
+        pool.intend(self.table, entry_rsd(e))
+        pool.rio.write(self.raid, members, entry_slot(e), so, data)
+
+    def _zero_range(self, off: int, n: int) -> None:
+        self._check(off, n)
+        self._check_writable()
+        pool = self.pool
+        for k, so, m in self._pieces(off, n):
+            e = self.l2.get(k)
+            if not e & ALLOCATED:
+                continue
+            if m == self.seg:
+                self.l2.set(k, 0)
+                pool.space.free_segment(self, e)
+                pool.journal.touch(self.id, k)
+            else:
+                members = pool.space.members(self.table, entry_rsd(e))
+                pool.intend(self.table, entry_rsd(e))
+                pool.rio.write(self.raid, members, entry_slot(e), so, bytes(m))
+
+    def trim(self, off: int, n: int) -> None:
+        """Whole segments are unmapped (and read as zeros); partial ones are zeroed."""
+        self._zero_range(off, n)
+
+    def write_zeroes(self, off: int, n: int) -> None:
+        self._zero_range(off, n)
+
+    def flush(self) -> None:
+        self.pool.flush()
+
+    # ---- whole-LD operations (called by the pool) ------------------------------
+    def free_from(self, k0: int) -> None:
+        """Unmaps every segment at index >= k0 (shrink, delete)."""
+        ks, es = self.l2.allocated()
+        sel = ks >= k0
+        for k, e in zip(ks[sel].tolist(), es[sel].tolist()):
+            self.pool.space.free_segment(self, e)
+            self.l2.set(k, 0)
+        self.pool.journal.touch_lmaps(self.id, {k >> self.l2.shift for k in ks[sel].tolist()})
+
+    def allocated_segments(self) -> int:
+        ks, _ = self.l2.allocated()
+        return len(ks)
+
+    def info(self) -> dict:
+        return {"id": self.id, "name": self.name, "size": self.size, "raid": self.raid,
+                "ldad": self.ldad, "allocated": self.allocated_segments() * self.seg,
+                **self.attrs}

@@ -1,0 +1,55 @@
+"""Typed errors shared by the storage layers.
+
+Every error carries an errno so that the one place that turns storage errors into
+protocol or CLI answers (server/, control/) needs no knowledge of the layer that
+raised it.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+
+
+class VsanError(Exception):
+    """Base class; ``errno`` tells what a client should be told."""
+
+    errno = _errno.EIO
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(VsanError):
+    errno = _errno.EINVAL
+
+
+class OutOfRange(VsanError):
+    # NBD answers out-of-range requests with EINVAL; ENOSPC is kept for a full pool.
+    errno = _errno.EINVAL
+
+
+class NoSpace(VsanError):
+    errno = _errno.ENOSPC
+
+
+class IOFailure(VsanError):
+    errno = _errno.EIO
+
+
+class NotFound(VsanError):
+    errno = _errno.ENOENT
+
+
+class Exists(VsanError):
+    errno = _errno.EEXIST
+
+
+class ReadOnly(VsanError):
+    errno = _errno.EPERM
+
+
+class Corrupt(VsanError):
+    """On-disk metadata failed a checksum or a consistency rule."""
+
+    errno = _errno.EIO

@@ -1,0 +1,27 @@
+"""Named crash points for the crash tests (DESIGN.md §12, like nbdkit's error filter).
+
+``VSAND_CRASHPOINT=name[:n]`` makes the process SIGKILL itself the n-th time (default
+1st) it passes ``crashpoint(name)``. Unset, a crash point costs one dict lookup.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+_spec = os.environ.get("VSAND_CRASHPOINT", "")
+_points: dict[str, int] = {}
+for _item in filter(None, _spec.split(",")):
+    _name, _, _n = _item.partition(":")
+    _points[_name] = int(_n or 1)
+
+
+def crashpoint(name: str) -> None:
+    if name in _points:
+        _points[name] -= 1
+        if _points[name] <= 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def armed() -> bool:
+    return bool(_points)

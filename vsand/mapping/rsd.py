@@ -1,0 +1,123 @@
+"""RSD tables: RStore descriptors in compact chunked arrays, one table per
+(RAID type, LDAD).
+
+A member is stored as one uint32, ``drive << 24 | pseg`` (256 drives, 16M PSEGs
+= 32 TiB per drive). RAID1 stores only the first copy of each of its 4 columns:
+the second copy sits on the partner drive of the RSS pair at the same PSEG number
+(the allocator takes pair PSEGs in lock step), so RAID1 costs 16 bytes per 8 MiB
+like RAID0 instead of 32. Per mapped MiB: RAID0 and RAID1 2 bytes, RAID5 2.5.
+
+Chunks of a fixed row count keep growth from doubling memory, and a freed RSD
+index is reused only after the transaction that freed it commits.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+STORED_WIDTH = {0: 4, 1: 4, 5: 5}
+DEAD = 0xFFFFFFFF
+CHUNK = 16384
+
+
+def pack_member(drive: int, pseg: int) -> int:
+    assert 0 <= drive < 256 and 0 <= pseg < (1 << 24)
+    return (drive << 24) | pseg
+
+
+def unpack_member(m: int) -> tuple[int, int]:
+    return m >> 24, m & 0xFFFFFF
+
+
+class RsdTable:
+    def __init__(self, raid: int, ldad: str):
+        self.raid = raid
+        self.ldad = ldad
+        self.width = STORED_WIDTH[raid]
+        self.chunks: list[np.ndarray] = []
+        self.count = 0               # indices < count have been handed out at least once
+        self.free_ids: list[int] = []
+        self.free_slots: dict[int, int] = {}  # live RStores with free slots: idx -> bitmask
+
+    def _row(self, idx: int) -> np.ndarray:
+        return self.chunks[idx // CHUNK][idx % CHUNK]
+
+    def members(self, idx: int) -> list[int]:
+        return self._row(idx).tolist()
+
+    def alive(self, idx: int) -> bool:
+        return idx < self.count and int(self._row(idx)[0]) != DEAD
+
+    def add(self, members: list[int], idx: int | None = None) -> int:
+        """Stores a new RStore (all slots free); ``idx`` forces the index (log replay)."""
+        if idx is None:
+            idx = self.free_ids.pop() if self.free_ids else self.count
+        while idx >= len(self.chunks) * CHUNK:
+            self.chunks.append(np.full((CHUNK, self.width), DEAD, dtype=np.uint32))
+        self.count = max(self.count, idx + 1)
+        assert not self.alive(idx), f"RSD {idx} already alive"
+        self._row(idx)[:] = members
+        self.free_slots[idx] = 0xFF
+        return idx
+
+    def remove(self, idx: int) -> list[int]:
+        row = self._row(idx)
+        old = row.tolist()
+        row[:] = DEAD
+        self.free_slots.pop(idx, None)
+        return old
+
+    def release_id(self, idx: int) -> None:
+        self.free_ids.append(idx)
+
+    def take_slot(self, idx: int) -> int | None:
+        mask = self.free_slots.get(idx, 0)
+        if not mask:
+            return None
+        slot = (mask & -mask).bit_length() - 1
+        mask &= ~(1 << slot)
+        if mask:
+            self.free_slots[idx] = mask
+        else:
+            del self.free_slots[idx]
+        return slot
+
+    def put_slot(self, idx: int, slot: int) -> bool:
+        """Marks a slot free; True when the whole RStore is now free."""
+        mask = self.free_slots.get(idx, 0) | (1 << slot)
+        self.free_slots[idx] = mask
+        return mask == 0xFF
+
+    def any_free(self) -> int | None:
+        for idx in self.free_slots:
+            return idx
+        return None
+
+    def live_indices(self) -> np.ndarray:
+        if not self.count:
+            return np.zeros(0, np.int64)
+        allrows = np.concatenate(self.chunks)[: self.count]
+        return np.flatnonzero(allrows[:, 0] != DEAD)
+
+    def dump(self) -> tuple[int, bytes]:
+        """(count, rows as bytes) for a checkpoint."""
+        if not self.count:
+            return 0, b""
+        return self.count, np.concatenate(self.chunks)[: self.count].tobytes()
+
+    def load(self, count: int, data: bytes) -> None:
+        rows = np.frombuffer(data, dtype=np.uint32).reshape(count, self.width) if count else None
+        self.chunks = []
+        self.count = 0
+        if count:
+            nchunks = -(-count // CHUNK)
+            for c in range(nchunks):
+                ch = np.full((CHUNK, self.width), DEAD, dtype=np.uint32)
+                part = rows[c * CHUNK:(c + 1) * CHUNK]
+                ch[: len(part)] = part
+                self.chunks.append(ch)
+            self.count = count
+        self.free_ids = np.flatnonzero(rows[:, 0] == DEAD).tolist() if count else []
+
+    def nbytes(self) -> int:
+        return sum(c.nbytes for c in self.chunks)

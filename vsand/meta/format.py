@@ -1,0 +1,152 @@
+"""On-disk byte layouts. Only this module knows them.
+
+Quorum space at the start of every drive (sizes from ``Units``):
+
+    0         label           4 KiB   struct LABEL, crc32 over the bytes before it
+    64 KiB    superblock A    256 KiB struct SB_HEAD + msgpack body
+    320 KiB   superblock B    256 KiB (generation g goes to slot g % 2)
+    1 MiB     metadata log    up to the end of the quorum space:
+                              records struct REC_HEAD + msgpack payload, back to back
+    quorum    PSEG 0, PSEG 1, ...
+
+Checkpoint blobs live in PSEGs (mirrored on the quorum drives) and start with
+struct CKPT_HEAD. Every header carries a crc32 so that a torn or stale write is
+recognised and ignored rather than trusted.
+"""
+
+from __future__ import annotations
+
+import struct
+import uuid
+import zlib
+from dataclasses import dataclass
+
+import msgpack
+
+from ..errors import Corrupt
+
+LABEL_MAGIC = b"VSANDLBL"
+SB_MAGIC = b"VSANDSUP"
+REC_MAGIC = b"VLOG"
+CKPT_MAGIC = b"VSANDCKP"
+FORMAT_VERSION = 1
+
+LABEL_OFF = 0
+LABEL_SIZE = 4096
+SB_SLOT_OFF = (64 * 1024, 320 * 1024)
+SB_SLOT_SIZE = 256 * 1024
+LOG_OFF = 1024 * 1024
+
+# magic, version, pool uuid, drive uuid, index, pseg size, quorum size, drive size, crc
+LABEL = struct.Struct("<8sI16s16sIIQQI")
+# magic, generation, body length, crc of body
+SB_HEAD = struct.Struct("<8sQII")
+# magic, payload length, sequence number, crc of (length, seq, payload)
+REC_HEAD = struct.Struct("<4sIQI")
+# magic, checkpoint sequence, body length, crc of body
+CKPT_HEAD = struct.Struct("<8sQQI")
+
+assert LABEL.size == 72
+assert SB_HEAD.size == 24
+assert REC_HEAD.size == 20
+assert CKPT_HEAD.size == 28
+assert LABEL.size <= LABEL_SIZE <= SB_SLOT_OFF[0]
+assert SB_SLOT_OFF[1] + SB_SLOT_SIZE <= LOG_OFF
+
+
+@dataclass(frozen=True)
+class Label:
+    pool_uuid: uuid.UUID
+    drive_uuid: uuid.UUID
+    index: int
+    pseg: int
+    quorum: int
+    size: int
+
+
+def pack_label(lab: Label) -> bytes:
+    body = LABEL.pack(LABEL_MAGIC, FORMAT_VERSION, lab.pool_uuid.bytes, lab.drive_uuid.bytes,
+                      lab.index, lab.pseg, lab.quorum, lab.size, 0)[:-4]
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def unpack_label(buf: bytes) -> Label:
+    if len(buf) < LABEL.size:
+        raise Corrupt("label: short read")
+    magic, ver, pu, du, idx, pseg, quorum, size, crc = LABEL.unpack_from(buf)
+    if magic != LABEL_MAGIC:
+        raise Corrupt("label: no vsand label (bad magic)")
+    if zlib.crc32(buf[: LABEL.size - 4]) != crc:
+        raise Corrupt("label: checksum mismatch")
+    if ver != FORMAT_VERSION:
+        raise Corrupt(f"label: unsupported format version {ver}")
+    return Label(uuid.UUID(bytes=pu), uuid.UUID(bytes=du), idx, pseg, quorum, size)
+
+
+def pack_superblock(gen: int, body: dict) -> bytes:
+    payload = msgpack.packb(body, use_bin_type=True)
+    if SB_HEAD.size + len(payload) > SB_SLOT_SIZE:
+        raise Corrupt(f"superblock too large ({len(payload)} bytes)")
+    return SB_HEAD.pack(SB_MAGIC, gen, len(payload), zlib.crc32(payload)) + payload
+
+
+def unpack_superblock(buf: bytes) -> tuple[int, dict] | None:
+    """Returns (generation, body) or None when the slot holds nothing valid."""
+    if len(buf) < SB_HEAD.size:
+        return None
+    magic, gen, n, crc = SB_HEAD.unpack_from(buf)
+    if magic != SB_MAGIC or n > SB_SLOT_SIZE - SB_HEAD.size:
+        return None
+    payload = bytes(buf[SB_HEAD.size: SB_HEAD.size + n])
+    if len(payload) != n or zlib.crc32(payload) != crc:
+        return None
+    return gen, msgpack.unpackb(payload, raw=False, strict_map_key=False)
+
+
+def pack_record(seq: int, rec: dict) -> bytes:
+    payload = msgpack.packb(rec, use_bin_type=True)
+    crc = zlib.crc32(payload, zlib.crc32(struct.pack("<IQ", len(payload), seq)))
+    return REC_HEAD.pack(REC_MAGIC, len(payload), seq, crc) + payload
+
+
+def iter_records(buf: bytes | memoryview, first_seq: int):
+    """Yields (seq, record, end_offset) for the valid chain starting at ``first_seq``.
+
+    The chain ends at the first header that is torn, stale (wrong sequence) or
+    fails its checksum: those bytes were never acknowledged as committed.
+    """
+    off, seq, mv = 0, first_seq, memoryview(buf)
+    while off + REC_HEAD.size <= len(mv):
+        magic, n, s, crc = REC_HEAD.unpack_from(mv, off)
+        if magic != REC_MAGIC or s != seq or off + REC_HEAD.size + n > len(mv):
+            return
+        payload = mv[off + REC_HEAD.size: off + REC_HEAD.size + n]
+        if zlib.crc32(payload, zlib.crc32(struct.pack("<IQ", n, s))) != crc:
+            return
+        off += REC_HEAD.size + n
+        yield seq, msgpack.unpackb(payload, raw=False, strict_map_key=False), off
+        seq += 1
+
+
+def pack_checkpoint(seq: int, body: dict) -> bytes:
+    payload = msgpack.packb(body, use_bin_type=True)
+    return CKPT_HEAD.pack(CKPT_MAGIC, seq, len(payload), zlib.crc32(payload)) + payload
+
+
+def checkpoint_length(head: bytes) -> int:
+    magic, _seq, n, _crc = CKPT_HEAD.unpack_from(head)
+    if magic != CKPT_MAGIC:
+        raise Corrupt("checkpoint: bad magic")
+    return CKPT_HEAD.size + n
+
+
+def unpack_checkpoint(buf: bytes, seq: int) -> dict:
+    magic, s, n, crc = CKPT_HEAD.unpack_from(buf)
+    if magic != CKPT_MAGIC:
+        raise Corrupt("checkpoint: bad magic")
+    if s != seq:
+        raise Corrupt(f"checkpoint: sequence {s}, superblock expects {seq}")
+    payload = bytes(buf[CKPT_HEAD.size: CKPT_HEAD.size + n])
+    if len(payload) != n or zlib.crc32(payload) != crc:
+        raise Corrupt("checkpoint: checksum mismatch")
+    return msgpack.unpackb(payload, raw=False, strict_map_key=False)

@@ -1,0 +1,133 @@
+"""One drive: an image file (sparse, created on first start) or a block device."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import os
+import stat
+import struct
+
+from ..errors import IOFailure, InvalidArgument
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+BLKGETSIZE64 = 0x80081272
+BLKZEROOUT = 0x127F
+_ZEROS = bytes(1 << 20)
+
+
+class Drive:
+    """Positional I/O on one drive. Raises IOFailure for any OS error so that upper
+    layers see one error type; a drive marked ``failed`` refuses all I/O."""
+
+    def __init__(self, path: str, fd: int, size: int, is_block: bool):
+        self.path = path
+        self.fd = fd
+        self.size = size
+        self.is_block = is_block
+        self.failed = False
+        self._can_punch = True
+
+    @classmethod
+    def open(cls, path: str, create_size: int | None = None) -> "Drive":
+        """Opens ``path``; a missing image file is created sparse with ``create_size``."""
+        if not os.path.exists(path):
+            if create_size is None:
+                raise InvalidArgument(f"drive {path} does not exist")
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            os.ftruncate(fd, create_size)
+        else:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        st = os.fstat(fd)
+        is_block = stat.S_ISBLK(st.st_mode)
+        if is_block:
+            buf = fcntl.ioctl(fd, BLKGETSIZE64, b"\0" * 8)
+            size = struct.unpack("<Q", buf)[0]
+        else:
+            size = st.st_size
+        return cls(path, fd, size, is_block)
+
+    def _check(self) -> None:
+        if self.failed:
+            raise IOFailure(f"drive {self.path} is failed")
+
+    def pread(self, off: int, n: int) -> bytes:
+        self._check()
+        try:
+            data = os.pread(self.fd, n, off)
+        except OSError as e:
+            raise IOFailure(f"read {self.path}@{off}: {e.strerror}") from e
+        if len(data) < n:  # past the end of a short image: reads as zeros
+            data += bytes(n - len(data))
+        return data
+
+    def pwrite(self, off: int, data) -> None:
+        self._check()
+        try:
+            done = os.pwrite(self.fd, data, off)
+            mv = memoryview(data)
+            while done < len(mv):
+                done += os.pwrite(self.fd, mv[done:], off + done)
+        except OSError as e:
+            raise IOFailure(f"write {self.path}@{off}: {e.strerror}") from e
+
+    def zero(self, off: int, n: int) -> None:
+        """Makes [off, off+n) read as zeros; punches a hole where the OS can."""
+        self._check()
+        if self._can_punch:
+            if self.is_block:
+                try:
+                    fcntl.ioctl(self.fd, BLKZEROOUT, struct.pack("<QQ", off, n))
+                    return
+                except OSError:
+                    self._can_punch = False
+            else:
+                r = _libc.fallocate(self.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, n)
+                if r == 0:
+                    return
+                err = ctypes.get_errno()
+                if err not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                    raise IOFailure(f"punch {self.path}@{off}: {os.strerror(err)}")
+                self._can_punch = False
+        while n > 0:
+            k = min(n, len(_ZEROS))
+            self.pwrite(off, memoryview(_ZEROS)[:k])
+            off, n = off + k, n - k
+
+    def fsync(self) -> None:
+        self._check()
+        try:
+            os.fdatasync(self.fd)
+        except OSError as e:
+            raise IOFailure(f"fsync {self.path}: {e.strerror}") from e
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class MissingDrive:
+    """Stands in for a drive the pool expects but cannot open: always failed."""
+
+    is_block = False
+
+    def __init__(self, path: str, size: int):
+        self.path, self.size, self.failed, self.fd = path, size, True, -1
+
+    def pread(self, off, n):
+        raise IOFailure(f"drive {self.path} is missing")
+
+    pwrite = zero = pread
+
+    def fsync(self):
+        raise IOFailure(f"drive {self.path} is missing")
+
+    def close(self):
+        pass

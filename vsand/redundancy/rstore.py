@@ -1,0 +1,164 @@
+"""I/O on one segment (= one stripe) of an RStore, healthy or degraded.
+
+``members`` is a sequence of (drive index, byte offset of the member PSEG on that
+drive) in RSD member order (see geometry). A drive with ``failed`` set is treated
+as absent: RAID1 uses the other copy, RAID5 reconstructs from the other columns
+(at most one failed member per stripe), RAID0 fails with EIO.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import IOFailure
+from ..faults import crashpoint
+from .geometry import DATA_COLUMNS, data_members, parity_member, split
+from .parity import xor_all
+
+Members = list[tuple[int, int]]
+
+
+class RStoreIO:
+    def __init__(self, drives: dict, stripe_unit: int):
+        self.drives = drives
+        self.su = stripe_unit
+
+    def _ok(self, member: tuple[int, int]) -> bool:
+        return not self.drives[member[0]].failed
+
+    def _pread(self, member, slot: int, uo: int, n: int) -> bytes:
+        return self.drives[member[0]].pread(member[1] + slot * self.su + uo, n)
+
+    def _pwrite(self, member, slot: int, uo: int, data) -> None:
+        self.drives[member[0]].pwrite(member[1] + slot * self.su + uo, data)
+
+    # ---- read --------------------------------------------------------------------
+    def read(self, raid: int, members: Members, slot: int, off: int, n: int) -> bytes:
+        pieces = split(off, n, self.su)
+        if len(pieces) == 1:
+            col, uo, _, k = pieces[0]
+            return self._read_col(raid, members, slot, col, uo, k)
+        return b"".join(self._read_col(raid, members, slot, c, uo, k) for c, uo, _, k in pieces)
+
+    def _read_col(self, raid, members, slot, col, uo, n) -> bytes:
+        if raid == 1:
+            a, b = members[2 * col], members[2 * col + 1]
+            if (slot + col) & 1:  # spread reads over both copies
+                a, b = b, a
+            if self._ok(a):
+                return self._pread(a, slot, uo, n)
+            if self._ok(b):
+                return self._pread(b, slot, uo, n)
+            raise IOFailure(f"RAID1 column {col}: both copies failed")
+        m = members[data_members(raid, slot, col)[0]]
+        if self._ok(m):
+            return self._pread(m, slot, uo, n)
+        if raid == 0:
+            raise IOFailure(f"RAID0 member on failed drive {m[0]}")
+        return self._reconstruct(members, slot, m, uo, n)
+
+    def _reconstruct(self, members, slot, missing, uo, n) -> bytes:
+        others = [m for m in members if m is not missing]
+        if not all(self._ok(m) for m in others):
+            raise IOFailure("RAID5 stripe lost two members")
+        return xor_all((self._pread(m, slot, uo, n) for m in others), n)
+
+    # ---- write -------------------------------------------------------------------
+    def write(self, raid: int, members: Members, slot: int, off: int, data) -> None:
+        mv = memoryview(data)
+        pieces = split(off, len(mv), self.su)
+        if raid == 5:
+            self._write5(members, slot, pieces, mv)
+            return
+        for col, uo, bo, k in pieces:
+            targets = [members[i] for i in data_members(raid, slot, col)]
+            live = [t for t in targets if self._ok(t)]
+            if not live:
+                raise IOFailure(f"RAID{raid} column {col}: no live member")
+            for t in live:
+                self._pwrite(t, slot, uo, mv[bo:bo + k])
+
+    def _write5(self, members, slot, pieces, mv) -> None:
+        su = self.su
+        pm = members[parity_member(slot)]
+        full = len(pieces) == DATA_COLUMNS and all(uo == 0 and k == su for _, uo, _, k in pieces)
+        cols = {col: (uo, bo, k, members[data_members(5, slot, col)[0]]) for col, uo, bo, k in pieces}
+        failed_data = [c for c, (_, _, _, m) in cols.items() if not self._ok(m)]
+        if full:
+            parity = xor_all((mv[bo:bo + k] for _, _, bo, k in pieces), su)
+            for col, (uo, bo, k, m) in cols.items():
+                if self._ok(m):
+                    self._pwrite(m, slot, uo, mv[bo:bo + k])
+            crashpoint("raid5.between_data_parity")
+            if self._ok(pm):
+                self._pwrite(pm, slot, 0, parity)
+            return
+        plo = min(uo for uo, _, _, _ in cols.values())
+        phi = max(uo + k for uo, _, k, _ in cols.values())
+        if not self._ok(pm):
+            # No parity to keep: write the data columns only.
+            for uo, bo, k, m in cols.values():
+                self._pwrite(m, slot, uo, mv[bo:bo + k])
+            return
+        if failed_data:
+            self._reconstruct_write(members, slot, cols, mv, plo, phi, pm)
+            return
+        # Read-modify-write: new parity = old parity ^ old data ^ new data.
+        acc = np.frombuffer(self._pread(pm, slot, plo, phi - plo), dtype=np.uint8).copy()
+        for uo, bo, k, m in cols.values():
+            old = np.frombuffer(self._pread(m, slot, uo, k), dtype=np.uint8)
+            new = np.frombuffer(mv[bo:bo + k], dtype=np.uint8)
+            acc[uo - plo:uo - plo + k] ^= old ^ new
+        for uo, bo, k, m in cols.values():
+            self._pwrite(m, slot, uo, mv[bo:bo + k])
+        crashpoint("raid5.between_data_parity")
+        self._pwrite(pm, slot, plo, acc.tobytes())
+
+    def _reconstruct_write(self, members, slot, cols, mv, plo, phi, pm) -> None:
+        """Degraded write that touches the failed column: rebuild the stripe region
+        from what survives, merge the new data, and write parity for all of it."""
+        n = phi - plo
+        region = []
+        for col in range(DATA_COLUMNS):
+            cur = np.frombuffer(self._read_col(5, members, slot, col, plo, n), dtype=np.uint8).copy()
+            if col in cols:
+                uo, bo, k, _ = cols[col]
+                cur[uo - plo:uo - plo + k] = np.frombuffer(mv[bo:bo + k], dtype=np.uint8)
+            region.append(cur)
+        for col in range(DATA_COLUMNS):
+            m = members[data_members(5, slot, col)[0]]
+            if col in cols and self._ok(m):
+                self._pwrite(m, slot, plo, region[col].tobytes())
+        self._pwrite(pm, slot, plo, xor_all(region, n))
+
+    # ---- whole-stripe operations ---------------------------------------------------
+    def zero(self, raid: int, members: Members, slot: int) -> None:
+        """Zeroes the segment on every live member (parity of zeros is zeros)."""
+        for m in members:
+            if self._ok(m):
+                self.drives[m[0]].zero(m[1] + slot * self.su, self.su)
+
+    def resync(self, raid: int, members: Members, slot: int) -> None:
+        """Makes redundancy agree with data again (after a crash mid-write)."""
+        su = self.su
+        if raid == 5:
+            pm = members[parity_member(slot)]
+            cols = [members[data_members(5, slot, c)[0]] for c in range(DATA_COLUMNS)]
+            if not (self._ok(pm) and all(self._ok(m) for m in cols)):
+                return  # degraded: the parity is the only copy of a column's data
+            self._pwrite(pm, slot, 0, xor_all((self._pread(m, slot, 0, su) for m in cols), su))
+        elif raid == 1:
+            for col in range(DATA_COLUMNS):
+                a, b = members[2 * col], members[2 * col + 1]
+                if self._ok(a) and self._ok(b):
+                    self._pwrite(b, slot, 0, self._pread(a, slot, 0, su))
+
+    def consistent(self, raid: int, members: Members, slot: int) -> bool:
+        su = self.su
+        if raid == 5:
+            bufs = [self._pread(m, slot, 0, su) for m in members]
+            return not any(np.frombuffer(xor_all(bufs, su), dtype=np.uint64))
+        if raid == 1:
+            return all(self._pread(members[2 * c], slot, 0, su) == self._pread(members[2 * c + 1], slot, 0, su)
+                       for c in range(DATA_COLUMNS))
+        return True
