@@ -8,10 +8,10 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "check":
-        from .tools.check_cmd import main as check_main
+        from .cli.check import main as check_main
         return check_main(argv[1:])
     if argv and argv[0] == "demo":
-        from .tools.demo import main as demo_main
+        from .cli.demo import main as demo_main
         return demo_main(argv[1:])
     print("usage: vsand check STATE_DIR | vsand demo [--state-dir DIR]", file=sys.stderr)
     return 2

@@ -90,13 +90,14 @@ class LogicalDisk:
     def _write_segment(self, k: int, so: int, data) -> None:
         pool = self.pool
         e = self.l2.get(k)
-        fresh = not e & ALLOCATED
-        if fresh:
-            e = pool.space.alloc_segment(self)
+        zero = False
+        if not e & ALLOCATED:
+            e, fresh = pool.space.alloc_segment(self)
+            zero = not fresh and len(data) < self.seg
             self.l2.set(k, e)
             pool.journal.touch(self.id, k)
         members = pool.space.members(self.table, entry_rsd(e))
-        if fresh and len(data) < self.seg:
+        if zero:
             pool.rio.zero(self.raid, members, entry_slot(e))
         pool.intend(self.table, entry_rsd(e))
         pool.rio.write(self.raid, members, entry_slot(e), so, data)

@@ -21,7 +21,7 @@ import uuid
 
 from ..errors import Corrupt, Exists, InvalidArgument, NoSpace, NotFound
 from ..faults import crashpoint
-from ..mapping.lmap import ALLOCATED
+from ..mapping.lmap import ALLOCATED, entry_rsd, entry_slot
 from ..meta import format as fmt
 from ..meta.store import LogFull, MetaStore
 from ..physical.allocator import Allocator, DriveSpace, group_rss
@@ -48,8 +48,8 @@ class Pool:
         rss = {k: [list(g) for g in v] for k, v in sb["rss"].items()}
         self.allocator = Allocator(spaces, rss)
         self.journal = Journal()
-        self.space = Space(self.allocator, self.journal, units)
         self.rio = RStoreIO(drives, units.stripe_unit)
+        self.space = Space(self.allocator, self.journal, units, self.rio)
         self.quorum_ids = list(sb["quorum"])
         self.meta = MetaStore({i: drives[i] for i in self.quorum_ids}, units.quorum)
         self.lds: dict[str, LogicalDisk] = {}
@@ -58,6 +58,8 @@ class Pool:
         self.dirty: set[tuple[tuple[int, str], int]] = set()
         self.ckpt: dict | None = sb.get("ckpt")
         self.closed = False
+        self.readonly = False
+        self.replayed = 0
 
     # ---- creation and opening -------------------------------------------------------
     @classmethod
@@ -94,7 +96,9 @@ class Pool:
         return pool
 
     @classmethod
-    def open(cls, paths: list[str], drive_factory=Drive.open) -> "Pool":
+    def open(cls, paths: list[str], drive_factory=Drive.open, readonly: bool = False) -> "Pool":
+        """Opens and recovers a pool. ``readonly`` (the checker) skips every write:
+        no resync, no post-recovery checkpoint, no checkpoint on close."""
         opened, labels = {}, {}
         for p in paths:
             d = drive_factory(p, None)
@@ -122,6 +126,7 @@ class Pool:
             drives[r["i"]] = d
         pool = cls(units, drives, sb)
         pool.meta.gen = gen
+        pool.readonly = readonly
         pool._recover(sb)
         return pool
 
@@ -143,6 +148,10 @@ class Pool:
             recovery.apply(self, rec)
         for i, d in self.drives.items():
             self.allocator.drives[i].failed = d.failed
+        self.replayed = len(records)
+        if self.readonly:
+            recovery.derive_free(self)
+            return
         recovery.derive_free(self)
         for (key, idx) in sorted(self.dirty):
             t = self.space.tables.get(key)
@@ -218,9 +227,10 @@ class Pool:
     def _allocate_all(self, ld: LogicalDisk) -> None:
         for k in range(ld.l2.nsegs):
             if not ld.l2.get(k) & ALLOCATED:
-                e = self.space.alloc_segment(ld)
+                e, fresh = self.space.alloc_segment(ld)
                 ld.l2.set(k, e)
-                self.rio.zero(ld.raid, self.space.members(ld.table, e >> 3 & 0x1FFFFFF), e & 7)
+                if not fresh:
+                    self.rio.zero(ld.raid, self.space.members(ld.table, entry_rsd(e)), entry_slot(e))
         self.journal.touch_lmaps(ld.id, range(len(ld.l2.lmaps)))
 
     def delete_ld(self, name: str) -> None:
@@ -364,7 +374,7 @@ class Pool:
     def close(self) -> None:
         if self.closed:
             return
-        if not all(d.failed for d in self.meta.quorum.values()):
+        if not self.readonly and not all(d.failed for d in self.meta.quorum.values()):
             self.checkpoint()
         for d in self.drives.values():
             d.close()

@@ -10,8 +10,9 @@ MEMBER_CACHE_MAX = 1 << 16
 
 
 class Space:
-    def __init__(self, allocator, journal, units):
+    def __init__(self, allocator, journal, units, rio):
         self.allocator = allocator
+        self.rio = rio
         self.journal = journal
         self.units = units
         self.tables: dict[tuple[int, str], RsdTable] = {}
@@ -56,19 +57,21 @@ class Space:
         return out
 
     # ---- segments ----------------------------------------------------------------
-    def alloc_segment(self, ld) -> int:
+    def alloc_segment(self, ld) -> tuple[int, bool]:
+        """(LMAP entry, fresh) for a new segment of ``ld``; ``fresh`` means its
+        stripe already reads as zeros, so a partial write needs no zeroing first."""
         t = self.table(ld.raid, ld.ldad)
         idx = ld.open_rsd
-        slot = t.take_slot(idx) if idx is not None else None
-        if slot is None:
+        got = t.take_slot(idx) if idx is not None else None
+        if got is None:
             idx = t.any_free()
             if idx is not None:
-                slot = t.take_slot(idx)
-        if slot is None:
+                got = t.take_slot(idx)
+        if got is None:
             idx = self.new_rstore(t)
-            slot = t.take_slot(idx)
+            got = t.take_slot(idx)
         ld.open_rsd = idx
-        return make_entry(idx, slot)
+        return make_entry(idx, got[0]), got[1]
 
     def new_rstore(self, t: RsdTable) -> int:
         placed = self.allocator.alloc_rstore(t.ldad, t.raid)
@@ -76,6 +79,10 @@ class Space:
             placed = placed[::2]
         stored = [pack_member(d, g) for d, g in placed]
         idx = t.add(stored)
+        # One hole punch per PSEG now spares one per member on each first write.
+        for d, off in self.members(t, idx):
+            self.rio.drives[d].zero(off, self.units.pseg)
+        t.mark_fresh(idx)
         self.journal.add({"t": "rsa", "raid": t.raid, "ldad": t.ldad, "i": idx, "m": stored})
         return idx
 

@@ -38,6 +38,7 @@ class RsdTable:
         self.count = 0               # indices < count have been handed out at least once
         self.free_ids: list[int] = []
         self.free_slots: dict[int, int] = {}  # live RStores with free slots: idx -> bitmask
+        self.fresh: dict[int, int] = {}       # free slots known to read as zeros on disk
 
     def _row(self, idx: int) -> np.ndarray:
         return self.chunks[idx // CHUNK][idx % CHUNK]
@@ -60,27 +61,42 @@ class RsdTable:
         self.free_slots[idx] = 0xFF
         return idx
 
+    def mark_fresh(self, idx: int) -> None:
+        """The RStore's PSEGs were just zeroed: its free slots need no zeroing."""
+        self.fresh[idx] = self.free_slots.get(idx, 0)
+
     def remove(self, idx: int) -> list[int]:
         row = self._row(idx)
         old = row.tolist()
         row[:] = DEAD
         self.free_slots.pop(idx, None)
+        self.fresh.pop(idx, None)
         return old
 
     def release_id(self, idx: int) -> None:
         self.free_ids.append(idx)
 
-    def take_slot(self, idx: int) -> int | None:
+    def take_slot(self, idx: int) -> tuple[int, bool] | None:
+        """(slot, fresh) for a free slot of RStore ``idx``, or None."""
         mask = self.free_slots.get(idx, 0)
         if not mask:
             return None
         slot = (mask & -mask).bit_length() - 1
-        mask &= ~(1 << slot)
+        bit = 1 << slot
+        mask &= ~bit
         if mask:
             self.free_slots[idx] = mask
         else:
             del self.free_slots[idx]
-        return slot
+        fm = self.fresh.get(idx, 0)
+        if fm & bit:
+            fm &= ~bit
+            if fm:
+                self.fresh[idx] = fm
+            else:
+                del self.fresh[idx]
+            return slot, True
+        return slot, False
 
     def put_slot(self, idx: int, slot: int) -> bool:
         """Marks a slot free; True when the whole RStore is now free."""

@@ -109,22 +109,28 @@ def pack_record(seq: int, rec: dict) -> bytes:
     return REC_HEAD.pack(REC_MAGIC, len(payload), seq, crc) + payload
 
 
-def iter_records(buf: bytes | memoryview, first_seq: int):
-    """Yields (seq, record, end_offset) for the valid chain starting at ``first_seq``.
+def scan_records(buf, first_seq: int, off: int = 0):
+    """Parses the valid record chain in ``buf`` from ``off``.
 
-    The chain ends at the first header that is torn, stale (wrong sequence) or
-    fails its checksum: those bytes were never acknowledged as committed.
+    Returns (records, end offset, more) where ``more`` says the chain may go on past
+    the end of ``buf`` (a header or payload is cut by the buffer's end). The chain
+    ends at the first header that is torn, stale (wrong sequence) or fails its
+    checksum: those bytes were never acknowledged as committed.
     """
-    off, seq, mv = 0, first_seq, memoryview(buf)
-    while off + REC_HEAD.size <= len(mv):
+    mv, seq, out = memoryview(buf), first_seq, []
+    while True:
+        if off + REC_HEAD.size > len(mv):
+            return out, off, True
         magic, n, s, crc = REC_HEAD.unpack_from(mv, off)
-        if magic != REC_MAGIC or s != seq or off + REC_HEAD.size + n > len(mv):
-            return
+        if magic != REC_MAGIC or s != seq:
+            return out, off, False
+        if off + REC_HEAD.size + n > len(mv):
+            return out, off, True
         payload = mv[off + REC_HEAD.size: off + REC_HEAD.size + n]
         if zlib.crc32(payload, zlib.crc32(struct.pack("<IQ", n, s))) != crc:
-            return
+            return out, off, False
+        out.append(msgpack.unpackb(payload, raw=False, strict_map_key=False))
         off += REC_HEAD.size + n
-        yield seq, msgpack.unpackb(payload, raw=False, strict_map_key=False), off
         seq += 1
 
 

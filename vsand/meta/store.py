@@ -84,16 +84,22 @@ class MetaStore:
         self.next_seq += len(records)
 
     def replay(self, first_seq: int) -> list[dict]:
-        """The longest valid record chain among the quorum copies."""
+        """The longest valid record chain among the quorum copies. Reads only as far
+        as the chain goes, so start-up follows the log's length."""
         best: list[dict] = []
         best_end = 0
         for d in self.quorum.values():
             if d.failed:
                 continue
-            buf = d.pread(fmt.LOG_OFF, self.log_size)
-            recs, end = [], 0
-            for _seq, rec, end in fmt.iter_records(buf, first_seq):
-                recs.append(rec)
+            recs, end, buf = [], 0, b""
+            while True:
+                k = min(max(len(buf), 1 << 20), self.log_size - len(buf))
+                if k > 0:
+                    buf += d.pread(fmt.LOG_OFF + len(buf), k)
+                got, end, more = fmt.scan_records(buf, first_seq + len(recs), end)
+                recs += got
+                if not more or len(buf) >= self.log_size:
+                    break
             if len(recs) > len(best):
                 best, best_end = recs, end
         self.next_seq = first_seq + len(best)
