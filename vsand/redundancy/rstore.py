@@ -66,16 +66,22 @@ class RStoreIO:
     # ---- write -------------------------------------------------------------------
     def write(self, raid: int, members: Members, slot: int, off: int, data) -> None:
         mv = memoryview(data)
+        if not len(mv):
+            return
         pieces = split(off, len(mv), self.su)
         if raid == 5:
             self._write5(members, slot, pieces, mv)
             return
-        for col, uo, bo, k in pieces:
+        for j, (col, uo, bo, k) in enumerate(pieces):
+            if j:
+                crashpoint("rstore.between_columns")
             targets = [members[i] for i in data_members(raid, slot, col)]
             live = [t for t in targets if self._ok(t)]
             if not live:
                 raise IOFailure(f"RAID{raid} column {col}: no live member")
-            for t in live:
+            for i, t in enumerate(live):
+                if i:
+                    crashpoint("raid1.between_copies")
                 self._pwrite(t, slot, uo, mv[bo:bo + k])
 
     def _write5(self, members, slot, pieces, mv) -> None:
@@ -157,7 +163,7 @@ class RStoreIO:
         su = self.su
         if raid == 5:
             bufs = [self._pread(m, slot, 0, su) for m in members]
-            return not any(np.frombuffer(xor_all(bufs, su), dtype=np.uint64))
+            return not np.frombuffer(xor_all(bufs, su), dtype=np.uint8).any()
         if raid == 1:
             return all(self._pread(members[2 * c], slot, 0, su) == self._pread(members[2 * c + 1], slot, 0, su)
                        for c in range(DATA_COLUMNS))
