@@ -64,7 +64,7 @@ def parse_size(text: str | int) -> int:
         if s and s[-1] in mult:
             return int(float(s[:-1]) * mult[s[-1]])
         return int(s)
-    except ValueError:
+    except (ValueError, OverflowError):   # "infG" overflows int()
         raise ValueError(f"not a size: {text!r} (use e.g. 4096, 512M, 4G, 1T)") from None
 
 

@@ -67,15 +67,16 @@ class LogicalDisk:
                 return bytes(n)
             return pool.rio.read(self.raid, pool.space.members(holder.table, entry_rsd(e)),
                                  entry_slot(e), so, n)
-        parts = []
+        buf = bytearray(n)     # holes stay zero; data lands in place, no join
+        mv = memoryview(buf)
+        pos = 0
         for k, so, m in self._pieces(off, n):
             holder, e = self._holder(k)
-            if not e & ALLOCATED:
-                parts.append(bytes(m))
-            else:
-                parts.append(pool.rio.read(self.raid, pool.space.members(holder.table, entry_rsd(e)),
-                                           entry_slot(e), so, m))
-        return b"".join(parts)
+            if e & ALLOCATED:
+                pool.rio.read_into(self.raid, pool.space.members(holder.table, entry_rsd(e)),
+                                   entry_slot(e), so, mv[pos:pos + m])
+            pos += m
+        return buf
 
     # ---- write -------------------------------------------------------------------
     def write(self, off: int, data) -> None:
@@ -123,8 +124,17 @@ class LogicalDisk:
         """Whole segments are unmapped (and read as zeros); partial ones are zeroed."""
         self._zero_range(off, n)
 
-    def write_zeroes(self, off: int, n: int) -> None:
-        self._zero_range(off, n)
+    def write_zeroes(self, off: int, n: int, may_trim: bool = True) -> None:
+        """Zeroes a range; ``may_trim`` lets whole segments be unmapped (they read
+        as zeros), otherwise they stay allocated (NBD NO_HOLE)."""
+        if may_trim:
+            self._zero_range(off, n)
+        else:
+            self.provision_zeroes(off, n)
+
+    @property
+    def read_only(self) -> bool:
+        return bool(self.attrs.get("read_only"))
 
     def flush(self) -> None:
         self.pool.flush()
@@ -147,3 +157,44 @@ class LogicalDisk:
         return {"id": self.id, "name": self.name, "size": self.size, "raid": self.raid,
                 "ldad": self.ldad, "allocated": self.allocated_segments() * self.seg,
                 **self.attrs}
+
+    # ---- sparseness (NBD block status, structured reads) ---------------------------
+    def extents(self, off: int, n: int) -> list[tuple[int, bool]]:
+        """[(length, allocated)] covering exactly [off, off+n), adjacent runs merged."""
+        self._check(off, n)
+        out: list[list] = []
+        for k, so, m in self._pieces(off, n):
+            alloc = bool(self._holder(k)[1] & ALLOCATED)
+            if out and out[-1][1] == alloc:
+                out[-1][0] += m
+            else:
+                out.append([m, alloc])
+        return [(m, a) for m, a in out]
+
+    def read_sparse(self, off: int, n: int) -> list[tuple[int, int, bytes | None]]:
+        """[(offset, length, data or None for a hole that reads as zeros)]."""
+        res, pos = [], off
+        for m, alloc in self.extents(off, n):
+            res.append((pos, m, self.read(pos, m) if alloc else None))
+            pos += m
+        return res
+
+    def provision_zeroes(self, off: int, n: int) -> None:
+        """Zeroes [off, off+n) keeping every segment allocated (NBD NO_HOLE), so
+        later writes there cannot fail for lack of space."""
+        self._check(off, n)
+        self._check_writable()
+        pool = self.pool
+        for k, so, m in self._pieces(off, n):
+            e = self.l2.get(k)
+            if e & ALLOCATED and m < self.seg:
+                self._write_segment(k, so, bytes(m))
+                continue
+            if not e & ALLOCATED:
+                e, fresh = pool.space.alloc_segment(self)
+                self.l2.set(k, e)
+                pool.journal.touch(self.id, k)
+                if fresh:
+                    continue
+            pool.intend(self.table, entry_rsd(e))
+            pool.rio.zero(self.raid, pool.space.members(self.table, entry_rsd(e)), entry_slot(e))

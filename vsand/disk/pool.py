@@ -160,7 +160,7 @@ class Pool:
                 for slot in range(self.units.rstore_segments):
                     self.rio.resync(t.raid, members, slot)
         self._update_reserve()
-        if records or self.dirty:
+        if records or self.dirty or self.meta.superblock_missing():
             self.dirty.clear()
             self.checkpoint()
 
@@ -220,7 +220,13 @@ class Pool:
         self.journal.add({"t": "ldc", "id": ld_id, "name": name, "size": size, "raid": raid,
                           "ldad": ldad, "attrs": ld.attrs})
         if thick:
-            self._allocate_all(ld)
+            try:
+                self._allocate_all(ld)
+            except NoSpace:
+                # check_room counts PSEGs, not placements (RAID5 needs 5 drives with
+                # room): a failed create must not leave a half-allocated LD behind.
+                self.delete_ld(name)
+                raise
         self.flush()
         return ld
 

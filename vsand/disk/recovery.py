@@ -102,6 +102,9 @@ def derive_free(pool) -> None:
     """Free maps and free slots follow from the RSD tables and the maps."""
     for key, t in pool.space.tables.items():
         live = t.live_indices()
+        # Free RSD indices follow from the table too: replayed "rsa" records revive
+        # indices the checkpoint listed as free, "rsr" records free more.
+        t.free_ids = np.setdiff1d(np.arange(t.count), live).tolist()
         if t.count:
             rows = np.concatenate(t.chunks)[: t.count][live]
             drives = (rows >> 24).astype(np.int64)

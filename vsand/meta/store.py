@@ -49,13 +49,27 @@ class MetaStore:
                     best = got
         return best
 
+    def superblock_missing(self) -> bool:
+        """True when a live quorum drive lacks the current generation (a crash inside
+        write_superblock left it on some drives only); the caller must rewrite it, or
+        losing the drives that have it rolls the pool back to an older generation."""
+        for d in self._live():
+            gens = [got[0] for got in (fmt.unpack_superblock(d.pread(off, fmt.SB_SLOT_SIZE))
+                                       for off in fmt.SB_SLOT_OFF) if got]
+            if self.gen not in gens:
+                return True
+        return False
+
     def write_superblock(self, body: dict) -> None:
         self.gen += 1
         blob = fmt.pack_superblock(self.gen, body)
         off = fmt.SB_SLOT_OFF[self.gen % 2]
-        for d in self._live():
+        from ..faults import crashpoint
+        for i, d in enumerate(self._live()):
             d.pwrite(off, blob)
             d.fsync()
+            if i == 0:
+                crashpoint("superblock.after_first_copy")
 
     # ---- log ---------------------------------------------------------------------
     def log_free(self) -> int:

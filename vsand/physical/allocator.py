@@ -180,7 +180,7 @@ class Allocator:
             raise InvalidArgument(f"drive {drive}: PSEG out of range")
         newly = ~d.used[psegs]
         d.used[psegs] = True
-        d.free -= int(np.count_nonzero(np.unique(psegs[newly])))
+        d.free -= len(np.unique(psegs[newly]))  # count PSEGs, not nonzero PSEG numbers (PSEG 0)
 
     def free_later(self, drive: int, pseg: int) -> None:
         self.pending.append((drive, pseg))

@@ -67,6 +67,16 @@ class Drive:
             data += bytes(n - len(data))
         return data
 
+    def readinto(self, off: int, buf: memoryview) -> None:
+        """Fills ``buf`` from ``off`` without an intermediate bytes object."""
+        self._check()
+        try:
+            got = os.preadv(self.fd, [buf], off)
+        except OSError as e:
+            raise IOFailure(f"read {self.path}@{off}: {e.strerror}") from e
+        if got < len(buf):
+            buf[got:] = bytes(len(buf) - got)
+
     def pwrite(self, off: int, data) -> None:
         self._check()
         try:
@@ -124,7 +134,7 @@ class MissingDrive:
     def pread(self, off, n):
         raise IOFailure(f"drive {self.path} is missing")
 
-    pwrite = zero = pread
+    pwrite = zero = readinto = pread
 
     def fsync(self):
         raise IOFailure(f"drive {self.path} is missing")

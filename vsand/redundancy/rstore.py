@@ -38,7 +38,28 @@ class RStoreIO:
         if len(pieces) == 1:
             col, uo, _, k = pieces[0]
             return self._read_col(raid, members, slot, col, uo, k)
-        return b"".join(self._read_col(raid, members, slot, c, uo, k) for c, uo, _, k in pieces)
+        buf = bytearray(n)
+        self.read_into(raid, members, slot, off, memoryview(buf))
+        return buf
+
+    def read_into(self, raid: int, members: Members, slot: int, off: int, out: memoryview) -> None:
+        """Reads segment bytes [off, off+len(out)) straight into ``out``."""
+        for col, uo, bo, k in split(off, len(out), self.su):
+            m = self._healthy_member(raid, members, slot, col)
+            if m is not None:
+                self.drives[m[0]].readinto(m[1] + slot * self.su + uo, out[bo:bo + k])
+            else:
+                out[bo:bo + k] = self._read_col(raid, members, slot, col, uo, k)
+
+    def _healthy_member(self, raid, members, slot, col):
+        """The member a plain read of ``col`` uses, or None when it needs recovery."""
+        if raid == 1:
+            a, b = members[2 * col], members[2 * col + 1]
+            if (slot + col) & 1:
+                a, b = b, a
+            return a if self._ok(a) else (b if self._ok(b) else None)
+        m = members[data_members(raid, slot, col)[0]]
+        return m if self._ok(m) else None
 
     def _read_col(self, raid, members, slot, col, uo, n) -> bytes:
         if raid == 1:

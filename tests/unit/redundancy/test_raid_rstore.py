@@ -46,6 +46,10 @@ class FakeDrive:
         self._check(off, n)
         return bytes(self.buf[off:off + n])
 
+    def readinto(self, off: int, out) -> None:
+        self._check(off, len(out))
+        out[:] = self.buf[off:off + len(out)]
+
     def pwrite(self, off: int, data) -> None:
         mv = memoryview(data).cast("B")
         self._check(off, len(mv))
