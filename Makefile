@@ -32,7 +32,7 @@ deps:
 	else echo "not root: tests needing$$missing will skip"; fi
 
 run: venv
-	$(BIN)/vsand demo --state-dir $(STATE)
+	$(BIN)/python scripts/run_demo.py $(STATE)
 
 test: venv deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

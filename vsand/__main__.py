@@ -1,4 +1,4 @@
-"""`vsand`: the daemon entry point (later issues) and offline tools."""
+"""`vsand`: the daemon (`vsand --state-dir DIR ...`) and offline tools (`vsand check`, `vsand demo`)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "demo":
         from .cli.demo import main as demo_main
         return demo_main(argv[1:])
-    print("usage: vsand check STATE_DIR | vsand demo [--state-dir DIR]", file=sys.stderr)
-    return 2
+    from .daemon import main as daemon_main
+    return daemon_main(argv)
 
 
 if __name__ == "__main__":

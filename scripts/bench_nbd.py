@@ -1,0 +1,135 @@
+#!/usr/bin/env python3
+"""NBD throughput: vsand (RAID0 and RAID5 LUNs) vs `nbdkit file` vs `qemu-nbd -f qcow2`,
+in one run, with fio's nbd engine over UNIX sockets. Prints IOPS / MiB/s and the
+ratio of each target to nbdkit-file.
+
+Jobs: 4K random read QD32, 4K random write QD32, 1 MiB sequential read QD8,
+1 MiB sequential write QD8, each over a --size area (default 1 GiB) that is
+written once beforehand so reads hit data. Targets (issue #3): RAID0 4K random
+read >= 1.0x nbdkit-file, random write >= 0.8x, 1 MiB sequential >= 0.8x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from vsand.control.client import ControlError, call  # noqa: E402
+from vsand.units import parse_size  # noqa: E402
+
+JOBS = [("4k-randread", "randread", "4k", 32), ("4k-randwrite", "randwrite", "4k", 32),
+        ("1m-seqread", "read", "1m", 8), ("1m-seqwrite", "write", "1m", 8)]
+
+
+def wait_for(path: str, proc: subprocess.Popen, timeout: float = 30) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}")
+        if os.path.exists(path):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{path} did not appear")
+
+
+def fio(uri: str, rw: str, bs: str, qd: int, size: int, runtime: int) -> dict:
+    cmd = ["fio", "--name=j", "--ioengine=nbd", f"--uri={uri}", f"--rw={rw}", f"--bs={bs}",
+           f"--iodepth={qd}", f"--size={size}", "--output-format=json", "--randrepeat=0",
+           "--norandommap"]
+    if runtime:
+        cmd += [f"--runtime={runtime}", "--time_based"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode:
+        raise RuntimeError(f"fio on {uri} failed: {r.stderr[-2000:]}")
+    job = json.loads(r.stdout[r.stdout.index("{"):])["jobs"][0]
+    side = job["read"] if "read" in rw else job["write"]
+    return {"iops": side["iops"], "mibs": side["bw_bytes"] / 2**20,
+            "p99_us": side["clat_ns"]["percentile"].get("99.000000", 0) / 1000}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", default="1G")
+    ap.add_argument("--runtime", type=int, default=10)
+    ap.add_argument("--dir", default=os.environ.get("TMPDIR", "/var/tmp"))
+    ap.add_argument("--targets", default="nbdkit-file,qemu-nbd-qcow2,vsand-raid0,vsand-raid5")
+    args = ap.parse_args()
+    for tool in ("fio", "nbdkit", "qemu-nbd", "qemu-img"):
+        if not shutil.which(tool):
+            print(f"{tool} is missing (make test installs it as root)", file=sys.stderr)
+            return 2
+    size = parse_size(args.size)
+    work = tempfile.mkdtemp(prefix="bench-nbd-", dir=args.dir)
+    procs: list[subprocess.Popen] = []
+    uris: dict[str, str] = {}
+    try:
+        raw = os.path.join(work, "disk.raw")
+        with open(raw, "wb") as f:
+            f.truncate(size)
+        sock = os.path.join(work, "nbdkit.sock")
+        procs.append(subprocess.Popen(["nbdkit", "-f", "-U", sock, "file", raw]))
+        wait_for(sock, procs[-1])
+        uris["nbdkit-file"] = f"nbd+unix:///?socket={sock}"
+        q = os.path.join(work, "disk.qcow2")
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", q, str(size)], check=True)
+        qs = os.path.join(work, "qemu.sock")
+        procs.append(subprocess.Popen(["qemu-nbd", "-f", "qcow2", "-k", qs, "--cache=writeback",
+                                       "--aio=threads", "-t", "--shared=8", q]))
+        wait_for(qs, procs[-1])
+        uris["qemu-nbd-qcow2"] = f"nbd+unix:///?socket={qs}"
+        state = os.path.join(work, "vsand")
+        vs = subprocess.Popen([sys.executable, "-m", "vsand", "--state-dir", state, "--drives", "8",
+                               "--drive-size", str(max(size, 1 << 30)), "--listen", "none",
+                               "--log-level", "warning"])
+        procs.append(vs)
+        wait_for(os.path.join(state, "control.sock"), vs)
+        time.sleep(0.2)
+        for raid in (0, 5):
+            call(os.path.join(state, "control.sock"), "lun.create", name=f"r{raid}", size=size, raid=raid)
+            uris[f"vsand-raid{raid}"] = f"nbd+unix:///r{raid}?socket={os.path.join(state, 'nbd.sock')}"
+        targets = [t for t in args.targets.split(",") if t in uris]
+        for t in targets:   # lay the data down once so reads hit allocated data
+            fio(uris[t], "write", "1m", 8, size, 0)
+        results: dict[str, dict[str, dict]] = {t: {} for t in targets}
+        for name, rw, bs, qd in JOBS:
+            for t in targets:
+                results[t][name] = fio(uris[t], rw, bs, qd, size, args.runtime)
+        print(f"\n{'target':<16}" + "".join(f"{n:>22}" for n, *_ in JOBS))
+        for t in targets:
+            row = f"{t:<16}"
+            for name, _, bs, _ in JOBS:
+                r = results[t][name]
+                val = f"{r['iops'] / 1000:.1f}k IOPS" if bs == "4k" else f"{r['mibs']:.0f} MiB/s"
+                base = results.get("nbdkit-file", {}).get(name)
+                ratio = (r["iops"] / base["iops"]) if base and base["iops"] else 0
+                row += f"{val + f' ({ratio:.2f}x)':>22}"
+            print(row)
+        print("\nratios are against nbdkit-file; p99 latency (us):")
+        for t in targets:
+            print(f"{t:<16}" + "".join(f"{results[t][n]['p99_us']:>22.0f}" for n, *_ in JOBS))
+        return 0
+    except (RuntimeError, ControlError) as e:
+        print(f"benchmark failed: {e}", file=sys.stderr)
+        return 1
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,26 @@
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
+def test_units_verify(tmp_path):
+    vsand = shutil.which("vsand", path=os.path.dirname(sys.executable)) or sys.executable
+    for unit in ("vsand.service", "vsand.socket"):
+        text = open(os.path.join(ROOT, "systemd", unit)).read()
+        (tmp_path / unit).write_text(text.replace("/usr/local/bin/vsand", vsand))
+    r = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "vsand.service"),
+                        str(tmp_path / "vsand.socket")], capture_output=True, text=True)
+    assert r.returncode == 0 and not r.stderr.strip(), r.stderr
+
+
+def test_example_config_loads():
+    from vsand.config import load
+    cfg = load(["--config", os.path.join(ROOT, "systemd", "vsand.toml")])
+    assert cfg.state_dir == "/var/lib/vsand" and cfg.drives == 8 and cfg.drive_size == 4 << 30
+    assert cfg.tcp() == ("127.0.0.1", 10809)

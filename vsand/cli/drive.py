@@ -1,0 +1,31 @@
+"""`vsanctl drive ...`: the pool's drives."""
+
+from __future__ import annotations
+
+from .ctl import size, table
+
+
+def register(sub, common) -> None:
+    g = sub.add_parser("drive", help="drive commands (list)", description="Inspect the pool's drives.")
+    gs = g.add_subparsers(title="commands", dest="drive_cmd", metavar="COMMAND", required=True)
+    p = gs.add_parser("list", parents=[common], help="list the pool's drives",
+                      description="List the pool's drives with their usage and state.")
+    p.set_defaults(func=drive_list, cmd="drive list", _parser=p)
+
+
+def drive_list(ctx, args) -> int:
+    return ctx.emit(ctx.call("drive.list"), render)
+
+
+def render(drives: list) -> str:
+    if not drives:
+        return "no drives"
+    rows = []
+    for d in drives:
+        total, free = d.get("psegs", 0), d.get("free_psegs", 0)
+        use = f"{100 * (total - free) / total:.1f}%" if total else "-"
+        rows.append([d.get("index", "-"), d.get("path", "-"), size(d.get("size")), use,
+                     f"{free}/{total}", d.get("ldad", "-"),
+                     "FAILED" if d.get("failed") else "ok", "yes" if d.get("quorum") else ""])
+    return table(["INDEX", "PATH", "SIZE", "USED", "FREE PSEGS", "LDAD", "STATE", "QUORUM"], rows,
+                 right=(0, 2, 3, 4))

@@ -1,0 +1,106 @@
+"""`vsanctl lun ...`: create, list, show, resize, delete and set LUNs (logical disks)."""
+
+from __future__ import annotations
+
+from .ctl import kv, on_off, size, size_arg, table, usage_error, yes_no
+
+SIZE_HELP = "size in bytes or with a binary suffix: 4096, 512M, 4G, 1T"
+KNOWN = {"id", "name", "size", "raid", "ldad", "allocated", "read_only", "connections"}
+
+
+def register(sub, common) -> None:
+    g = sub.add_parser("lun", help="LUN commands (create, list, show, resize, delete, set)",
+                       description="Manage LUNs: each is exported over NBD under its own name.")
+    gs = g.add_subparsers(title="commands", dest="lun_cmd", metavar="COMMAND", required=True)
+
+    def cmd(name, func, **kw):
+        p = gs.add_parser(name, parents=[common], **kw)
+        p.set_defaults(func=func, cmd=f"lun {name}", _parser=p)
+        return p
+
+    p = cmd("create", create, help="create a LUN", description="Create a LUN (thin unless --thick).")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--size", required=True, type=size_arg, metavar="SIZE", help=SIZE_HELP)
+    p.add_argument("--raid", type=int, choices=(0, 1, 5), default=5, help="RAID level (default 5)")
+    p.add_argument("--thick", action="store_true", help="allocate all of its space now")
+
+    cmd("list", list_, help="list LUNs", description="List every LUN.")
+
+    p = cmd("show", show, help="show one LUN", description="Show one LUN in detail.")
+    p.add_argument("name", metavar="NAME")
+
+    p = cmd("resize", resize, help="grow or shrink a LUN",
+            description="Set a LUN's size (shrinking discards the data past the new end).")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("size", metavar="SIZE", type=size_arg, help=SIZE_HELP)
+
+    p = cmd("delete", delete, help="delete a LUN and its data",
+            description="Delete a LUN: its clients are disconnected and its space freed.")
+    p.add_argument("name", metavar="NAME")
+
+    p = cmd("set", set_, help="change a LUN's attributes", description="Change a LUN's attributes.")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--read-only", type=on_off, metavar="on|off", help="refuse writes from NBD clients")
+
+
+# ---- commands ---------------------------------------------------------------------------
+def create(ctx, a) -> int:
+    info = ctx.call("lun.create", name=a.name, size=a.size, raid=a.raid, thick=a.thick or None)
+    return ctx.emit(info, lambda i: f"created LUN {i['name']}\n{render_one(i)}")
+
+
+def list_(ctx, a) -> int:
+    return ctx.emit(ctx.call("lun.list"), render_list)
+
+
+def show(ctx, a) -> int:
+    return ctx.emit(ctx.call("lun.show", name=a.name), render_one)
+
+
+def resize(ctx, a) -> int:
+    info = ctx.call("lun.resize", name=a.name, size=a.size)
+    return ctx.emit(info, lambda i: f"resized LUN {i['name']} to {size(i['size'])}\n{render_one(i)}")
+
+
+def delete(ctx, a) -> int:
+    res = ctx.call("lun.delete", name=a.name)
+    return ctx.emit(res, lambda r: f"deleted LUN {r.get('deleted', a.name)}")
+
+
+def set_(ctx, a) -> int:
+    if a.read_only is None:
+        usage_error(a, "nothing to set (use --read-only on|off)")
+    info = ctx.call("lun.set", name=a.name, read_only=a.read_only)
+    return ctx.emit(info, lambda i: f"LUN {i['name']} is {mode(i)}\n{render_one(i)}")
+
+
+# ---- rendering --------------------------------------------------------------------------
+def mode(info: dict) -> str:
+    return "read-only" if info.get("read_only") else "read-write"
+
+
+def allocated(info: dict) -> str:
+    alloc, total = info.get("allocated"), info.get("size")
+    if not isinstance(alloc, int):
+        return "-"
+    pct = f" ({100 * alloc / total:.0f}%)" if isinstance(total, int) and total else ""
+    return size(alloc) + pct
+
+
+def render_list(luns: list) -> str:
+    if not luns:
+        return "no LUNs"
+    rows = [[i.get("name"), size(i.get("size")), allocated(i), f"RAID{i.get('raid')}",
+             "ro" if i.get("read_only") else "rw", i.get("ldad", "-")] for i in luns]
+    return table(["NAME", "SIZE", "ALLOCATED", "RAID", "MODE", "LDAD"], rows, right=(1,))
+
+
+def render_one(i: dict) -> str:
+    rows = [("name", i.get("name")), ("id", i.get("id", "-")),
+            ("size", f"{size(i.get('size'))} ({i.get('size')} bytes)"),
+            ("allocated", allocated(i)), ("raid", f"RAID{i.get('raid')}"),
+            ("ldad", i.get("ldad", "-")), ("read-only", yes_no(i.get("read_only")))]
+    if "connections" in i:
+        rows.append(("connections", i["connections"]))
+    rows += [(k.replace("_", "-"), v) for k, v in sorted(i.items()) if k not in KNOWN]
+    return kv(rows)

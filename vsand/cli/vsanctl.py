@@ -1,0 +1,74 @@
+"""`vsanctl`: the administrator's tool for a running vsand daemon.
+
+    vsanctl [--control PATH] [--json] status
+    vsanctl lun create NAME --size SIZE [--raid 0|1|5] [--thick]
+    vsanctl lun list | show NAME | resize NAME SIZE | delete NAME
+    vsanctl lun set NAME --read-only on|off
+    vsanctl drive list
+
+It talks to the daemon over its control socket (--control PATH, else $VSAN_CONTROL,
+else /var/lib/vsand/control.sock). Exit status: 0 on success, 1 when the daemon
+refuses or cannot be reached, 2 for usage errors; an error is one line on stderr.
+Each command group lives in its own module (vsand/cli/<group>.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from .. import __version__
+from .ctl import DEFAULT_CONTROL, ENV_CONTROL, PROG, CliError, Ctx, Parser, resolve_control
+
+GROUPS = ("status", "lun", "drive")
+
+
+def common_options() -> argparse.ArgumentParser:
+    """--json and --control, accepted before or after the command (SUPPRESS keeps the
+    top-level value when a subcommand does not repeat the option)."""
+    c = argparse.ArgumentParser(add_help=False)
+    c.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                   help="print machine-readable JSON on stdout")
+    c.add_argument("--control", metavar="PATH", default=argparse.SUPPRESS,
+                   help=f"daemon control socket (default: ${ENV_CONTROL} or {DEFAULT_CONTROL})")
+    return c
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = Parser(prog=PROG, description="Manage a running vsand daemon: LUNs, drives, status.",
+                epilog="Run 'vsanctl COMMAND --help' for a command's options.")
+    ap.add_argument("--json", action="store_true", default=False,
+                    help="print machine-readable JSON on stdout")
+    ap.add_argument("--control", metavar="PATH", default=None,
+                    help=f"daemon control socket (default: ${ENV_CONTROL} or {DEFAULT_CONTROL})")
+    ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    ap.set_defaults(_parser=ap)
+    sub = ap.add_subparsers(title="commands", dest="command", metavar="COMMAND", required=True)
+    common = common_options()
+    for g in GROUPS:
+        importlib.import_module(f"{__package__}.{g}").register(sub, common)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    ctx = Ctx(resolve_control(args.control), args.json, args.cmd)
+    try:
+        return args.func(ctx, args)
+    except CliError as e:
+        sys.stdout.flush()
+        print(f"{PROG}: {e.message}", file=sys.stderr)
+        return e.code
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # `vsanctl lun list | head`: stop quietly, and keep Python from complaining at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""The control protocol: framing and the table of operations.
+
+A frame is a 4-byte big-endian length and a msgpack map. Request:
+``{"op": NAME, "args": {...}}``; reply: ``{"ok": True, "result": ...}`` or
+``{"ok": False, "error": MESSAGE, "errno": N}``.
+"""
+
+from __future__ import annotations
+
+import struct
+
+FRAME = struct.Struct(">I")
+MAX_FRAME = 16 << 20
+
+# op -> {arg: (type, required)}
+OPS: dict[str, dict[str, tuple[type, bool]]] = {
+    "status": {},
+    "lun.create": {"name": (str, True), "size": (int, True), "raid": (int, False),
+                   "thick": (bool, False), "ldad": (str, False)},
+    "lun.list": {},
+    "lun.show": {"name": (str, True)},
+    "lun.resize": {"name": (str, True), "size": (int, True)},
+    "lun.delete": {"name": (str, True)},
+    "lun.set": {"name": (str, True), "read_only": (bool, False)},
+    "drive.list": {},
+}
+
+
+def validate(op: str, args: dict) -> str | None:
+    """An error message for a malformed request, None when it fits the schema."""
+    spec = OPS.get(op)
+    if spec is None:
+        return f"unknown operation {op!r}"
+    if not isinstance(args, dict):
+        return "args must be a map"
+    for k in args:
+        if k not in spec:
+            return f"{op}: unknown argument {k!r}"
+    for k, (typ, required) in spec.items():
+        if k not in args:
+            if required:
+                return f"{op}: missing argument {k!r}"
+            continue
+        v = args[k]
+        if typ is int and isinstance(v, bool) or not isinstance(v, typ):
+            return f"{op}: argument {k!r} must be {typ.__name__}"
+    return None

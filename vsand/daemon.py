@@ -1,0 +1,223 @@
+"""Composition root: config -> pool -> exports -> NBD server + control; signals, sd_notify."""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import logging
+import os
+import signal
+import socket
+import sys
+
+from .config import Config, load
+from .control.server import ControlServer
+from .disk.pool import Pool
+from .errors import InvalidArgument, VsanError
+from .meta import format as fmt
+from .nbd.handshake import Export
+from .server.nbd_server import NbdServer
+from .units import format_size
+
+log = logging.getLogger("vsand")
+
+
+def sd_notify(state: str) -> None:
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(addr)
+            s.sendall(state.encode())
+    except OSError as e:
+        log.warning("sd_notify failed: %s", e)
+
+
+def inherited_sockets() -> list[tuple[str, socket.socket]]:
+    """systemd socket activation: (name, socket) for each LISTEN_FDS socket."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return []
+    n = int(os.environ.get("LISTEN_FDS", "0"))
+    names = os.environ.get("LISTEN_FDNAMES", "").split(":")
+    out = []
+    for i in range(n):
+        fd = 3 + i
+        os.set_inheritable(fd, False)
+        out.append((names[i] if i < len(names) else "", socket.socket(fileno=fd)))
+    return out
+
+
+def has_label(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(fmt.LABEL_MAGIC)) == fmt.LABEL_MAGIC
+    except FileNotFoundError:
+        return False
+
+
+def open_pool(cfg: Config) -> Pool:
+    if cfg.drive_paths:
+        if not any(has_label(p) for p in cfg.drive_paths):
+            log.info("formatting a new pool on %d drives", len(cfg.drive_paths))
+            return Pool.create([(p, None, "default") for p in cfg.drive_paths])
+        return Pool.open(cfg.drive_paths)
+    paths = sorted(glob.glob(os.path.join(cfg.state_dir, "drives", "*.img")))
+    if paths:
+        return Pool.open(paths)
+    specs = [(os.path.join(cfg.state_dir, "drives", f"drive-{i:02d}.img"), cfg.drive_size, "default")
+             for i in range(cfg.drives)]
+    log.info("creating pool: %d sparse drives of %s under %s/drives",
+             cfg.drives, format_size(cfg.drive_size), cfg.state_dir)
+    return Pool.create(specs)
+
+
+class Exports:
+    """Every logical disk is an export under its own name."""
+
+    def __init__(self, pool: Pool, default: str = ""):
+        self.pool = pool
+        self.default = default
+
+    def _name(self, name: str) -> str:
+        if name:
+            return name
+        if self.default:
+            return self.default
+        return next(iter(self.pool.lds)) if len(self.pool.lds) == 1 else ""
+
+    def lookup(self, name: str):
+        ld = self.pool.lds.get(self._name(name))
+        if ld is None:
+            return None
+        return self.export(ld), ld
+
+    @staticmethod
+    def export(ld) -> Export:
+        return Export(ld.name, ld.size, ld.read_only, f"{format_size(ld.size)} RAID{ld.raid}")
+
+    def listing(self) -> list[Export]:
+        return [self.export(ld) for ld in sorted(self.pool.lds.values(), key=lambda x: x.name)]
+
+    def flush(self) -> None:
+        self.pool.flush()
+
+
+class Handlers:
+    """Control operations (schema in control/schema.py)."""
+
+    def __init__(self, daemon: "Daemon"):
+        self.d = daemon
+
+    @property
+    def pool(self) -> Pool:
+        return self.d.pool
+
+    def status(self):
+        st = self.pool.status()
+        return {"pool": st["pool"], "drives": len(st["drives"]),
+                "failed_drives": sum(d["failed"] for d in st["drives"]),
+                "capacity": sum(d["psegs"] for d in st["drives"]) * self.pool.units.pseg,
+                "free": st["free_bytes"], "luns": len(st["lds"]),
+                "connections": len(self.d.nbd.connections),
+                "nbd_socket": self.d.cfg.nbd_socket, "listen": self.d.cfg.listen,
+                "pid": os.getpid()}
+
+    def lun_create(self, name, size, raid=5, thick=False, ldad="default"):
+        return self.pool.create_ld(name, size, raid=raid, ldad=ldad, thick=thick).info()
+
+    def lun_list(self):
+        return [ld.info() for ld in sorted(self.pool.lds.values(), key=lambda x: x.name)]
+
+    def lun_show(self, name):
+        info = self.pool.get(name).info()
+        info["connections"] = sum(1 for c in self.d.nbd.connections
+                                  if c.export is not None and c.export.name == name)
+        return info
+
+    def lun_resize(self, name, size):
+        self.pool.resize_ld(name, size)
+        return self.pool.get(name).info()
+
+    def lun_delete(self, name):
+        self.pool.get(name)
+        for c in list(self.d.nbd.connections):   # nobody keeps writing into a deleted LUN
+            if c.export is not None and c.export.name == name:
+                c._abort()
+        self.pool.delete_ld(name)
+        return {"deleted": name}
+
+    def lun_set(self, name, read_only=None):
+        if read_only is None:
+            raise InvalidArgument("nothing to set (use --read-only on|off)")
+        self.pool.set_attrs(name, read_only=read_only)
+        return self.pool.get(name).info()
+
+    def drive_list(self):
+        return self.pool.status()["drives"]
+
+
+class Daemon:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.pool: Pool | None = None
+        self.nbd: NbdServer | None = None
+        self.control: ControlServer | None = None
+        self.stop_event: asyncio.Event | None = None
+
+    async def run(self) -> int:
+        cfg = self.cfg
+        os.makedirs(cfg.state_dir, exist_ok=True)
+        self.pool = open_pool(cfg)
+        self.nbd = NbdServer(Exports(self.pool, cfg.default_export))
+        self.control = ControlServer(Handlers(self))
+        self.stop_event = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop_event.set)
+        inherited = inherited_sockets()
+        for name, sock in inherited:
+            if name == "control":
+                await self.control.listen_socket(sock)
+            else:
+                await self.nbd.listen_socket(sock)
+        if not any(n != "control" for n, _ in inherited):
+            await self.nbd.listen_unix(cfg.nbd_socket)
+            tcp = cfg.tcp()
+            if tcp:
+                await self.nbd.listen_tcp(*tcp)
+        if not any(n == "control" for n, _ in inherited):
+            await self.control.listen(cfg.control)
+        log.info("serving %d LUN(s): %s", len(self.pool.lds), ", ".join(sorted(self.pool.lds)) or "-")
+        sd_notify("READY=1\nSTATUS=serving")
+        await self.stop_event.wait()
+        log.info("stopping: draining connections")
+        sd_notify("STOPPING=1")
+        await self.nbd.stop()
+        await self.control.close()
+        self.pool.close()
+        for p in (cfg.control,) + (() if inherited else (cfg.nbd_socket,)):
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
+        log.info("stopped cleanly")
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = load(argv)
+    logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass
+    try:
+        return asyncio.run(Daemon(cfg).run())
+    except VsanError as e:
+        log.error("cannot start: %s", e.message)
+        return 1

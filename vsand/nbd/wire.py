@@ -1,0 +1,182 @@
+"""Transmission phase, sans-IO: request framing in, reply framing out.
+
+``RequestReader`` owns the receive buffer so that an asyncio BufferedProtocol can
+``recv_into`` it directly and every complete request in it is handled in one go;
+WRITE payloads are handed out as memoryviews into that buffer (valid until the
+next ``get_buffer``), so payload bytes are never copied before they reach storage.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from . import constants as C
+
+REQ = struct.Struct(">IHHQQI")        # magic, flags, type, cookie, offset, length
+SIMPLE = struct.Struct(">IIQ")        # magic, error, cookie
+CHUNK = struct.Struct(">IHHQI")       # magic, flags, type, cookie, payload length
+assert REQ.size == 28 and SIMPLE.size == 16 and CHUNK.size == 20
+
+_BUF = 4 << 20
+_MIN_ROOM = 256 << 10
+
+
+class ProtocolError(Exception):
+    """The byte stream cannot be framed any more: close the connection."""
+
+
+class RequestReader:
+    def __init__(self, max_payload: int = C.MAX_ACCEPTED):
+        self.max_payload = max_payload
+        self.buf = bytearray(_BUF)
+        self.start = 0
+        self.end = 0
+        self.skip = 0   # bytes of an oversized WRITE payload still to discard
+
+    # -- filling ---------------------------------------------------------------------
+    def get_buffer(self, sizehint: int = -1) -> memoryview:
+        if self.start == self.end:
+            self.start = self.end = 0
+        elif len(self.buf) - self.end < _MIN_ROOM:
+            # Keep the partial request; a new buffer so no exported view is disturbed.
+            need = max(_BUF, (self.end - self.start) + _MIN_ROOM)
+            nb = bytearray(need)
+            nb[: self.end - self.start] = self.buf[self.start: self.end]
+            self.buf, self.end, self.start = nb, self.end - self.start, 0
+        return memoryview(self.buf)[self.end:]
+
+    def buffer_updated(self, n: int) -> None:
+        self.end += n
+
+    def feed(self, data: bytes) -> None:
+        while data:
+            mv = self.get_buffer()
+            k = min(len(mv), len(data))
+            mv[:k] = data[:k]
+            self.buffer_updated(k)
+            data = data[k:]
+
+    def pending(self) -> int:
+        return self.end - self.start
+
+    # -- framing -------------------------------------------------------------------
+    def requests(self):
+        """Yields (cmd, flags, cookie, offset, length, payload) for each complete
+        request. ``payload`` is a memoryview for WRITE, None otherwise (and None for
+        a WRITE whose payload is over the limit: it is discarded as it arrives)."""
+        buf, unpack = self.buf, REQ.unpack_from
+        while True:
+            if self.skip:
+                k = min(self.skip, self.end - self.start)
+                self.start += k
+                self.skip -= k
+                if self.skip:
+                    return
+            if self.end - self.start < 28:
+                return
+            magic, flags, cmd, cookie, offset, length = unpack(buf, self.start)
+            if magic != C.REQUEST_MAGIC:
+                raise ProtocolError(f"bad request magic {magic:#x}")
+            if cmd == C.CMD_WRITE:
+                if length > self.max_payload:
+                    self.start += 28
+                    self.skip = length
+                    yield cmd, flags, cookie, offset, length, None
+                    continue
+                total = 28 + length
+                if self.end - self.start < total:
+                    if len(buf) - self.start < total:
+                        self._grow(total)
+                        buf = self.buf
+                    return
+                p = self.start + 28
+                self.start += total
+                yield cmd, flags, cookie, offset, length, memoryview(buf)[p:p + length]
+            else:
+                self.start += 28
+                yield cmd, flags, cookie, offset, length, None
+
+    def _grow(self, total: int) -> None:
+        nb = bytearray(max(total + _MIN_ROOM, _BUF))
+        nb[: self.end - self.start] = self.buf[self.start: self.end]
+        self.buf, self.end, self.start = nb, self.end - self.start, 0
+
+
+# ---- request validation (protocol rules only; storage errors come later) ----------
+ALLOWED_FLAGS = {
+    C.CMD_READ: C.CMD_FLAG_FUA | C.CMD_FLAG_DF,
+    C.CMD_WRITE: C.CMD_FLAG_FUA,
+    C.CMD_DISC: C.CMD_FLAG_FUA,
+    C.CMD_FLUSH: C.CMD_FLAG_FUA,
+    C.CMD_TRIM: C.CMD_FLAG_FUA,
+    C.CMD_CACHE: C.CMD_FLAG_FUA,
+    C.CMD_WRITE_ZEROES: C.CMD_FLAG_FUA | C.CMD_FLAG_NO_HOLE | C.CMD_FLAG_FAST_ZERO,
+    C.CMD_BLOCK_STATUS: C.CMD_FLAG_FUA | C.CMD_FLAG_REQ_ONE,
+}
+WRITES = (C.CMD_WRITE, C.CMD_TRIM, C.CMD_WRITE_ZEROES)
+
+
+def check(cmd: int, flags: int, offset: int, length: int, size: int, tflags: int,
+          has_meta: bool) -> tuple[int, str]:
+    """(errno, message) for a request that breaks the protocol's rules, (0, "") if fine."""
+    allowed = ALLOWED_FLAGS.get(cmd)
+    if allowed is None:
+        return C.EINVAL, f"unknown command {cmd}"
+    if flags & ~allowed:
+        return C.EINVAL, f"flags {flags:#x} not valid for command {cmd}"
+    if flags & C.CMD_FLAG_DF and not tflags & C.FLAG_SEND_DF:
+        return C.EINVAL, "DF needs structured replies"
+    if cmd in WRITES and tflags & C.FLAG_READ_ONLY:
+        return C.EPERM, "export is read-only"
+    if cmd == C.CMD_BLOCK_STATUS and not has_meta:
+        return C.EINVAL, "no meta context was negotiated"
+    if cmd in (C.CMD_FLUSH, C.CMD_DISC):
+        return 0, ""
+    if offset + length > size:
+        err = C.ENOSPC if cmd in (C.CMD_WRITE, C.CMD_WRITE_ZEROES) else C.EINVAL
+        return err, f"request {offset}+{length} is beyond the export size {size}"
+    if cmd == C.CMD_READ and length > C.MAX_ACCEPTED:
+        return (C.EOVERFLOW if flags & C.CMD_FLAG_DF else C.EINVAL), f"read of {length} bytes is too large"
+    if cmd == C.CMD_WRITE and length > C.MAX_ACCEPTED:
+        return C.EINVAL, f"write of {length} bytes is too large"
+    return 0, ""
+
+
+# ---- replies -------------------------------------------------------------------------
+def simple(cookie: int, err: int = 0) -> bytes:
+    return SIMPLE.pack(C.SIMPLE_REPLY_MAGIC, err, cookie)
+
+
+def chunk(cookie: int, ctype: int, payload_len: int, done: bool = True) -> bytes:
+    return CHUNK.pack(C.STRUCTURED_REPLY_MAGIC, C.REPLY_FLAG_DONE if done else 0, ctype,
+                      cookie, payload_len)
+
+
+def data_chunk_head(cookie: int, offset: int, n: int, done: bool = True) -> bytes:
+    """Header of an OFFSET_DATA chunk; ``n`` data bytes follow it."""
+    return chunk(cookie, C.REPLY_TYPE_OFFSET_DATA, 8 + n, done) + struct.pack(">Q", offset)
+
+
+def hole_chunk(cookie: int, offset: int, n: int, done: bool = True) -> bytes:
+    return chunk(cookie, C.REPLY_TYPE_OFFSET_HOLE, 12, done) + struct.pack(">QI", offset, n)
+
+
+def error_chunk(cookie: int, err: int, msg: str = "") -> bytes:
+    m = msg.encode()[: C.MAX_STRING].decode(errors="ignore").encode()   # whole characters only
+    return chunk(cookie, C.REPLY_TYPE_ERROR, 6 + len(m)) + struct.pack(">IH", err, len(m)) + m
+
+
+def done_chunk(cookie: int) -> bytes:
+    return chunk(cookie, C.REPLY_TYPE_NONE, 0)
+
+
+def block_status_chunk(cookie: int, ctx_id: int, extents: list[tuple[int, int]],
+                       done: bool = True) -> bytes:
+    body = struct.pack(">I", ctx_id) + b"".join(struct.pack(">II", n, f) for n, f in extents)
+    return chunk(cookie, C.REPLY_TYPE_BLOCK_STATUS, len(body), done) + body
+
+
+def error_reply(cookie: int, err: int, msg: str, structured: bool) -> bytes:
+    """An error answer in the form the connection negotiated (structured replies
+    must be used for every READ once negotiated; using them for all is allowed)."""
+    return error_chunk(cookie, err, msg) if structured else simple(cookie, err)

@@ -1,0 +1,1 @@
+"""asyncio adapter: listeners, per-connection protocol, dispatch to block devices."""

@@ -1,0 +1,80 @@
+"""NBD listeners (UNIX, TCP, inherited sockets) and the staged shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+
+from ..nbd.handshake import Export
+from .committer import Committer
+from .connection import NbdConnection
+
+log = logging.getLogger("vsand.server")
+
+
+class NbdServer:
+    def __init__(self, exports):
+        """``exports``: lookup(name) -> (Export, BlockDevice) | None, listing() ->
+        [Export], flush() (see blockdev.Exports)."""
+        self.exports = exports
+        self.connections: set[NbdConnection] = set()
+        self.stopping = False
+        self.committer = Committer(exports.flush)
+        self.servers: list[asyncio.base_events.Server] = []
+
+    # ---- what the handshake sees ----------------------------------------------------
+    def lookup_export(self, name: str) -> Export | None:
+        got = self.exports.lookup(name)
+        return got[0] if got else None
+
+    def list_exports(self) -> list[Export]:
+        return self.exports.listing()
+
+    def device(self, name: str):
+        return self.exports.lookup(name)[1]
+
+    # ---- listeners -----------------------------------------------------------------
+    def _factory(self):
+        return NbdConnection(self)
+
+    async def listen_unix(self, path: str) -> None:
+        if os.path.exists(path):
+            os.unlink(path)
+        srv = await asyncio.get_running_loop().create_unix_server(self._factory, path)
+        os.chmod(path, 0o660)
+        self.servers.append(srv)
+        log.info("NBD listening on unix:%s", path)
+
+    async def listen_tcp(self, host: str, port: int) -> None:
+        srv = await asyncio.get_running_loop().create_server(self._factory, host, port,
+                                                             reuse_address=True)
+        self.servers.append(srv)
+        log.info("NBD listening on %s:%d", host, port)
+
+    async def listen_socket(self, sock: socket.socket) -> None:
+        """An inherited listening socket (systemd socket activation)."""
+        loop = asyncio.get_running_loop()
+        if sock.family == socket.AF_UNIX:
+            srv = await loop.create_unix_server(self._factory, sock=sock)
+        else:
+            srv = await loop.create_server(self._factory, sock=sock)
+        self.servers.append(srv)
+        log.info("NBD listening on inherited socket %s", sock.getsockname())
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop accepting, let every connection finish what it has in flight, close."""
+        self.stopping = True
+        for srv in self.servers:
+            srv.close()
+        for conn in list(self.connections):
+            conn.shutdown()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.connections and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        for conn in list(self.connections):
+            conn._abort()
+        for srv in self.servers:
+            await srv.wait_closed()
