@@ -6,17 +6,7 @@ import os
 
 import pytest
 
-from vsand.disk.pool import Pool
-from vsand.units import MiB, Units
-
-SMALL = Units(quorum=8 * MiB)
-
-
-def make_pool(tmp_path, n: int = 8, size: int = 128 * MiB, units: Units = SMALL, sizes=None) -> tuple[Pool, list[str]]:
-    sizes = sizes or [size] * n
-    specs = [(os.path.join(str(tmp_path), f"d{i:02d}.img"), s, "default") for i, s in enumerate(sizes)]
-    return Pool.create(specs, units), [p for p, _, _ in specs]
-
+from poolkit import make_pool
 
 @pytest.fixture
 def pool(tmp_path):

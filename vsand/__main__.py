@@ -1,4 +1,4 @@
-"""`vsand`: the daemon (`vsand --state-dir DIR ...`) and offline tools (`vsand check`, `vsand demo`)."""
+"""`vsand`: the daemon (`vsand --state-dir DIR ...`) and the offline checker (`vsand check`)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,6 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "check":
         from .cli.check import main as check_main
         return check_main(argv[1:])
-    if argv and argv[0] == "demo":
-        from .cli.demo import main as demo_main
-        return demo_main(argv[1:])
     from .daemon import main as daemon_main
     return daemon_main(argv)
 

@@ -12,7 +12,7 @@ from vsand.mapping.lmap import SP, SS
 from vsand.meta import format as fmt
 from vsand.units import MiB
 
-from conftest import make_pool
+from poolkit import make_pool
 
 
 def populated(tmp_path):

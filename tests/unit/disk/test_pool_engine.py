@@ -10,7 +10,7 @@ from vsand.disk.pool import Pool
 from vsand.physical.drive import Drive
 from vsand.units import GiB, MiB, Units
 
-from conftest import make_pool
+from poolkit import make_pool
 
 
 class CountingDrive(Drive):
