@@ -80,9 +80,17 @@ class LogicalDisk:
 
     # ---- write -------------------------------------------------------------------
     def write(self, off: int, data) -> None:
+        n = len(data)
+        if off < 0 or off + n > self.size:
+            raise OutOfRange(f"{self.name}: range {off}+{n} is outside 0..{self.size}")
+        if self.attrs.get("read_only"):
+            raise ReadOnly(f"{self.name} is read-only")
+        k, so = divmod(off, self.seg)
+        if so + n <= self.seg:   # hot path: one segment
+            if n:
+                self._write_segment(k, so, data)
+            return
         mv = memoryview(data).cast("B")
-        self._check(off, len(mv))
-        self._check_writable()
         pos = 0
         for k, so, m in self._pieces(off, len(mv)):
             self._write_segment(k, so, mv[pos:pos + m])
@@ -173,6 +181,9 @@ class LogicalDisk:
 
     def read_sparse(self, off: int, n: int) -> list[tuple[int, int, bytes | None]]:
         """[(offset, length, data or None for a hole that reads as zeros)]."""
+        k, so = divmod(off, self.seg)
+        if so + n <= self.seg and n and off >= 0 and off + n <= self.size:   # hot path
+            return [(off, n, self.read(off, n) if self._holder(k)[1] & ALLOCATED else None)]
         res, pos = [], off
         for m, alloc in self.extents(off, n):
             res.append((pos, m, self.read(pos, m) if alloc else None))

@@ -34,10 +34,15 @@ class RStoreIO:
 
     # ---- read --------------------------------------------------------------------
     def read(self, raid: int, members: Members, slot: int, off: int, n: int) -> bytes:
-        pieces = split(off, n, self.su)
-        if len(pieces) == 1:
-            col, uo, _, k = pieces[0]
-            return self._read_col(raid, members, slot, col, uo, k)
+        su = self.su
+        col, uo = divmod(off, su)
+        if uo + n <= su:   # hot path: inside one stripe unit
+            if raid == 0:
+                d, base = members[col]
+                drive = self.drives[d]
+                if not drive.failed:
+                    return drive.pread(base + slot * su + uo, n)
+            return self._read_col(raid, members, slot, col, uo, n)
         buf = bytearray(n)
         self.read_into(raid, members, slot, off, memoryview(buf))
         return buf
@@ -86,6 +91,15 @@ class RStoreIO:
 
     # ---- write -------------------------------------------------------------------
     def write(self, raid: int, members: Members, slot: int, off: int, data) -> None:
+        su = self.su
+        if raid == 0:
+            col, uo = divmod(off, su)
+            if uo + len(data) <= su:   # hot path: inside one stripe unit
+                d, base = members[col]
+                drive = self.drives[d]
+                if not drive.failed:
+                    drive.pwrite(base + slot * su + uo, data)
+                    return
         mv = memoryview(data)
         if not len(mv):
             return
