@@ -83,6 +83,8 @@ def check_pool(pool: Pool, parity: bool = False) -> list[str]:
         for d, psegs in pool.ckpt["copies"]:
             for g in psegs:
                 owner[d][g] += 1
+    for d, g in pool.allocator.pending:      # freed, parked until the next commit
+        owner[d][g] += 1
     for (raid, ldad), t in pool.space.tables.items():
         for idx in t.live_indices().tolist():
             stored = t.members(idx)
@@ -120,19 +122,23 @@ def check_pool(pool: Pool, parity: bool = False) -> list[str]:
         for k in ks[dead][:10].tolist():
             out.append(f"LD {ld.name} segment {k}: refers to a missing RSD")
         refs.setdefault((ld.raid, ld.ldad), []).append(idx * 8 + (es & 7))
-        for li, lm in ld.l2.items():
-            has_ss = (lm & SS) != 0
-            if np.any(has_ss & ((lm & STATE_MASK) != 0)):
+        per = ld.l2.per
+        for li in range(len(ld.l2.lmaps)):
+            lo, hi = li * per, min((li + 1) * per, ld.l2.nsegs)
+            mine = ld.l2.entries(lo, hi)
+            has_ss = (mine & SS) != 0
+            if np.any(has_ss & ((mine & STATE_MASK) != 0)):
                 out.append(f"LD {ld.name} LMAP {li}: a segment is both shared with the successor and owned")
             if ld.succ is None and np.any(has_ss):
                 out.append(f"LD {ld.name} LMAP {li}: Ss set without a successor")
-            if ld.pred is None and np.any(lm & SP):
+            if ld.pred is None and np.any(mine & SP):
                 out.append(f"LD {ld.name} LMAP {li}: Sp set without a predecessor")
             if ld.succ is not None:
-                other = ld.succ.l2.entries(li * ld.l2.per, min((li + 1) * ld.l2.per, ld.l2.nsegs))
-                mine = lm[: len(other)]
-                if not np.array_equal((mine & SS) != 0, (other & SP) != 0):
+                other = ld.succ.l2.entries(lo, hi)
+                if not np.array_equal(has_ss, (other & SP) != 0):
                     out.append(f"LD {ld.name} LMAP {li}: Ss bits disagree with successor's Sp bits")
+        if (ld.succ is not None) != (ld.succ is not None and ld.succ.pred is ld):
+            out.append(f"LD {ld.name}: successor link is not mutual")
         if ld.l2.nsegs * u.segment != ld.size:
             out.append(f"LD {ld.name}: map covers {ld.l2.nsegs} segments, size is {ld.size}")
     for key, parts in refs.items():

@@ -9,7 +9,10 @@ write, so it can never show bytes of an earlier owner.
 from __future__ import annotations
 
 from ..errors import OutOfRange, ReadOnly
-from ..mapping.lmap import ALLOCATED, L2map, SS, entry_rsd, entry_slot
+from ..mapping.lmap import ALLOCATED, L2map, SP, SS, entry_rsd, entry_slot
+from .sharing import check_valid, unshare
+
+SHARED = SP | SS
 
 
 class LogicalDisk:
@@ -29,11 +32,14 @@ class LogicalDisk:
         self.open_rsd: int | None = None
         self.succ: LogicalDisk | None = None
         self.pred: LogicalDisk | None = None
+        self.invalid = bool(self.attrs.get("invalid"))
 
     # ---- helpers -----------------------------------------------------------------
     def _check(self, off: int, n: int) -> None:
         if off < 0 or n < 0 or off + n > self.size:
             raise OutOfRange(f"{self.name}: range {off}+{n} is outside 0..{self.size}")
+        if self.invalid:
+            check_valid(self)
 
     def _check_writable(self) -> None:
         if self.attrs.get("read_only"):
@@ -85,6 +91,8 @@ class LogicalDisk:
             raise OutOfRange(f"{self.name}: range {off}+{n} is outside 0..{self.size}")
         if self.attrs.get("read_only"):
             raise ReadOnly(f"{self.name} is read-only")
+        if self.invalid:
+            check_valid(self)
         k, so = divmod(off, self.seg)
         if so + n <= self.seg:   # hot path: one segment
             if n:
@@ -99,6 +107,9 @@ class LogicalDisk:
     def _write_segment(self, k: int, so: int, data) -> None:
         pool = self.pool
         e = self.l2.get(k)
+        if e & SHARED:
+            unshare(self, k, whole=len(data) == self.seg)
+            e = self.l2.get(k)
         zero = False
         if not e & ALLOCATED:
             e, fresh = pool.space.alloc_segment(self)
@@ -117,6 +128,9 @@ class LogicalDisk:
         pool = self.pool
         for k, so, m in self._pieces(off, n):
             e = self.l2.get(k)
+            if e & SHARED:
+                unshare(self, k, whole=m == self.seg, trim=m == self.seg)
+                e = self.l2.get(k)
             if not e & ALLOCATED:
                 continue
             if m == self.seg:
@@ -198,6 +212,9 @@ class LogicalDisk:
         pool = self.pool
         for k, so, m in self._pieces(off, n):
             e = self.l2.get(k)
+            if e & SHARED:
+                unshare(self, k, whole=m == self.seg)
+                e = self.l2.get(k)
             if e & ALLOCATED and m < self.seg:
                 self._write_segment(k, so, bytes(m))
                 continue

@@ -28,7 +28,7 @@ from ..physical.allocator import Allocator, DriveSpace, group_rss
 from ..physical.drive import Drive, MissingDrive
 from ..redundancy.rstore import RStoreIO
 from ..units import Units
-from . import recovery
+from . import recovery, sharing
 from .journal import Journal
 from .ld import LogicalDisk
 from .space import Space
@@ -153,6 +153,8 @@ class Pool:
             recovery.derive_free(self)
             return
         recovery.derive_free(self)
+        self.space.reserve_segs = sum(self._reserve_left(ld) for ld in self.lds_by_id.values()
+                                      if ld.attrs.get("space") == "reserve")
         for (key, idx) in sorted(self.dirty):
             t = self.space.tables.get(key)
             if t is not None and t.alive(idx):
@@ -200,12 +202,16 @@ class Pool:
         if size > self.units.max_ld_size:
             raise InvalidArgument(f"size {size} exceeds the per-LD limit of {self.units.max_ld_size} bytes")
 
-    def create_ld(self, name: str, size: int, raid: int = 5, ldad: str = "default",
-                  thick: bool = False, attrs: dict | None = None) -> LogicalDisk:
-        if not name or len(name) > 255 or "/" in name or not name.isprintable():
+    def _check_name(self, name: str) -> None:
+        if not isinstance(name, str) or not name or len(name) > 255 or "/" in name \
+                or not name.isprintable():
             raise InvalidArgument(f"bad LD name {name!r} (1-255 printable characters, no '/')")
         if name in self.lds:
             raise Exists(f"logical disk {name!r} exists")
+
+    def create_ld(self, name: str, size: int, raid: int = 5, ldad: str = "default",
+                  thick: bool = False, attrs: dict | None = None) -> LogicalDisk:
+        self._check_name(name)
         self._check_size(size)
         if raid not in RAID_TYPES:
             raise InvalidArgument(f"RAID type must be one of 0, 1, 5, not {raid!r}")
@@ -240,18 +246,73 @@ class Pool:
         self.journal.touch_lmaps(ld.id, range(len(ld.l2.lmaps)))
 
     def delete_ld(self, name: str) -> None:
+        """Deletes any LD, also one in the middle of a sharing chain: what its
+        predecessor reads through it is handed over, nothing is copied."""
         ld = self.get(name)
-        ld.free_from(0)
-        del self.lds[name]
-        del self.lds_by_id[ld.id]
-        self.journal.forget(ld.id)
+        self.flush()          # the "ldd" record replays against exactly this state
+        if ld.attrs.get("space") == "reserve":
+            self.space.reserve_segs = max(0, self.space.reserve_segs - self._reserve_left(ld))
+        self._drop_ld(ld)
         self.journal.add({"t": "ldd", "id": ld.id})
         self.flush()
         self._update_reserve()
 
+    def _drop_ld(self, ld) -> None:
+        freed = sharing.unlink(ld)
+        if len(freed):
+            self.space.free_entries(ld, freed)
+        del self.lds[ld.name]
+        del self.lds_by_id[ld.id]
+        self.journal.forget(ld.id)
+
+    def _reserve_left(self, ld) -> int:
+        return max(0, ld.l2.nsegs - ld.allocated_segments())
+
+    def snapshot(self, source: str, name: str, reserve: bool = False) -> LogicalDisk:
+        """A point-in-time copy of ``source`` (a LUN or a snapshot) that costs no data
+        movement; durable when this returns (Fig. 9)."""
+        x = self.get(source)
+        if x.invalid:
+            raise InvalidArgument(f"{source} is invalid; it can only be deleted")
+        self._check_name(name)
+        nsegs = x.l2.nsegs
+        if reserve:
+            width = {0: 4, 5: 5, 1: 8}[x.raid]
+            need = -(-(self.space.reserve_segs + nsegs) // self.units.rstore_segments) * width
+            if need > self.allocator.free_psegs(x.ldad):
+                raise NoSpace(f"not enough free space to reserve a full copy of {source}")
+        self._update_reserve(extra=nsegs)
+        self.flush()          # quiesce: every earlier write to the source is committed
+        p = self._make_snapshot(x, self.next_ld_id, name, reserve)
+        self.next_ld_id += 1
+        self.journal.add({"t": "snap", "src": x.id, "id": p.id, "name": name, "reserve": reserve})
+        self.flush()
+        return p
+
+    def _make_snapshot(self, x, ld_id: int, name: str, reserve: bool) -> LogicalDisk:
+        attrs = {"snapshot_of": x.name, "space": "reserve" if reserve else "on-demand"}
+        p = self._new_ld(ld_id, name, x.size, x.raid, x.ldad, attrs)
+        sharing.link_snapshot(x, p)
+        if reserve:
+            self.space.reserve_segs += x.l2.nsegs
+        return p
+
+    def chain(self, name: str) -> list[LogicalDisk]:
+        """The sharing chain ``name`` belongs to, oldest first."""
+        ld = self.get(name)
+        while ld.pred is not None:
+            ld = ld.pred
+        out = []
+        while ld is not None:
+            out.append(ld)
+            ld = ld.succ
+        return out
+
     def resize_ld(self, name: str, size: int) -> None:
         ld = self.get(name)
         self._check_size(size)
+        if ld.pred is not None or ld.succ is not None:
+            raise InvalidArgument(f"{name} shares data with snapshots; delete them before resizing")
         u = self.units
         if size > ld.size:
             self._update_reserve(extra=(size - ld.size) // u.segment)
@@ -262,11 +323,13 @@ class Pool:
         self.journal.add({"t": "ldr", "id": ld.id, "size": size})
         self.flush()
 
-    def set_attrs(self, name: str, **attrs) -> None:
+    def set_attrs(self, name: str, _commit: bool = True, **attrs) -> None:
         ld = self.get(name)
         ld.attrs.update(attrs)
+        ld.invalid = bool(ld.attrs.get("invalid"))
         self.journal.add({"t": "lda", "id": ld.id, "attrs": attrs})
-        self.flush()
+        if _commit:
+            self.flush()
 
     # ---- durability ----------------------------------------------------------------
     def intend(self, table, idx: int) -> None:

@@ -9,13 +9,15 @@ from __future__ import annotations
 import numpy as np
 
 from ..mapping.lmap import ALLOCATED, STATE_MASK
+from . import sharing
 
 
 def checkpoint_body(pool, seq: int) -> dict:
     lds = []
     for ld in pool.lds_by_id.values():
         lds.append({"id": ld.id, "name": ld.name, "size": ld.size, "raid": ld.raid,
-                    "ldad": ld.ldad, "attrs": ld.attrs,
+                    "ldad": ld.ldad, "attrs": ld.attrs, "fill": ld.l2.fill,
+                    "pred": ld.pred.id if ld.pred is not None else None,
                     "lmaps": {li: lm.tobytes() for li, lm in ld.l2.items() if lm.any()}})
     tables = []
     for (raid, ldad), t in pool.space.tables.items():
@@ -31,8 +33,13 @@ def load_checkpoint(pool, body: dict) -> None:
         pool.space.table(t["raid"], t["ldad"]).load(t["count"], t["rows"])
     for d in body["lds"]:
         ld = pool._new_ld(d["id"], d["name"], d["size"], d["raid"], d["ldad"], d["attrs"])
+        ld.l2.fill = d.get("fill", 0)
         for li, data in d["lmaps"].items():
             ld.l2.install(int(li), np.frombuffer(data, dtype=np.uint32).copy())
+    for d in body["lds"]:
+        if d.get("pred") is not None:
+            ld, p = pool.lds_by_id[d["id"]], pool.lds_by_id[d["pred"]]
+            ld.pred, p.succ = p, ld
     pool.next_ld_id = body["next_ld"]
     pool.dirty = {((r, l), i) for r, l, i in body["dirty"]}
     for i in body["failed"]:
@@ -49,12 +56,17 @@ def apply(pool, rec: dict) -> None:
     elif t == "ldd":
         ld = pool.lds_by_id.pop(rec["id"])
         pool.lds.pop(ld.name, None)
+        sharing.unlink(ld)          # deterministic: the same handover as when it ran
+    elif t == "snap":
+        pool._make_snapshot(pool.lds_by_id[rec["src"]], rec["id"], rec["name"], rec["reserve"])
+        pool.next_ld_id = max(pool.next_ld_id, rec["id"] + 1)
     elif t == "ldr":
         pool.lds_by_id[rec["id"]].l2.resize(rec["size"] // pool.units.segment)
         pool.lds_by_id[rec["id"]].size = rec["size"]
     elif t == "lda":
         ld = pool.lds_by_id[rec["id"]]
         ld.attrs.update(rec["attrs"])
+        ld.invalid = bool(ld.attrs.get("invalid"))
         if "name" in rec:
             pool.lds.pop(ld.name, None)
             ld.name = rec["name"]

@@ -16,6 +16,7 @@ class Space:
         self.journal = journal
         self.units = units
         self.tables: dict[tuple[int, str], RsdTable] = {}
+        self.reserve_segs = 0   # segments promised to reserved snapshots, not yet used
         self._members: dict[tuple[int, str, int], list[tuple[int, int]]] = {}
 
     def table(self, raid: int, ldad: str) -> RsdTable:
@@ -57,7 +58,7 @@ class Space:
         return out
 
     # ---- segments ----------------------------------------------------------------
-    def alloc_segment(self, ld) -> tuple[int, bool]:
+    def alloc_segment(self, ld, use_reserve: bool = False) -> tuple[int, bool]:
         """(LMAP entry, fresh) for a new segment of ``ld``; ``fresh`` means its
         stripe already reads as zeros, so a partial write needs no zeroing first."""
         t = self.table(ld.raid, ld.ldad)
@@ -68,12 +69,25 @@ class Space:
             if idx is not None:
                 got = t.take_slot(idx)
         if got is None:
-            idx = self.new_rstore(t)
+            idx = self.new_rstore(t, use_reserve)
             got = t.take_slot(idx)
         ld.open_rsd = idx
         return make_entry(idx, got[0]), got[1]
 
-    def new_rstore(self, t: RsdTable) -> int:
+    def reserved_psegs(self, raid: int) -> int:
+        rstores = -(-self.reserve_segs // self.units.rstore_segments)
+        return rstores * {0: 4, 5: 5, 1: 8}[raid]
+
+    def note_handover(self, snap) -> None:
+        """A reserved snapshot received one segment of its reservation."""
+        if snap.attrs.get("space") == "reserve" and self.reserve_segs > 0:
+            self.reserve_segs -= 1
+
+    def new_rstore(self, t: RsdTable, use_reserve: bool = False) -> int:
+        if not use_reserve and self.reserve_segs:
+            width = {0: 4, 5: 5, 1: 8}[t.raid]
+            if self.allocator.free_psegs(t.ldad) - self.reserved_psegs(t.raid) < width:
+                raise NoSpace("free space is reserved for snapshots")
         placed = self.allocator.alloc_rstore(t.ldad, t.raid)
         if t.raid == 1:
             placed = placed[::2]
@@ -89,6 +103,12 @@ class Space:
     def free_segment(self, ld, e: int) -> None:
         """The slot returns to its RStore only after the commit that unmaps it."""
         self.journal.slots.append((self.table(ld.raid, ld.ldad), entry_rsd(e), entry_slot(e)))
+
+    def free_entries(self, ld, entries) -> None:
+        """Bulk free of many allocated entries (delete): parked until the commit."""
+        t = self.table(ld.raid, ld.ldad)
+        for e in entries.tolist():
+            self.journal.slots.append((t, entry_rsd(e), entry_slot(e)))
 
     def release_committed(self, nslots: int, nids: int) -> None:
         """Called after a commit: frees what that commit made unreferenced."""

@@ -10,6 +10,8 @@ One uint32 per 1 MiB segment (4 bytes per mapped MiB):
 
 An L2MAP is a list with one LMAP (a numpy array of ``lmap_segments`` entries) per
 2 GiB of address space, created on first use, so an unwritten LD costs nothing.
+An absent LMAP reads as ``fill`` everywhere: share bits only (a snapshot of an
+unwritten region shares it without materialising any LMAP).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class L2map:
         self.shift = lmap_segments.bit_length() - 1
         self.mask = lmap_segments - 1
         self.nsegs = 0
+        self.fill = 0       # the entry an absent LMAP stands for (share bits only)
         self.lmaps: list[np.ndarray | None] = []
         self.views: list[memoryview | None] = []  # fast scalar access to the same memory
         self.resize(nsegs)
@@ -61,25 +64,25 @@ class L2map:
         self.lmaps.extend([None] * (n - len(self.lmaps)))
         self.views.extend([None] * (n - len(self.views)))
         if nsegs < self.nsegs and n and self.lmaps[-1] is not None:
-            self.lmaps[-1][nsegs - (n - 1) * self.per:] = 0
+            self.lmaps[-1][nsegs - (n - 1) * self.per:] = self.fill
         self.nsegs = nsegs
 
     def get(self, k: int) -> int:
         v = self.views[k >> self.shift]
-        return 0 if v is None else v[k & self.mask]
+        return self.fill if v is None else v[k & self.mask]
 
     def set(self, k: int, e: int) -> None:
         li = k >> self.shift
         v = self.views[li]
         if v is None:
-            if e == 0:
+            if e == self.fill:
                 return
             v = self.ensure(li)
         v[k & self.mask] = e
 
     def ensure(self, li: int) -> memoryview:
         if self.lmaps[li] is None:
-            arr = np.zeros(self.per, dtype=np.uint32)
+            arr = np.full(self.per, self.fill, dtype=np.uint32)
             self.lmaps[li] = arr
             self.views[li] = memoryview(arr)
         return self.views[li]
@@ -90,8 +93,8 @@ class L2map:
         self.views[li] = memoryview(arr)
 
     def entries(self, start: int, stop: int) -> np.ndarray:
-        """Copy of entries [start, stop) as one array (zeros where no LMAP exists)."""
-        out = np.zeros(stop - start, dtype=np.uint32)
+        """Copy of entries [start, stop) as one array (``fill`` where no LMAP exists)."""
+        out = np.full(stop - start, self.fill, dtype=np.uint32)
         k = start
         while k < stop:
             li = k >> self.shift

@@ -1,0 +1,180 @@
+"""Sharing trees (DESIGN.md §7, patent Figs. 9-12): snapshot, copy on first write,
+delete anywhere in a chain.
+
+Chains run ``oldest snapshot <-> ... <-> newest snapshot <-> LUN``. Per segment an
+LD either owns its entry (allocated or not) or has Ss set and reads through its
+successor; Sp says the predecessor reads through me. The pairs always agree:
+``X.Ss[k] == succ(X).Sp[k]``.
+
+Copy on first write never overwrites shared data in place: the writer hands its
+old allocation to the predecessor and continues in a new segment (a copy of the
+old bytes when the write is partial). Old bytes therefore stay where the
+committed maps say they are until the next commit moves them, which is what the
+CFW ordering rule of DESIGN.md §9 asks for, without a synchronous commit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import IOFailure, NoSpace
+from ..mapping.lmap import ALLOCATED, SP, SS, STATE_MASK, entry_rsd, entry_slot
+
+DATA_MASK = 0xFFFFFFFF & ~(SP | SS)
+
+
+# ---- snapshot -------------------------------------------------------------------------
+def link_snapshot(x, p) -> None:
+    """Inserts new LD ``p`` as ``x``'s predecessor and sets the share bits (Fig. 9)."""
+    q = x.pred
+    p.pred, p.succ, x.pred = q, x, p
+    if q is not None:
+        q.succ = p
+    per, n = x.l2.per, x.l2.nsegs
+    for li, xl in enumerate(x.l2.lmaps):
+        if xl is None:
+            continue
+        valid = min(per, n - li * per)
+        pl = np.full(per, p.l2.fill, dtype=np.uint32)
+        pl[:valid] = (xl[:valid] & SP) | SS
+        p.l2.install(li, pl)
+        xl[:valid] |= SP
+    p.l2.fill = (x.l2.fill & SP) | SS
+    x.l2.fill |= SP
+    # LMAPs ``p`` installed above used the old fill for their tail: harmless, past the end.
+
+
+# ---- delete anywhere ----------------------------------------------------------------------
+def unlink(x) -> np.ndarray:
+    """Removes ``x`` from its chain: where the predecessor shares a segment that x
+    owns, the allocation passes to it; pred and succ are linked and their bits
+    merged. Returns the entries nobody uses any more (to be freed). Pure map work."""
+    p, s = x.pred, x.succ
+    per, n = x.l2.per, x.l2.nsegs
+    freed = []
+    nl = len(x.l2.lmaps)
+    for li in range(nl):
+        lo, hi = li * per, min(n, (li + 1) * per)
+        if x.l2.lmaps[li] is None and (p is None or p.l2.lmaps[li] is None) \
+                and (s is None or s.l2.lmaps[li] is None):
+            continue   # all three stand for their fills: handled below
+        xe = x.l2.entries(lo, hi)
+        xs, xp = (xe & SS) != 0, (xe & SP) != 0
+        alloc = (xe & STATE_MASK) != 0
+        hand = alloc & xp if p is not None else np.zeros_like(alloc)
+        if p is not None:
+            pe = p.l2.entries(lo, hi)
+            take = xp & ~xs           # p read x's own entry: it becomes p's own
+            pe[take] = (pe[take] & SP) | (xe[take] & DATA_MASK)
+            put_entries(p.l2, lo, pe)
+        freed.append(xe[alloc & ~hand])
+        if s is not None:
+            se = s.l2.entries(lo, hi)
+            keep = xs & xp if p is not None else np.zeros_like(xs)
+            se = np.where(keep, se | SP, se & ~np.uint32(SP)).astype(np.uint32)
+            put_entries(s.l2, lo, se)
+    # the fills (absent LMAPs) follow the same rules
+    xf = x.l2.fill
+    if p is not None and xf & SP and not xf & SS:
+        p.l2.fill = (p.l2.fill & SP) | (xf & DATA_MASK)
+    if s is not None:
+        keep = p is not None and xf & SS and xf & SP
+        s.l2.fill = (s.l2.fill | SP) if keep else (s.l2.fill & ~SP)
+    if p is not None:
+        p.succ = s
+    if s is not None:
+        s.pred = p
+    x.pred = x.succ = None
+    return np.concatenate(freed) if freed else np.zeros(0, np.uint32)
+
+
+def put_entries(l2, lo: int, arr: np.ndarray) -> None:
+    li = lo // l2.per
+    if l2.lmaps[li] is None:
+        if not np.any(arr != l2.fill):
+            return
+        l2.ensure(li)
+    l2.lmaps[li][: len(arr)] = arr
+
+
+# ---- copy on first write ------------------------------------------------------------------
+def unshare(ld, k: int, whole: bool, trim: bool = False) -> None:
+    """Makes segment k of ``ld`` exclusively ld's before it is written: afterwards
+    ld.Ss[k] and ld.Sp[k] are clear and no other LD reads ld's entry for k.
+    ``whole``: the coming write covers the segment, so no old bytes are copied;
+    ``trim``: the segment is about to be unmapped, so ld needs no new space."""
+    pool = ld.pool
+    e = ld.l2.get(k)
+    if e & SS:                                   # rule 1: get my own copy
+        holder, he = ld._holder(k)
+        mine = 0
+        # Skip the copy only when nobody needs the old bytes through me: a whole
+        # write or trim with no predecessor reading my entry.
+        if he & ALLOCATED and (not (whole or trim) or e & SP):
+            mine = _copy_into_new(ld, holder, he)
+        e = (e & SP) | mine
+        ld.l2.set(k, e)
+        succ = ld.succ
+        succ.l2.set(k, succ.l2.get(k) & ~SP)
+        pool.journal.touch(ld.id, k)
+        pool.journal.touch(succ.id, k)
+    if e & SP:                                   # rule 2: give my predecessor its copy
+        p = ld.pred
+        pe = p.l2.get(k)
+        if pe & SS:
+            new = 0
+            if e & ALLOCATED and not trim:
+                reserve = p.attrs.get("space") == "reserve"
+                try:
+                    if whole:   # the write fills it: no copy, no zeroing
+                        new = pool.space.alloc_segment(ld, use_reserve=reserve)[0]
+                    else:
+                        new = _copy_into_new(ld, ld, e, reserve)
+                except NoSpace:
+                    _invalidate_for(ld, k)     # the snapshot loses, the write goes on
+                    return
+            p.l2.set(k, (pe & SP) | (e & DATA_MASK))
+            if e & ALLOCATED:
+                pool.space.note_handover(p)
+            e = new
+            pool.journal.touch(p.id, k)
+        else:
+            e &= ~SP
+        ld.l2.set(k, e & ~SP)
+        pool.journal.touch(ld.id, k)
+
+
+def _copy_into_new(dst, src, se: int, use_reserve: bool = False) -> int:
+    """A new segment for ``dst`` holding the bytes of ``src``'s entry ``se``."""
+    pool = dst.pool
+    data = pool.rio.read(src.raid, pool.space.members(src.table, entry_rsd(se)), entry_slot(se),
+                         0, dst.seg)
+    ne, _fresh = pool.space.alloc_segment(dst, use_reserve=use_reserve)
+    members = pool.space.members(dst.table, entry_rsd(ne))
+    pool.intend(dst.table, entry_rsd(ne))
+    pool.rio.write(dst.raid, members, entry_slot(ne), 0, data)
+    return ne
+
+
+def _invalidate_for(ld, k: int) -> None:
+    """No space for a copy: the predecessor (and every older LD that reads segment k
+    through it) is invalidated; ld keeps its data and stops sharing it."""
+    p = ld.pred
+    victims = [p]
+    q = p.pred
+    while q is not None and q.l2.get(k) & SS:
+        victims.append(q)
+        q = q.pred
+    for v in victims:
+        if not v.attrs.get("invalid"):
+            v.pool.set_attrs(v.name, invalid=True, _commit=False)
+    pe = p.l2.get(k)
+    p.l2.set(k, pe & SP)                 # p owns nothing for k now (it is invalid anyway)
+    ld.l2.set(k, ld.l2.get(k) & ~SP)
+    ld.pool.journal.touch(p.id, k)
+    ld.pool.journal.touch(ld.id, k)
+
+
+def check_valid(ld) -> None:
+    if ld.attrs.get("invalid"):
+        raise IOFailure(f"{ld.name} was invalidated (its snapshot space ran out); delete it")
