@@ -149,6 +149,23 @@ class Handlers:
         self.pool.delete_ld(name)
         return {"deleted": name}
 
+    def snapshot_create(self, source, name, reserve=False):
+        # Requests are handled synchronously on the loop, so in-flight writes to the
+        # source have finished and new ones wait: the quiesce of Fig. 9.
+        return self.pool.snapshot(source, name, reserve=reserve).info()
+
+    def snapshot_delete(self, name):
+        return self.lun_delete(name)
+
+    def tree(self, name):
+        out = []
+        for ld in self.pool.chain(name):
+            owned, shared = ld.share_counts()
+            out.append({"name": ld.name, "owned": owned, "shared": shared,
+                        "allocated": owned * self.pool.units.segment,
+                        "space": ld.attrs.get("space", "lun"), "invalid": ld.invalid})
+        return out
+
     def lun_set(self, name, read_only=None):
         if read_only is None:
             raise InvalidArgument("nothing to set (use --read-only on|off)")

@@ -91,8 +91,10 @@ def render_list(luns: list) -> str:
     if not luns:
         return "no LUNs"
     rows = [[i.get("name"), size(i.get("size")), allocated(i), f"RAID{i.get('raid')}",
-             "ro" if i.get("read_only") else "rw", i.get("ldad", "-")] for i in luns]
-    return table(["NAME", "SIZE", "ALLOCATED", "RAID", "MODE", "LDAD"], rows, right=(1,))
+             "ro" if i.get("read_only") else "rw", i.get("ldad", "-"),
+             ("snapshot of " + i["snapshot_of"]) if i.get("snapshot_of") else "lun"]
+            for i in luns]
+    return table(["NAME", "SIZE", "ALLOCATED", "RAID", "MODE", "LDAD", "KIND"], rows, right=(1,))
 
 
 def render_one(i: dict) -> str:

@@ -4,6 +4,8 @@
     vsanctl lun create NAME --size SIZE [--raid 0|1|5] [--thick]
     vsanctl lun list | show NAME | resize NAME SIZE | delete NAME
     vsanctl lun set NAME --read-only on|off
+    vsanctl snapshot create SOURCE NAME [--reserve] | snapshot delete NAME
+    vsanctl tree NAME
     vsanctl drive list
 
 It talks to the daemon over its control socket (--control PATH, else $VSAN_CONTROL,
@@ -22,7 +24,7 @@ import sys
 from .. import __version__
 from .ctl import DEFAULT_CONTROL, ENV_CONTROL, PROG, CliError, Ctx, Parser, resolve_control
 
-GROUPS = ("status", "lun", "drive")
+GROUPS = ("status", "lun", "snapshot", "drive")
 
 
 def common_options() -> argparse.ArgumentParser:

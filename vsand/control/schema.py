@@ -23,6 +23,9 @@ OPS: dict[str, dict[str, tuple[type, bool]]] = {
     "lun.delete": {"name": (str, True)},
     "lun.set": {"name": (str, True), "read_only": (bool, False)},
     "drive.list": {},
+    "snapshot.create": {"source": (str, True), "name": (str, True), "reserve": (bool, False)},
+    "snapshot.delete": {"name": (str, True)},
+    "tree": {"name": (str, True)},
 }
 
 

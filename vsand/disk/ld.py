@@ -8,6 +8,8 @@ write, so it can never show bytes of an earlier owner.
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..errors import OutOfRange, ReadOnly
 from ..mapping.lmap import ALLOCATED, L2map, SP, SS, entry_rsd, entry_slot
 from .sharing import check_valid, unshare
@@ -171,14 +173,29 @@ class LogicalDisk:
             self.l2.set(k, 0)
         self.pool.journal.touch_lmaps(self.id, {k >> self.l2.shift for k in ks[sel].tolist()})
 
+    def share_counts(self) -> tuple[int, int]:
+        """(segments whose data this LD owns, segments it reads through its successor)."""
+        owned, _ = self.l2.allocated()
+        shared = 0
+        per = self.l2.per
+        for li in range(len(self.l2.lmaps)):
+            lo, hi = li * per, min((li + 1) * per, self.l2.nsegs)
+            shared += int(np.count_nonzero(self.l2.entries(lo, hi) & SS))
+        return len(owned), shared
+
     def allocated_segments(self) -> int:
         ks, _ = self.l2.allocated()
         return len(ks)
 
     def info(self) -> dict:
-        return {"id": self.id, "name": self.name, "size": self.size, "raid": self.raid,
-                "ldad": self.ldad, "allocated": self.allocated_segments() * self.seg,
-                **self.attrs}
+        out = {"id": self.id, "name": self.name, "size": self.size, "raid": self.raid,
+               "ldad": self.ldad, "allocated": self.allocated_segments() * self.seg,
+               **self.attrs}
+        if self.pred is not None or self.succ is not None:
+            out["predecessor"] = self.pred.name if self.pred else None
+            out["successor"] = self.succ.name if self.succ else None
+            out.setdefault("space", "lun")
+        return out
 
     # ---- sparseness (NBD block status, structured reads) ---------------------------
     def extents(self, off: int, n: int) -> list[tuple[int, bool]]:
