@@ -101,9 +101,18 @@ def assert_same(pool: Pool, model: dict[str, bytearray], where: str = "") -> Non
     for name, want in model.items():
         ld = pool.get(name)
         assert ld.size == len(want), f"{where}: {name} size {ld.size} != {len(want)}"
-        got = ld.read(0, ld.size)
-        if got != want:
-            raise AssertionError(f"{where}: LD {name} (RAID{ld.raid}): {first_diff(got, bytes(want))}")
+        if ld.size <= 32 * MiB:
+            got = ld.read(0, ld.size)
+            if got != want:
+                raise AssertionError(f"{where}: LD {name} (RAID{ld.raid}): {first_diff(got, bytes(want))}")
+            continue
+        mv = memoryview(want)
+        for off in range(0, ld.size, 32 * MiB):  # big LDs in pieces: bounded memory
+            n = min(32 * MiB, ld.size - off)
+            got = ld.read(off, n)
+            if got != mv[off:off + n]:
+                raise AssertionError(f"{where}: LD {name} (RAID{ld.raid}) at +{off}: "
+                                     f"{first_diff(got, bytes(mv[off:off + n]))}")
 
 
 def ld_psegs(pool: Pool, ld) -> set[tuple[int, int]]:
@@ -469,11 +478,11 @@ def test_deleted_lun_bytes_never_reappear(tmp_path):
 
 
 # ---- 3. full pool, bad requests ---------------------------------------------------------
-BIG_MIB = 192  # more than the 8 x 10 PSEGs of the pool can hold as RAID0
+BIG_MIB = 100  # more than the 8 x 6 PSEGs of the pool can hold as RAID0
 
 
 def test_full_pool_enospc_and_typed_errors(tmp_path):
-    pool, paths = make_pool(str(tmp_path), size=8 * MiB + 10 * 2 * MiB)
+    pool, paths = make_pool(str(tmp_path), size=8 * MiB + 6 * 2 * MiB)
     model: dict[str, bytearray] = {}
     keep = pool.create_ld("keep", 4 * MiB, raid=5)
     model["keep"] = bytearray(pattern(7, 4 * MiB))
@@ -504,14 +513,14 @@ def test_full_pool_enospc_and_typed_errors(tmp_path):
     model["big"][3:3 + 14] = b"still writable"
     # A write straddling the last allocated segment and a new one: the first part may
     # land, nothing outside the request changes.
-    before = bytes(model["big"])
     lo = full_at * SEG - 1000
     with pytest.raises(NoSpace):
         big.write(lo, pattern(5, 3000))
-    got = big.read(0, big.size)
-    assert got[:lo] == before[:lo] and got[lo + 3000:] == before[lo + 3000:]
-    model["big"][lo:lo + 1000] = got[lo:lo + 1000]
-    assert got[lo + 1000:lo + 3000] == bytes(2000)  # never-allocated segment
+    got = big.read(lo, 3000)
+    assert got[:1000] in (bytes(model["big"][lo:lo + 1000]), pattern(5, 3000)[:1000])
+    model["big"][lo:lo + 1000] = got[:1000]
+    assert got[1000:] == bytes(2000)  # never-allocated segment
+    assert_same(pool, model, "after a straddling write hit ENOSPC")  # nothing else changed
     # ENOSPC for a thick LD that does not fit; nothing is left behind.
     with pytest.raises(NoSpace):
         pool.create_ld("thick", 64 * MiB, raid=1, thick=True)
@@ -596,12 +605,12 @@ def test_enospc_by_placement_leaves_no_half_created_ld(tmp_path):
     """Free PSEGs that cannot be placed (RAID5 needs 5 drives with room, RAID1 4 pairs)
     are no space: a thick create that runs out half-way raises ENOSPC and leaves no
     LD, no leaked slot or PSEG behind; thin writes get ENOSPC; data stays intact."""
-    specs = [(str(tmp_path / f"d{i}.img"), 8 * MiB + 2 * MiB * (40 if i < 4 else 4), "default")
+    specs = [(str(tmp_path / f"d{i}.img"), 8 * MiB + 2 * MiB * (16 if i < 4 else 4), "default")
              for i in range(8)]
     paths = [p for p, _, _ in specs]
     pool = Pool.create(specs, UNITS)
-    model = {"fill": bytearray(320 * MiB)}
-    fill = pool.create_ld("fill", 320 * MiB, raid=0)
+    model = {"fill": bytearray(120 * MiB)}
+    fill = pool.create_ld("fill", 120 * MiB, raid=0)
     small = [pool.allocator.drives[i] for i in range(4, 8)]
     k = 0
     while sum(pool.allocator.usable(d) for d in small) > 2:
@@ -610,7 +619,7 @@ def test_enospc_by_placement_leaves_no_half_created_ld(tmp_path):
         model["fill"][k * SEG:(k + 1) * SEG] = buf
         k += 1
     pool.flush()
-    assert pool.allocator.free_psegs() > 16  # plenty of PSEGs, on too few drives
+    assert pool.allocator.free_psegs() > 10  # enough PSEGs for 16 MiB of RAID5, on too few drives
     for raid, mib in ((5, 64), (1, 64), (5, 16)):
         with pytest.raises(NoSpace) as ei:
             pool.create_ld("thick", mib * MiB, raid=raid, thick=True)
