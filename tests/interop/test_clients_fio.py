@@ -1,7 +1,8 @@
 """fio's nbd engine (libnbd underneath) against the REAL daemon.
 
-Random writes of mixed block sizes at iodepth 16 with crc32c verification on
-RAID0, RAID1 and RAID5 LUNs; then, after a clean daemon restart, a verify-only pass
+Random writes of mixed block sizes at iodepth 16 (with FLUSHes in flight among
+them) and crc32c verification on RAID0, RAID1 and RAID5 LUNs, and trim-then-write
+passes; then, after a clean daemon restart, a verify-only pass
 over new connections (same seed, so fio knows what every block must hold).
 """
 
@@ -30,8 +31,8 @@ def need_fio_nbd() -> None:
         pytest.skip("fio was built without the nbd engine")
 
 
-def fio(uri: str, *extra: str) -> dict:
-    cmd = ["fio", "--name=vsand", "--ioengine=nbd", f"--uri={uri}", "--rw=randwrite",
+def fio(uri: str, *extra: str, rw: str = "randwrite") -> dict:
+    cmd = ["fio", "--name=vsand", "--ioengine=nbd", f"--uri={uri}", f"--rw={rw}",
            "--bsrange=4k-128k", f"--size={SIZE}", "--iodepth=16", "--verify=crc32c",
            "--verify_fatal=1", "--verify_state_save=0", "--randseed=4242", "--output-format=json",
            *extra]
@@ -51,10 +52,11 @@ def test_fio_randwrite_verify(daemon, raid):
     daemon.ctl("lun.create", name=name, size=SIZE, raid=raid)
     uri = daemon.uri(name)
 
-    job = fio(uri)
+    job = fio(uri, "--fsync=13")                     # a FLUSH after every 13 writes, in flight with them
     assert job["write"]["io_bytes"] == SIZE          # the random map covers the LUN once
     assert job["read"]["io_bytes"] == SIZE           # and all of it was read back and verified
     assert job["write"]["total_ios"] > SIZE // (128 << 10)
+    assert job["sync"]["total_ios"] >= job["write"]["total_ios"] // 13
 
     info = daemon.ctl("lun.show", name=name)
     assert info["allocated"] == SIZE and info["connections"] == 0
@@ -63,6 +65,18 @@ def test_fio_randwrite_verify(daemon, raid):
     assert daemon.stop() == 0, daemon.read_log()
     daemon.start()
     job = fio(daemon.uri(name, tcp=True), "--verify_only")
+    assert job["read"]["io_bytes"] == SIZE
+    assert daemon.alive() and "Traceback" not in daemon.read_log()
+
+
+@pytest.mark.parametrize("raid", [1, 5])
+def test_fio_trim_then_write_verify(daemon, raid):
+    """randtrimwrite: every block is trimmed, then written, then verified."""
+    need_fio_nbd()
+    name = f"fio-tw-r{raid}"
+    daemon.ctl("lun.create", name=name, size=SIZE, raid=raid)
+    job = fio(daemon.uri(name), rw="randtrimwrite")
+    assert job["trim"]["io_bytes"] == SIZE and job["write"]["io_bytes"] == SIZE
     assert job["read"]["io_bytes"] == SIZE
     assert daemon.alive() and "Traceback" not in daemon.read_log()
 
