@@ -110,9 +110,6 @@ class PowerCutDrive(Drive):
             buf[lo - off:hi - off] = blk[lo - b * BLOCK:hi - b * BLOCK]
         return bytes(buf)
 
-    def readinto(self, off: int, out) -> None:
-        out[:] = self.pread(off, len(out))
-
     def readinto(self, off: int, buf) -> None:
         # Every read path of Drive must see the overlay.
         buf[:] = self.pread(off, len(buf))

@@ -25,6 +25,11 @@ def need(*tools: str) -> None:
             pytest.skip(f"{t} is not installed (make test installs it as root)")
 
 
+def healthy(daemon) -> None:
+    assert daemon.alive(), daemon.read_log()
+    assert "Traceback" not in daemon.read_log(), daemon.read_log()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -9,19 +9,14 @@ over new connections (same seed, so fio knows what every block must hold).
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 
 import pytest
 
+from conftest import need
+
 MiB = 1 << 20
 SIZE = 64 * MiB
-
-
-def need(*tools: str) -> None:
-    for t in tools:
-        if not shutil.which(t):
-            pytest.skip(f"{t} is not installed (make test installs it as root)")
 
 
 def need_fio_nbd() -> None:

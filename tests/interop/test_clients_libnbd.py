@@ -25,24 +25,12 @@ import textwrap
 
 import pytest
 
+from conftest import healthy, need, run
+
 MiB = 1 << 20
 SYS_PY = "/usr/bin/python3"
 SYS_ENV = dict(os.environ, PATH="/usr/bin:" + os.environ.get("PATH", ""))
 HOLE, ZERO = 1, 2       # NBD_STATE_HOLE, NBD_STATE_ZERO
-
-
-# (the conftest helpers, repeated: test modules here are not a package)
-def need(*tools: str) -> None:
-    for t in tools:
-        if not shutil.which(t):
-            pytest.skip(f"{t} is not installed (make test installs it as root)")
-
-
-def run(cmd, check=True, timeout=120, **kw) -> subprocess.CompletedProcess:
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
-    if check and r.returncode != 0:
-        raise AssertionError(f"{cmd} -> {r.returncode}\nstdout: {r.stdout[-3000:]}\nstderr: {r.stderr[-3000:]}")
-    return r
 
 
 def need_nbdsh() -> None:
@@ -63,11 +51,6 @@ def sha256_file(path) -> str:
         for b in iter(lambda: f.read(4 * MiB), b""):
             h.update(b)
     return h.hexdigest()
-
-
-def healthy(daemon) -> None:
-    assert daemon.alive(), daemon.read_log()
-    assert "Traceback" not in daemon.read_log(), daemon.read_log()
 
 
 def make_lun(daemon, name: str, size: int = 64 * MiB, raid: int = 5) -> str:

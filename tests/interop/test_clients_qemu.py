@@ -16,7 +16,6 @@ import json
 import os
 import random
 import select
-import shutil
 import signal
 import subprocess
 import time
@@ -24,26 +23,10 @@ import time
 import numpy as np
 import pytest
 
+from conftest import healthy, need, run
+
 MiB = 1 << 20
 SIZE = 64 * MiB
-
-
-def need(*tools: str) -> None:
-    for t in tools:
-        if not shutil.which(t):
-            pytest.skip(f"{t} is not installed (make test installs it as root)")
-
-
-def run(cmd, check=True, timeout=120, **kw) -> subprocess.CompletedProcess:
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
-    if check and r.returncode != 0:
-        raise AssertionError(f"{cmd} -> {r.returncode}\nstdout: {r.stdout[-3000:]}\nstderr: {r.stderr[-3000:]}")
-    return r
-
-
-def healthy(daemon) -> None:
-    assert daemon.alive(), daemon.read_log()
-    assert "Traceback" not in daemon.read_log(), daemon.read_log()
 
 
 def qemu_io(uri: str, *cmds: str, ro: bool = False, check: bool = True) -> subprocess.CompletedProcess:

@@ -19,31 +19,14 @@ import hashlib
 import os
 import random
 import re
-import shutil
 import subprocess
 import time
 
 import pytest
 
+from conftest import healthy, need, run
+
 MiB = 1 << 20
-
-
-def need(*tools: str) -> None:
-    for t in tools:
-        if not shutil.which(t):
-            pytest.skip(f"{t} is not installed (make test installs it as root)")
-
-
-def run(cmd, check=True, timeout=120, **kw) -> subprocess.CompletedProcess:
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
-    if check and r.returncode != 0:
-        raise AssertionError(f"{cmd} -> {r.returncode}\nstdout: {r.stdout[-3000:]}\nstderr: {r.stderr[-3000:]}")
-    return r
-
-
-def healthy(daemon) -> None:
-    assert daemon.alive(), daemon.read_log()
-    assert "Traceback" not in daemon.read_log(), daemon.read_log()
 
 
 def have_nbd_module() -> bool:

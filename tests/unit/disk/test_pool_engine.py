@@ -86,7 +86,7 @@ def test_drive_sizes_may_differ(tmp_path):
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("losetup"), reason="needs root and losetup")
 def test_block_device_drives(tmp_path):
-    loops, imgs = [], []
+    loops = []
     try:
         for i in range(5):
             img = tmp_path / f"b{i}.img"

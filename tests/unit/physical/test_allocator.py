@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, strategies as st
 
 from vsand.errors import NoSpace
 from vsand.physical.allocator import Allocator, DriveSpace, group_rss
