@@ -20,6 +20,7 @@ class Journal:
         self.lmaps: dict[int, set[int]] = {}
         self.slots: list[tuple[object, int, int]] = []
         self.rsd_ids: list[tuple[object, int]] = []
+        self.bulk_slots: list[tuple[object, np.ndarray, np.ndarray]] = []  # (table, RSD indices, slots)
 
     def add(self, rec: dict) -> None:
         self.records.append(rec)

@@ -12,9 +12,35 @@ import numpy as np
 
 from ..errors import OutOfRange, ReadOnly
 from ..mapping.lmap import ALLOCATED, L2map, SP, SS, entry_rsd, entry_slot
-from .sharing import check_valid, unshare
+from .sharing import check_valid, start_chain_cache, unshare
 
 SHARED = SP | SS
+DIRECT_HOPS = 4   # a read walks this many successors itself before using the chain cache
+
+
+class ChainL2map(L2map):
+    """An L2MAP that counts map changes per LMAP index in ``gens``, a list shared by
+    every LD of its sharing chain (None while nobody caches reads through the chain).
+    Every map change of a chained LD goes through ``set`` or ``install``; the bulk
+    edits of link_snapshot/unlink reset the chain's caches instead (``reset_chain``)."""
+
+    gens: list[int] | None = None
+
+    def set(self, k: int, e: int) -> None:
+        g = self.gens
+        if g is not None:
+            g[k >> self.shift] += 1
+        L2map.set(self, k, e)
+
+    def install(self, li: int, arr: np.ndarray) -> None:
+        g = self.gens
+        if g is not None:
+            g[li] += 1
+        L2map.install(self, li, arr)
+
+    def resize(self, nsegs: int) -> None:
+        assert self.gens is None or nsegs == self.nsegs, "a shared LD is never resized"
+        L2map.resize(self, nsegs)
 
 
 class LogicalDisk:
@@ -29,12 +55,15 @@ class LogicalDisk:
         self.attrs = dict(attrs or {})
         u = pool.units
         self.seg = u.segment
-        self.l2 = L2map(size // u.segment, u.lmap_segments)
+        self.l2 = ChainL2map(size // u.segment, u.lmap_segments)
         self.table = pool.space.table(raid, ldad)
         self.open_rsd: int | None = None
         self.succ: LogicalDisk | None = None
         self.pred: LogicalDisk | None = None
         self.invalid = bool(self.attrs.get("invalid"))
+        # Reads through a deep chain: per LMAP index, (gens, gens[li] when built, the
+        # resolved entries as a memoryview); see _entry.
+        self._rcache: list | None = None
 
     # ---- helpers -----------------------------------------------------------------
     def _check(self, off: int, n: int) -> None:
@@ -63,6 +92,47 @@ class LogicalDisk:
             e = ld.l2.get(k)
         return ld, e
 
+    def _entry(self, k: int) -> int:
+        """The entry that holds segment k's data for reads: mine, or that of the first
+        successor that owns it. Every LD of a chain has the same RAID type and LDAD,
+        so the entry is read with ``self.table``. Deep chains use a cache of resolved
+        LMAPs, rebuilt when a map of the chain changed in that LMAP."""
+        l2 = self.l2
+        e = l2.get(k)
+        if not e & SS:
+            return e
+        li = k >> l2.shift
+        rc = self._rcache
+        if rc is not None:
+            c = rc[li]
+            if c is not None and c[0] is l2.gens and c[1] == c[0][li]:
+                return c[2][k & l2.mask]
+        ld = self
+        for _ in range(DIRECT_HOPS):
+            ld = ld.succ
+            e = ld.l2.get(k)
+            if not e & SS:
+                return e
+        g = l2.gens
+        if g is None:
+            g = start_chain_cache(self)
+        return self._resolve(li, g)[2][k & l2.mask]
+
+    def _resolve(self, li: int, g: list[int]):
+        l2 = self.l2
+        lo = li * l2.per
+        hi = min(l2.nsegs, lo + l2.per)
+        res = l2.entries(lo, hi)
+        pending = (res & SS) != 0
+        ld = self
+        while pending.any():
+            ld = ld.succ
+            se = ld.l2.entries(lo, hi)
+            res[pending] = se[pending]
+            pending &= (se & SS) != 0
+        c = self._rcache[li] = (g, g[li], memoryview(res))
+        return c
+
     # ---- read --------------------------------------------------------------------
     def read(self, off: int, n: int) -> bytes:
         self._check(off, n)
@@ -70,18 +140,18 @@ class LogicalDisk:
         seg = self.seg
         k, so = divmod(off, seg)
         if so + n <= seg:  # fast path: one segment
-            holder, e = self._holder(k)
+            e = self._entry(k)
             if not e & ALLOCATED:
                 return bytes(n)
-            return pool.rio.read(self.raid, pool.space.members(holder.table, entry_rsd(e)),
+            return pool.rio.read(self.raid, pool.space.members(self.table, entry_rsd(e)),
                                  entry_slot(e), so, n)
         buf = bytearray(n)     # holes stay zero; data lands in place, no join
         mv = memoryview(buf)
         pos = 0
         for k, so, m in self._pieces(off, n):
-            holder, e = self._holder(k)
+            e = self._entry(k)
             if e & ALLOCATED:
-                pool.rio.read_into(self.raid, pool.space.members(holder.table, entry_rsd(e)),
+                pool.rio.read_into(self.raid, pool.space.members(self.table, entry_rsd(e)),
                                    entry_slot(e), so, mv[pos:pos + m])
             pos += m
         return buf
@@ -203,7 +273,7 @@ class LogicalDisk:
         self._check(off, n)
         out: list[list] = []
         for k, so, m in self._pieces(off, n):
-            alloc = bool(self._holder(k)[1] & ALLOCATED)
+            alloc = bool(self._entry(k) & ALLOCATED)
             if out and out[-1][1] == alloc:
                 out[-1][0] += m
             else:
@@ -214,7 +284,7 @@ class LogicalDisk:
         """[(offset, length, data or None for a hole that reads as zeros)]."""
         k, so = divmod(off, self.seg)
         if so + n <= self.seg and n and off >= 0 and off + n <= self.size:   # hot path
-            return [(off, n, self.read(off, n) if self._holder(k)[1] & ALLOCATED else None)]
+            return [(off, n, self.read(off, n) if self._entry(k) & ALLOCATED else None)]
         res, pos = [], off
         for m, alloc in self.extents(off, n):
             res.append((pos, m, self.read(pos, m) if alloc else None))

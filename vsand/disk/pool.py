@@ -153,8 +153,11 @@ class Pool:
             recovery.derive_free(self)
             return
         recovery.derive_free(self)
-        self.space.reserve_segs = sum(self._reserve_left(ld) for ld in self.lds_by_id.values()
-                                      if ld.attrs.get("space") == "reserve")
+        self.space.reserve = {}
+        for ld in self.lds_by_id.values():
+            if ld.attrs.get("space") == "reserve":
+                ld.reserve_left = self._reserve_left(ld)
+                self.space.add_reserve(ld.raid, ld.ldad, ld.reserve_left)
         for (key, idx) in sorted(self.dirty):
             t = self.space.tables.get(key)
             if t is not None and t.alive(idx):
@@ -251,9 +254,11 @@ class Pool:
         ld = self.get(name)
         self.flush()          # the "ldd" record replays against exactly this state
         if ld.attrs.get("space") == "reserve":
-            self.space.reserve_segs = max(0, self.space.reserve_segs - self._reserve_left(ld))
+            # what is still reserved for it (its own writes used none of it)
+            self.space.add_reserve(ld.raid, ld.ldad, -getattr(ld, "reserve_left", 0))
         self._drop_ld(ld)
         self.journal.add({"t": "ldd", "id": ld.id})
+        crashpoint("delete.after_unlink")
         self.flush()
         self._update_reserve()
 
@@ -277,15 +282,16 @@ class Pool:
         self._check_name(name)
         nsegs = x.l2.nsegs
         if reserve:
-            width = {0: 4, 5: 5, 1: 8}[x.raid]
-            need = -(-(self.space.reserve_segs + nsegs) // self.units.rstore_segments) * width
+            need = self.space.reserved_psegs(x.ldad, extra=(x.raid, nsegs))
             if need > self.allocator.free_psegs(x.ldad):
                 raise NoSpace(f"not enough free space to reserve a full copy of {source}")
         self._update_reserve(extra=nsegs)
         self.flush()          # quiesce: every earlier write to the source is committed
+        crashpoint("snapshot.after_quiesce")
         p = self._make_snapshot(x, self.next_ld_id, name, reserve)
         self.next_ld_id += 1
         self.journal.add({"t": "snap", "src": x.id, "id": p.id, "name": name, "reserve": reserve})
+        crashpoint("snapshot.before_commit")
         self.flush()
         return p
 
@@ -294,7 +300,8 @@ class Pool:
         p = self._new_ld(ld_id, name, x.size, x.raid, x.ldad, attrs)
         sharing.link_snapshot(x, p)
         if reserve:
-            self.space.reserve_segs += x.l2.nsegs
+            p.reserve_left = x.l2.nsegs        # handed-over segments still to come
+            self.space.add_reserve(x.raid, x.ldad, x.l2.nsegs)
         return p
 
     def chain(self, name: str) -> list[LogicalDisk]:
@@ -351,7 +358,8 @@ class Pool:
     def flush(self) -> None:
         """Makes every earlier write and the map entries needed to read it durable."""
         nslots, nids, npsegs = len(self.journal.slots), len(self.journal.rsd_ids), len(self.allocator.pending)
-        if self.journal.empty() and not (nslots or nids or npsegs):
+        nbulk = len(self.journal.bulk_slots)
+        if self.journal.empty() and not (nslots or nids or npsegs or nbulk):
             self._sync_data()
             return
         if self.dirty:
@@ -365,13 +373,13 @@ class Pool:
             self._checkpoint_now()
         else:
             self.dirty.clear()
-        self._released(nslots, nids, npsegs)
+        self._released(nslots, nids, npsegs, nbulk)
         if self.meta.log_off > self.meta.log_size * CHECKPOINT_AT:
             self.checkpoint()
 
-    def _released(self, nslots: int, nids: int, npsegs: int) -> None:
+    def _released(self, nslots: int, nids: int, npsegs: int, nbulk: int = 0) -> None:
         self.allocator.release_pending(npsegs)
-        self.space.release_committed(nslots, nids)
+        self.space.release_committed(nslots, nids, nbulk)
 
     def _sync_data(self) -> None:
         for d in self.drives.values():
@@ -380,10 +388,11 @@ class Pool:
 
     def checkpoint(self) -> None:
         nslots, nids, npsegs = len(self.journal.slots), len(self.journal.rsd_ids), len(self.allocator.pending)
+        nbulk = len(self.journal.bulk_slots)
         self.journal.take(self.lds_by_id)
         self._sync_data()
         self._checkpoint_now()
-        self._released(nslots, nids, npsegs)
+        self._released(nslots, nids, npsegs, nbulk)
 
     def _checkpoint_now(self) -> None:
         """Writes a full checkpoint; the caller has synced the data drives."""
@@ -422,11 +431,17 @@ class Pool:
         total_psegs = sum(d.npsegs for d in self.allocator.drives.values())
         need = 4 * segs + 4 * total_psegs + 64 * 1024 + 2 * 1024 * len(self.lds_by_id)
         n = math.ceil(need / self.units.pseg) + 1
+        # The current checkpoint copy counts: the first checkpoint of a pool that
+        # filled up before it took its PSEGs out of the reserve, and the next
+        # checkpoint gives them back.
+        held: dict[int, int] = {}
+        for d, psegs in (self.ckpt or {}).get("copies", []):
+            held[d] = held.get(d, 0) + len(psegs)
         for d in self.quorum_ids:
             ds = self.allocator.drives[d]
             if ds.failed:
                 continue
-            if ds.free < n:
+            if ds.free + held.get(d, 0) < n:
                 raise NoSpace(f"drive {d} cannot hold the metadata reserve for this size")
         for d in self.quorum_ids:
             self.allocator.set_reserve(d, n)

@@ -18,7 +18,9 @@ def checkpoint_body(pool, seq: int) -> dict:
         lds.append({"id": ld.id, "name": ld.name, "size": ld.size, "raid": ld.raid,
                     "ldad": ld.ldad, "attrs": ld.attrs, "fill": ld.l2.fill,
                     "pred": ld.pred.id if ld.pred is not None else None,
-                    "lmaps": {li: lm.tobytes() for li, lm in ld.l2.items() if lm.any()}})
+                    "lmaps": {li: lm.tobytes() for li, lm in ld.l2.items()
+                              # an all-zero LMAP differs from a non-zero fill
+                              if lm.any() or ld.l2.fill}})
     tables = []
     for (raid, ldad), t in pool.space.tables.items():
         count, rows = t.dump()
@@ -74,7 +76,12 @@ def apply(pool, rec: dict) -> None:
     elif t == "rsa":
         pool.space.table(rec["raid"], rec["ldad"]).add(rec["m"], rec["i"])
     elif t == "rsr":
-        pool.space.table(rec["raid"], rec["ldad"]).remove(rec["i"])
+        table = pool.space.table(rec["raid"], rec["ldad"])
+        if "is" in rec:                 # many RStores at once (a bulk free)
+            for i in np.frombuffer(rec["is"], np.uint32).tolist():
+                table.remove(i)
+        else:
+            table.remove(rec["i"])
     elif t == "map":
         l2 = pool.lds_by_id[rec["ld"]].l2
         for k, e in zip(np.frombuffer(rec["k"], np.uint32).tolist(),
@@ -86,7 +93,7 @@ def apply(pool, rec: dict) -> None:
             if rec["e"]:
                 l2.install(rec["li"], np.frombuffer(rec["e"], np.uint32).copy())
             elif l2.lmaps[rec["li"]] is not None:
-                l2.lmaps[rec["li"]][:] = 0
+                l2.lmaps[rec["li"]][:] = l2.fill   # absent at commit: it read as the fill
     elif t == "r5d":
         pool.dirty.add(((rec["raid"], rec["ldad"]), rec["i"]))
     elif t == "r5c":

@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import IOFailure, NoSpace
+from ..faults import crashpoint
 from ..mapping.lmap import ALLOCATED, SP, SS, STATE_MASK, entry_rsd, entry_slot
 
 DATA_MASK = 0xFFFFFFFF & ~(SP | SS)
@@ -41,6 +42,7 @@ def link_snapshot(x, p) -> None:
         xl[:valid] |= SP
     p.l2.fill = (x.l2.fill & SP) | SS
     x.l2.fill |= SP
+    reset_chain(x)
     # LMAPs ``p`` installed above used the old fill for their tail: harmless, past the end.
 
 
@@ -85,7 +87,38 @@ def unlink(x) -> np.ndarray:
     if s is not None:
         s.pred = p
     x.pred = x.succ = None
+    reset_chain(x)
+    if p is not None or s is not None:
+        reset_chain(p if p is not None else s)
     return np.concatenate(freed) if freed else np.zeros(0, np.uint32)
+
+
+# ---- read-through caches (LogicalDisk._entry) ----------------------------------------------
+def _members(ld) -> list:
+    while ld.pred is not None:
+        ld = ld.pred
+    out = []
+    while ld is not None:
+        out.append(ld)
+        ld = ld.succ
+    return out
+
+
+def reset_chain(ld) -> None:
+    """The chain of ``ld`` changed shape or had its maps edited in bulk: drop the
+    read caches of all its LDs and stop counting changes until one is built again."""
+    for m in _members(ld):
+        m.l2.gens = None
+        m._rcache = None
+
+
+def start_chain_cache(ld) -> list[int]:
+    """Starts counting map changes for ``ld``'s whole chain (one list shared by all)."""
+    g = [0] * len(ld.l2.lmaps)
+    for m in _members(ld):
+        m.l2.gens = g
+        m._rcache = [None] * len(g)
+    return g
 
 
 def put_entries(l2, lo: int, arr: np.ndarray) -> None:
@@ -123,8 +156,11 @@ def unshare(ld, k: int, whole: bool, trim: bool = False) -> None:
         pe = p.l2.get(k)
         if pe & SS:
             new = 0
+            # The copy is paid from the reservation when p, or an older LD that
+            # reads k through p, is a reserved snapshot: those are never invalidated.
+            payer = _reserved_reader(p, k)
             if e & ALLOCATED and not trim:
-                reserve = p.attrs.get("space") == "reserve"
+                reserve = payer is not None
                 try:
                     if whole:   # the write fills it: no copy, no zeroing
                         new = pool.space.alloc_segment(ld, use_reserve=reserve)[0]
@@ -134,14 +170,26 @@ def unshare(ld, k: int, whole: bool, trim: bool = False) -> None:
                     _invalidate_for(ld, k)     # the snapshot loses, the write goes on
                     return
             p.l2.set(k, (pe & SP) | (e & DATA_MASK))
-            if e & ALLOCATED:
-                pool.space.note_handover(p)
+            if e & ALLOCATED and payer is not None:
+                pool.space.note_handover(payer)
             e = new
             pool.journal.touch(p.id, k)
         else:
             e &= ~SP
         ld.l2.set(k, e & ~SP)
         pool.journal.touch(ld.id, k)
+        crashpoint("cfw.after_handover")
+
+
+def _reserved_reader(p, k: int):
+    """The nearest reserved snapshot among ``p`` and the older LDs that read segment
+    k through it, or None."""
+    q = p
+    while q is not None:
+        if q.attrs.get("space") == "reserve":
+            return q
+        q = q.pred if q.pred is not None and q.pred.l2.get(k) & SS else None
+    return None
 
 
 def _copy_into_new(dst, src, se: int, use_reserve: bool = False) -> int:
@@ -153,6 +201,7 @@ def _copy_into_new(dst, src, se: int, use_reserve: bool = False) -> int:
     members = pool.space.members(dst.table, entry_rsd(ne))
     pool.intend(dst.table, entry_rsd(ne))
     pool.rio.write(dst.raid, members, entry_slot(ne), 0, data)
+    crashpoint("cfw.after_copy")
     return ne
 
 
@@ -173,6 +222,10 @@ def _invalidate_for(ld, k: int) -> None:
     ld.l2.set(k, ld.l2.get(k) & ~SP)
     ld.pool.journal.touch(p.id, k)
     ld.pool.journal.touch(ld.id, k)
+    # The write that follows goes in place over the bytes the committed maps still
+    # give p: the invalidation must be durable first (DESIGN.md §9, CFW ordering).
+    crashpoint("cfw.before_invalidate_commit")
+    ld.pool.flush()
 
 
 def check_valid(ld) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..errors import NoSpace
-from ..mapping.lmap import entry_rsd, entry_slot, make_entry
-from ..mapping.rsd import RsdTable, pack_member, unpack_member
+from ..mapping.lmap import RSD_MASK, RSD_SHIFT, SLOT_MASK, entry_rsd, entry_slot, make_entry
+from ..mapping.rsd import CHUNK, DEAD, RsdTable, pack_member, unpack_member
 
 MEMBER_CACHE_MAX = 1 << 16
 
@@ -16,7 +18,9 @@ class Space:
         self.journal = journal
         self.units = units
         self.tables: dict[tuple[int, str], RsdTable] = {}
-        self.reserve_segs = 0   # segments promised to reserved snapshots, not yet used
+        # segments promised to reserved snapshots, not yet used, per (RAID type, LDAD):
+        # a RAID1 promise needs 8 PSEGs per RStore whatever RAID type allocates next
+        self.reserve: dict[tuple[int, str], int] = {}
         self._members: dict[tuple[int, str, int], list[tuple[int, int]]] = {}
 
     def table(self, raid: int, ldad: str) -> RsdTable:
@@ -74,19 +78,35 @@ class Space:
         ld.open_rsd = idx
         return make_entry(idx, got[0]), got[1]
 
-    def reserved_psegs(self, raid: int) -> int:
-        rstores = -(-self.reserve_segs // self.units.rstore_segments)
-        return rstores * {0: 4, 5: 5, 1: 8}[raid]
+    @property
+    def reserve_segs(self) -> int:
+        return sum(self.reserve.values())
+
+    def add_reserve(self, raid: int, ldad: str, segs: int) -> None:
+        n = max(0, self.reserve.get((raid, ldad), 0) + segs)
+        if n:
+            self.reserve[(raid, ldad)] = n
+        else:
+            self.reserve.pop((raid, ldad), None)
+
+    def reserved_psegs(self, ldad: str, extra: tuple[int, int] | None = None) -> int:
+        """PSEGs the promises in ``ldad`` (plus ``extra`` = (RAID type, segments)) need."""
+        segs = {r: n for (r, l), n in self.reserve.items() if l == ldad}
+        if extra:
+            segs[extra[0]] = segs.get(extra[0], 0) + extra[1]
+        per = self.units.rstore_segments
+        return sum(-(-n // per) * {0: 4, 5: 5, 1: 8}[r] for r, n in segs.items())
 
     def note_handover(self, snap) -> None:
         """A reserved snapshot received one segment of its reservation."""
-        if snap.attrs.get("space") == "reserve" and self.reserve_segs > 0:
-            self.reserve_segs -= 1
+        if snap.attrs.get("space") == "reserve" and getattr(snap, "reserve_left", 0) > 0:
+            snap.reserve_left -= 1
+            self.add_reserve(snap.raid, snap.ldad, -1)
 
     def new_rstore(self, t: RsdTable, use_reserve: bool = False) -> int:
         if not use_reserve and self.reserve_segs:
             width = {0: 4, 5: 5, 1: 8}[t.raid]
-            if self.allocator.free_psegs(t.ldad) - self.reserved_psegs(t.raid) < width:
+            if self.allocator.free_psegs(t.ldad) - self.reserved_psegs(t.ldad) < width:
                 raise NoSpace("free space is reserved for snapshots")
         placed = self.allocator.alloc_rstore(t.ldad, t.raid)
         if t.raid == 1:
@@ -105,12 +125,14 @@ class Space:
         self.journal.slots.append((self.table(ld.raid, ld.ldad), entry_rsd(e), entry_slot(e)))
 
     def free_entries(self, ld, entries) -> None:
-        """Bulk free of many allocated entries (delete): parked until the commit."""
-        t = self.table(ld.raid, ld.ldad)
-        for e in entries.tolist():
-            self.journal.slots.append((t, entry_rsd(e), entry_slot(e)))
+        """Bulk free of many allocated entries (delete): parked, as arrays, until the
+        commit (``release_committed``), so 1 TiB costs numpy work, not a loop."""
+        e = np.asarray(entries, dtype=np.int64)
+        if len(e):
+            self.journal.bulk_slots.append((self.table(ld.raid, ld.ldad),
+                                            (e >> RSD_SHIFT) & RSD_MASK, e & SLOT_MASK))
 
-    def release_committed(self, nslots: int, nids: int) -> None:
+    def release_committed(self, nslots: int, nids: int, nbulk: int = 0) -> None:
         """Called after a commit: frees what that commit made unreferenced."""
         j = self.journal
         for t, idx in j.rsd_ids[:nids]:
@@ -120,6 +142,53 @@ class Space:
             if t.put_slot(idx, slot):
                 self.drop_rstore(t, idx)
         del j.slots[:nslots]
+        for t, idx, slot in j.bulk_slots[:nbulk]:
+            self._put_slots(t, idx, slot)
+        del j.bulk_slots[:nbulk]
+
+    def _put_slots(self, t: RsdTable, idx: np.ndarray, slot: np.ndarray) -> None:
+        """``put_slot`` for many (RSD index, slot) pairs, grouped per RStore."""
+        uniq, inv = np.unique(idx, return_inverse=True)
+        masks = np.zeros(len(uniq), dtype=np.int64)
+        np.bitwise_or.at(masks, inv, np.left_shift(1, slot))
+        fs = t.free_slots
+        full = []
+        for i, m in zip(uniq.tolist(), masks.tolist()):
+            m |= fs.get(i, 0)
+            fs[i] = m
+            if m == 0xFF:
+                full.append(i)
+        if len(full) < 64:
+            for i in full:
+                self.drop_rstore(t, i)
+        elif full:
+            self._drop_rstores(t, np.asarray(full, dtype=np.int64))
+
+    def _drop_rstores(self, t: RsdTable, idx: np.ndarray) -> None:
+        """``drop_rstore`` for many RStores of one table: one "rsr" record for all."""
+        rows = np.empty((len(idx), t.width), dtype=np.uint32)
+        chunk = idx // CHUNK
+        for c in np.unique(chunk).tolist():
+            sel = chunk == c
+            r = idx[sel] % CHUNK
+            rows[sel] = t.chunks[c][r]
+            t.chunks[c][r] = DEAD
+        key = (t.raid, t.ldad)
+        for i in idx.tolist():
+            t.free_slots.pop(i, None)
+            t.fresh.pop(i, None)
+            self._members.pop((*key, i), None)
+        drives = (rows >> 24).astype(np.int64).ravel()
+        psegs = (rows & 0xFFFFFF).astype(np.int64).ravel()
+        if t.raid == 1:
+            partner = {d: self.allocator.partner(d) for d in np.unique(drives).tolist()}
+            drives = np.concatenate([drives, np.array([partner[d] for d in drives.tolist()],
+                                                      dtype=np.int64)])
+            psegs = np.concatenate([psegs, psegs])
+        self.allocator.pending.extend(zip(drives.tolist(), psegs.tolist()))
+        self.journal.rsd_ids.extend((t, i) for i in idx.tolist())
+        self.journal.add({"t": "rsr", "raid": t.raid, "ldad": t.ldad,
+                          "is": idx.astype(np.uint32).tobytes()})
 
     def drop_rstore(self, t: RsdTable, idx: int) -> None:
         """An RStore with no used slot goes back to the pool (durable at next commit)."""

@@ -83,6 +83,7 @@ class L2map:
     def ensure(self, li: int) -> memoryview:
         if self.lmaps[li] is None:
             arr = np.full(self.per, self.fill, dtype=np.uint32)
+            arr[max(0, self.nsegs - li * self.per):] = 0   # past the end: clear (resize)
             self.lmaps[li] = arr
             self.views[li] = memoryview(arr)
         return self.views[li]

@@ -1,0 +1,644 @@
+"""Model checks of snapshots and sharing chains (DESIGN.md §7, §9, §12).
+
+1. ``SnapshotMachine``: a hypothesis state machine drives random create (RAID
+   0/1/5, 2-8 MiB LUNs) / write (unaligned, segment-crossing, whole segments) /
+   trim / write_zeroes (with and without may_trim) / snapshot of any LD (a LUN or
+   any snapshot, on demand or reserved) / delete of any LD (anywhere in a chain) /
+   resize (refused inside a chain) / flush / checkpoint / clean restart / crash
+   restart on a pool whose LMAPs are sometimes tiny (many LMAPs and absent-LMAP
+   fills per LD) and whose metadata log is sometimes tiny (checkpoints in the
+   middle of a copy on first write). The model is a bytearray per LD (a snapshot
+   copies its source's bytearray) plus the chains. After every step:
+
+   - every LD reads byte for byte as its model, and the chains are the model's;
+   - ``check_pool(pool) == []`` (share-bit invariants, RSDs, free maps);
+   - ``engine_invariants`` (map -> RSD references, slots, PSEG ownership);
+   - slot accounting: the allocated slots referenced by the LMAP entries of all LDs
+     are exactly the used slots of the RSD tables (used = live RStore slots not on
+     the free list and not freed-but-uncommitted), each referenced once;
+   - PSEG accounting: the PSEGs marked used are exactly the PSEGs of live RStores
+     + the checkpoint copies + ``allocator.pending``, none owned twice;
+   - the snapshot reservation (``space.reserve_segs``) is zero when no reserved
+     snapshot exists (no leaked reservation).
+
+2. Reserve vs on-demand space in a tiny pool (deterministic).
+
+``VSAND_SNAP_EXAMPLES`` overrides the example count (default 35) for bug hunts.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from engine_invariants import check_invariants  # noqa: E402
+
+from vsand.disk.check import check_pool  # noqa: E402
+from vsand.disk.pool import Pool  # noqa: E402
+from vsand.disk.recovery import used_slots  # noqa: E402
+from vsand.errors import InvalidArgument, IOFailure, NoSpace  # noqa: E402
+from vsand.mapping.lmap import ALLOCATED, SP, SS, STATE_MASK  # noqa: E402
+from vsand.units import MiB, Units  # noqa: E402
+
+SEG = MiB
+MAX_LDS = 6
+
+
+# ---- helpers ------------------------------------------------------------------------
+def new_pool(tmp: str, units: Units, ndrives: int = 8, size: int = 128 * MiB) -> tuple[Pool, list[str]]:
+    paths = [os.path.join(tmp, f"d{i:02d}.img") for i in range(ndrives)]
+    return Pool.create([(p, size, "default") for p in paths], units), paths
+
+
+def pattern(seed: int, n: int) -> bytes:
+    """Pseudo-random bytes without zeros (never mistaken for a hole)."""
+    return np.random.default_rng(seed).integers(1, 256, size=n, dtype=np.uint8).tobytes()
+
+
+def crash_reopen(pool: Pool, paths: list[str]) -> Pool:
+    """Flush, then drop the pool without close/checkpoint (kill -9) and recover."""
+    pool.flush()
+    for d in pool.drives.values():
+        d.close()
+    pool.closed = True
+    return Pool.open(paths)
+
+
+def first_diff(a: bytes, b: bytes) -> str:
+    x, y = np.frombuffer(a, np.uint8), np.frombuffer(b, np.uint8)
+    if len(x) != len(y):
+        return f"length {len(x)} != {len(y)}"
+    d = np.flatnonzero(x != y)
+    segs = sorted({int(i) // SEG for i in d})
+    return (f"{len(d)} bytes differ, first at {int(d[0])} (got {int(x[d[0]])} want {int(y[d[0]])}); "
+            f"segments {segs}")
+
+
+def accounting_problems(pool: Pool) -> list[str]:
+    """Slot and PSEG accounting (see the module docstring); [] when consistent."""
+    out: list[str] = []
+    tables = pool.space.tables
+    # -- slots: LMAP references vs RSD tables --------------------------------------------
+    nrefs: dict[tuple[int, str], int] = {}
+    for ld in pool.lds_by_id.values():
+        _, es = ld.l2.allocated()
+        bad = es[(es & STATE_MASK) != ALLOCATED]
+        if len(bad):
+            out.append(f"LD {ld.name}: {len(bad)} entries in an unknown state")
+        key = (ld.raid, ld.ldad)
+        nrefs[key] = nrefs.get(key, 0) + int(np.count_nonzero((es & STATE_MASK) == ALLOCATED))
+    pending: dict[tuple[int, str], dict[int, int]] = {}
+    for t, i, s in pool.journal.slots:
+        p = pending.setdefault((t.raid, t.ldad), {})
+        p[i] = p.get(i, 0) | (1 << s)
+    for t, idx, slot in getattr(pool.journal, "bulk_slots", []):
+        p = pending.setdefault((t.raid, t.ldad), {})
+        for i, s in zip(np.asarray(idx).tolist(), np.asarray(slot).tolist()):
+            p[i] = p.get(i, 0) | (1 << s)
+    masks = used_slots(pool)
+    for key, t in tables.items():
+        m = masks[key]
+        live = t.live_indices()
+        is_live = np.zeros(t.count, dtype=bool)
+        is_live[live] = True
+        dead_refs = np.flatnonzero((m != 0) & ~is_live)
+        if len(dead_refs):
+            out.append(f"RAID{key[0]}/{key[1]}: entries refer to dead RSDs {dead_refs[:5].tolist()}")
+        used = 0
+        for i in live.tolist():
+            u = ~(t.free_slots.get(i, 0) | pending.get(key, {}).get(i, 0)) & 0xFF
+            used += bin(u).count("1")
+            if u != int(m[i]):
+                out.append(f"RAID{key[0]}/{key[1]}#{i}: used slots {u:#04x} but referenced {int(m[i]):#04x}")
+        referenced = int(sum(bin(int(x)).count("1") for x in m))
+        if referenced != nrefs.get(key, 0):
+            out.append(f"RAID{key[0]}/{key[1]}: {nrefs.get(key, 0)} allocated entries but only "
+                       f"{referenced} distinct slots (a slot has two owners)")
+        if used != nrefs.get(key, 0):
+            out.append(f"RAID{key[0]}/{key[1]}: {used} used slots in the RSD table, "
+                       f"{nrefs.get(key, 0)} referenced by LMAPs")
+    # -- PSEGs: free maps vs live RStores + checkpoint + pending ---------------------------
+    owned: list[tuple[int, int]] = []
+    for t in tables.values():
+        for i in t.live_indices().tolist():
+            owned += pool.space.physical(t.raid, t.members(i))
+    if pool.ckpt:
+        for d, psegs in pool.ckpt["copies"]:
+            owned += [(d, g) for g in psegs]
+    owned += list(pool.allocator.pending)
+    if len(set(owned)) != len(owned):
+        out.append(f"{len(owned) - len(set(owned))} PSEGs owned twice")
+    marked = {(i, int(g)) for i, ds in pool.allocator.drives.items() for g in np.flatnonzero(ds.used)}
+    if marked != set(owned):
+        out.append(f"PSEGs used in the free maps but owned by nothing: {sorted(marked - set(owned))[:5]}; "
+                   f"owned but free: {sorted(set(owned) - marked)[:5]}")
+    # -- snapshot reservation --------------------------------------------------------------
+    if not any(ld.attrs.get("space") == "reserve" for ld in pool.lds_by_id.values()) \
+            and pool.space.reserve_segs:
+        out.append(f"{pool.space.reserve_segs} segments still reserved with no reserved snapshot left")
+    return out
+
+
+# ---- 1. the state machine -------------------------------------------------------------
+def ranges(size: int, one_segment: bool = False):
+    """(offset, length) within an LD of ``size`` bytes: tiny unaligned, whole
+    segments, crossing a segment boundary, anything up to 2 MiB; with
+    ``one_segment`` only ranges inside one segment (whole ones included)."""
+    nsegs = size // SEG
+    if one_segment:
+        return st.integers(0, nsegs - 1).flatmap(lambda k: st.one_of(
+            st.just((k * SEG, SEG)),
+            st.integers(0, SEG - 1).flatmap(
+                lambda so: st.tuples(st.just(k * SEG + so), st.integers(1, SEG - so)))))
+    small = st.integers(0, size - 1).flatmap(
+        lambda off: st.tuples(st.just(off), st.integers(1, min(8192, size - off))))
+    whole = st.integers(0, nsegs - 1).flatmap(
+        lambda k: st.tuples(st.just(k * SEG), st.integers(1, min(2, nsegs - k)).map(lambda m: m * SEG)))
+
+    def cross(k, a, b):
+        off = max(0, k * SEG - a)
+        return off, min(size, k * SEG + b) - off
+    crossing = st.builds(cross, st.integers(1, nsegs - 1), st.integers(1, 300_000), st.integers(1, 300_000))
+    anyr = st.integers(0, size - 1).flatmap(
+        lambda off: st.tuples(st.just(off), st.integers(1, min(2 * MiB, size - off))))
+    return st.one_of(whole, small, crossing, anyr)
+
+
+FILLER = "filler"
+TIGHT_DRIVE = 8 * MiB + 6 * 2 * MiB      # 6 PSEGs per drive: space runs out
+
+
+class SnapshotMachine(RuleBasedStateMachine):
+    """Random snapshot/CFW/delete sequences against a bytearray per LD (DESIGN.md §7).
+
+    With ``tight`` the pool is small and a "filler" LUN (only touched by the fill
+    rules) eats what is left, so copies on first write run out of space: I/O then
+    stays inside one segment (a request that fails with ENOSPC changes nothing), an
+    on-demand snapshot may be invalidated (from then on it fails reads and writes
+    and can only be deleted), a reserved one never is, and a write to a segment an
+    LD without a successor already has allocated never fails."""
+
+    @initialize(small_log=st.booleans(), lmap_segments=st.sampled_from([2048, 4, 2]),
+                tight=st.booleans(), first_raid=st.sampled_from([0, 1, 5]), first_mib=st.integers(2, 8))
+    def setup(self, small_log, lmap_segments, tight, first_raid, first_mib):
+        self.tmp = tempfile.mkdtemp(prefix="vsand-snapmodel-")
+        self.small_log = small_log
+        self.tight = tight
+        pool, self.paths = new_pool(self.tmp, Units(quorum=8 * MiB, lmap_segments=lmap_segments),
+                                    size=TIGHT_DRIVE if tight else 128 * MiB)
+        self._set_pool(pool)
+        self.model: dict[str, bytearray] = {}
+        self.chains: list[list[str]] = []      # chains of 2+ LDs, oldest first
+        self.reserved: set[str] = set()
+        self.invalid: set[str] = set()
+        self.seed = 0
+        self.nid = 0
+        self.create(first_raid, first_mib)
+
+    def teardown(self):
+        pool = getattr(self, "pool", None)
+        try:
+            if pool is not None and not pool.closed:
+                pool.close()
+        finally:
+            if getattr(self, "tmp", None):
+                shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _set_pool(self, pool: Pool) -> None:
+        if self.small_log:   # LogFull and checkpoint-at-half in commits and write intents
+            pool.meta.log_size = min(pool.meta.log_size, max(pool.meta.log_off + 4096, 12 * 1024))
+        self.pool = pool
+
+    def _data(self, n: int) -> bytes:
+        self.seed += 1
+        return pattern(self.seed, n)
+
+    def _names(self, usable: bool = False) -> list[str]:
+        return sorted(n for n in self.model if n != FILLER and not (usable and n in self.invalid))
+
+    def _pick(self, data, usable: bool = False) -> str:
+        return data.draw(st.sampled_from(self._names(usable)), label="ld")
+
+    def _new_name(self) -> str:
+        self.nid += 1
+        return f"ld{self.nid}"
+
+    def _chain_of(self, name: str) -> list[str] | None:
+        for c in self.chains:
+            if name in c:
+                return c
+        return None
+
+    def _nospace_ok(self, name: str, off: int, n: int) -> None:
+        """ENOSPC is legal only in the tight pool, and never for a segment that an LD
+        without a successor (no copy for itself to make) already has allocated."""
+        assert self.tight, "ENOSPC in a pool with plenty of space"
+        ld = self.pool.get(name)
+        if ld.succ is None:
+            k = off // SEG
+            assert not ld.l2.get(k) & ALLOCATED, \
+                f"{name}: I/O to its own allocated segment {k} failed for lack of space"
+
+    # -- LD lifecycle -------------------------------------------------------------------
+    @precondition(lambda self: len(self._names()) < MAX_LDS)
+    @rule(raid=st.sampled_from([0, 1, 5]), mib=st.integers(2, 8))
+    def create(self, raid, mib):
+        name = self._new_name()
+        try:
+            self.pool.create_ld(name, mib * MiB, raid=raid)
+        except NoSpace:
+            assert self.tight and name not in self.pool.lds
+            return
+        self.model[name] = bytearray(mib * MiB)
+
+    # Snapshots and I/O are what this machine is about. Hypothesis sorts rules by
+    # argument count, then name, and leans towards the first ones: these take one
+    # argument and are named to sort first; two snapshot rules survive its random
+    # disabling of rules ("swarm testing") more often than one.
+    @precondition(lambda self: self._names() and len(self._names()) < MAX_LDS)
+    @rule(data=st.data())
+    def a_snapshot(self, data):
+        self._snapshot(data)
+
+    @precondition(lambda self: self._names() and len(self._names()) < MAX_LDS)
+    @rule(data=st.data())
+    def a_snapshot_again(self, data):
+        self._snapshot(data)
+
+    def _snapshot(self, data):
+        reserve = data.draw(st.sampled_from([False, False, True]), label="reserve")
+        src = self._pick(data)
+        name = self._new_name()
+        if src in self.invalid:
+            with pytest.raises(InvalidArgument):
+                self.pool.snapshot(src, name, reserve=reserve)
+            return
+        try:
+            snap = self.pool.snapshot(src, name, reserve=reserve)
+        except NoSpace:
+            assert reserve or self.tight, "an on-demand snapshot needs no space"
+            assert name not in self.pool.lds
+            return
+        assert snap.name == name and snap.size == len(self.model[src])
+        self.model[name] = bytearray(self.model[src])
+        c = self._chain_of(src)
+        if c is None:
+            c = [src]
+            self.chains.append(c)
+        c.insert(c.index(src), name)       # the new snapshot is src's predecessor
+        if reserve:
+            self.reserved.add(name)
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data())
+    def delete(self, data):
+        name = data.draw(st.sampled_from(sorted(self.model)), label="ld")
+        self.pool.delete_ld(name)
+        del self.model[name]
+        self.reserved.discard(name)
+        self.invalid.discard(name)
+        c = self._chain_of(name)
+        if c is not None:
+            c.remove(name)
+            if len(c) < 2:
+                self.chains.remove(c)
+
+    @precondition(lambda self: self._names(usable=True))
+    @rule(data=st.data(), delta=st.sampled_from([-2, -1, 1, 2]))
+    def resize(self, data, delta):
+        name = self._pick(data, usable=True)
+        m = self.model[name]
+        new = min(max(len(m) + delta * MiB, 2 * MiB), 10 * MiB)
+        if self._chain_of(name) is not None:
+            with pytest.raises(InvalidArgument):
+                self.pool.resize_ld(name, new)
+            return
+        try:
+            self.pool.resize_ld(name, new)
+        except NoSpace:
+            assert self.tight and self.pool.get(name).size == len(m)
+            return
+        if new < len(m):
+            del m[new:]
+        else:
+            m.extend(bytes(new - len(m)))
+
+    @precondition(lambda self: self.tight)
+    @rule(nsegs=st.integers(1, 64))
+    def a_fill(self, nsegs):
+        """Writes whole segments of the filler LUN until ENOSPC or ``nsegs`` are done."""
+        if FILLER not in self.model:
+            try:
+                self.pool.create_ld(FILLER, 64 * MiB, raid=0)
+            except NoSpace:
+                return
+            self.model[FILLER] = bytearray(64 * MiB)
+        ld, m = self.pool.get(FILLER), self.model[FILLER]
+        holes = [k for k in range(ld.size // SEG) if not ld.l2.get(k) & ALLOCATED]
+        for k in holes[:nsegs]:
+            buf = self._data(SEG)
+            try:
+                ld.write(k * SEG, buf)
+            except NoSpace:
+                break
+            m[k * SEG:(k + 1) * SEG] = buf
+
+    @precondition(lambda self: FILLER in self.model)
+    @rule(data=st.data())
+    def unfill(self, data):
+        ld, m = self.pool.get(FILLER), self.model[FILLER]
+        k = data.draw(st.integers(0, ld.size // SEG - 1), label="segment")
+        n = data.draw(st.integers(1, ld.size // SEG - k), label="segments")
+        ld.trim(k * SEG, n * SEG)
+        m[k * SEG:(k + n) * SEG] = bytes(n * SEG)
+
+    # -- I/O ("blk_" sorts first: hypothesis leans towards the first rules) -------------
+    def _write(self, data):
+        name = self._pick(data, usable=True)
+        off, n = data.draw(ranges(len(self.model[name]), self.tight), label="range")
+        buf = self._data(n)
+        try:
+            self.pool.get(name).write(off, buf)
+        except NoSpace:
+            self._nospace_ok(name, off, n)
+            return
+        self.model[name][off:off + n] = buf
+
+    @precondition(lambda self: self._names(usable=True))
+    @rule(data=st.data())
+    def blk_write(self, data):
+        self._write(data)
+
+    @precondition(lambda self: self._names(usable=True))
+    @rule(data=st.data())
+    def blk_write_more(self, data):
+        self._write(data)
+
+    @precondition(lambda self: self._names(usable=True))
+    @rule(data=st.data())
+    def blk_zero(self, data):
+        how = data.draw(st.sampled_from(["trim", "zeroes", "zeroes_no_trim"]), label="how")
+        name = self._pick(data, usable=True)
+        off, n = data.draw(ranges(len(self.model[name]), self.tight), label="range")
+        ld = self.pool.get(name)
+        try:
+            if how == "trim":
+                ld.trim(off, n)
+            else:
+                ld.write_zeroes(off, n, may_trim=how == "zeroes")
+        except NoSpace:
+            self._nospace_ok(name, off, n)
+            return
+        self.model[name][off:off + n] = bytes(n)
+        if how == "zeroes_no_trim":   # NO_HOLE: every segment of the range stays allocated
+            for k in range(off // SEG, -(-(off + n) // SEG)):
+                assert ld.l2.get(k) & ALLOCATED, f"{name} segment {k} unmapped by write_zeroes(may_trim=False)"
+
+    @precondition(lambda self: self.invalid)
+    @rule(data=st.data())
+    def blk_invalid_io(self, data):
+        """An invalidated snapshot fails every read and write."""
+        ld = self.pool.get(data.draw(st.sampled_from(sorted(self.invalid)), label="ld"))
+        with pytest.raises(IOFailure):
+            ld.read(0, 4096)
+        with pytest.raises(IOFailure):
+            ld.write(0, b"x")
+        with pytest.raises(IOFailure):
+            ld.trim(0, SEG)
+
+    @rule(how=st.sampled_from(["flush", "checkpoint"]), twice=st.booleans())
+    def commit(self, how, twice):
+        """A second commit returns the PSEGs of RStores the first one dropped."""
+        for _ in range(1 + twice):
+            self.pool.flush() if how == "flush" else self.pool.checkpoint()
+
+    @rule(crash=st.booleans(), checkpoint_first=st.booleans())
+    def restart(self, crash, checkpoint_first):
+        """Clean shutdown and start-up, or kill -9 after a flush (recovery replays the
+        log, or nothing when a checkpoint came last)."""
+        if crash:
+            if checkpoint_first:
+                self.pool.checkpoint()
+            self._set_pool(crash_reopen(self.pool, self.paths))
+        else:
+            self.pool.close()
+            self._set_pool(Pool.open(self.paths))
+
+    # -- after every step ---------------------------------------------------------------
+    @invariant()
+    def same_bytes_and_chains(self):
+        if not hasattr(self, "pool"):
+            return
+        pool = self.pool
+        assert sorted(pool.lds) == sorted(self.model), f"LDs {sorted(pool.lds)} != {sorted(self.model)}"
+        for name, want in self.model.items():
+            ld = pool.get(name)
+            if ld.invalid and name not in self.invalid:
+                assert self.tight, f"{name} was invalidated in a pool with plenty of space"
+                assert ld.attrs.get("space") == "on-demand", \
+                    f"{name} ({ld.attrs.get('space', 'a LUN')}) was invalidated"
+                assert ld.info().get("invalid") is True
+                self.invalid.add(name)
+            assert ld.invalid == (name in self.invalid), f"{name}: invalid flag went away"
+            if ld.invalid:
+                with pytest.raises(IOFailure):
+                    ld.read(0, ld.size)
+            else:
+                got = ld.read(0, ld.size)
+                if got != want:
+                    raise AssertionError(f"LD {name} (RAID{ld.raid}, chain {[x.name for x in pool.chain(name)]}): "
+                                         f"{first_diff(got, bytes(want))}")
+            assert not (ld.pred is None and ld.l2.fill & SP), f"{name}: fill has Sp without a predecessor"
+            assert not (ld.succ is None and ld.l2.fill & SS), f"{name}: fill has Ss without a successor"
+            c = self._chain_of(name) or [name]
+            assert [x.name for x in pool.chain(name)] == c
+            assert (ld.attrs.get("space") == "reserve") == (name in self.reserved)
+
+    @invariant()
+    def structure(self):
+        if not hasattr(self, "pool"):
+            return
+        problems = check_pool(self.pool)
+        problems += check_invariants(self.pool)
+        problems += accounting_problems(self.pool)
+        assert not problems, "pool invariants violated:\n  " + "\n  ".join(problems)
+
+
+SnapshotMachine.TestCase.settings = settings(
+    max_examples=int(os.environ.get("VSAND_SNAP_EXAMPLES", "35")),
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+TestSnapshotModel = SnapshotMachine.TestCase
+
+
+# ---- 2. reserve vs on-demand space --------------------------------------------------------
+TINY = Units(quorum=8 * MiB)
+
+
+def fill_pool(ld, start: int = 0) -> int:
+    """Writes whole segments of ``ld`` from ``start`` until NoSpace; returns how many fit."""
+    k = start
+    try:
+        while k < ld.size // SEG:
+            ld.write(k * SEG, pattern(50_000 + k, SEG))
+            k += 1
+    except NoSpace:
+        return k - start
+    raise AssertionError("the filler LD never ran out of space: make it bigger")
+
+
+def test_on_demand_snapshot_invalidated_when_space_runs_out(tmp_path):
+    """An on-demand snapshot whose copy on first write cannot get space is invalidated
+    (reads raise IOFailure, info says invalid, it can only be deleted, deleting it
+    returns its space) while the LUN write succeeds; other snapshots stay valid."""
+    pool, paths = new_pool(str(tmp_path), TINY, size=8 * MiB + 12 * 2 * MiB)
+    lun = pool.create_ld("lun", 4 * MiB, raid=0)
+    orig = pattern(1, 4 * MiB)
+    lun.write(0, orig)
+    snap = pool.snapshot("lun", "snap")
+    assert snap.info()["space"] == "on-demand"
+    # One CFW while there is room: the snapshot now owns the old segment 0.
+    new0 = pattern(2, SEG)
+    lun.write(0, new0)
+    assert snap.read(0, 4 * MiB) == orig
+    filler = pool.create_ld("filler", 200 * MiB, raid=0)
+    filled = fill_pool(filler)
+    assert filled > 0
+    pool.flush()
+    # No space left: the partial write to segment 1 needs a copy for the snapshot.
+    lun.write(SEG + 10, b"lun wins")
+    assert snap.invalid and snap.info()["invalid"] is True
+    with pytest.raises(IOFailure):
+        snap.read(0, 512)
+    with pytest.raises(IOFailure):
+        snap.write(0, b"x")
+    with pytest.raises(InvalidArgument):
+        pool.snapshot("snap", "snap2")
+    want = bytearray(orig)
+    want[:SEG] = new0
+    want[SEG + 10:SEG + 18] = b"lun wins"
+    # More writes to the LUN, whole and partial, keep succeeding.
+    lun.write(2 * SEG, pattern(3, SEG))
+    want[2 * SEG:3 * SEG] = pattern(3, SEG)
+    lun.write(3 * SEG + 5, b"abc")
+    want[3 * SEG + 5:3 * SEG + 8] = b"abc"
+    assert lun.read(0, 4 * MiB) == want
+    assert check_pool(pool) == [] and accounting_problems(pool) == []
+    # The invalid state is durable (clean and crash restarts).
+    pool.close()
+    pool = Pool.open(paths)
+    assert pool.get("snap").invalid
+    with pytest.raises(IOFailure):
+        pool.get("snap").read(0, 512)
+    assert pool.get("lun").read(0, 4 * MiB) == want
+    pool = crash_reopen(pool, paths)
+    assert pool.get("snap").invalid and pool.get("lun").read(0, 4 * MiB) == want
+    owned = pool.get("snap").allocated_segments()
+    assert owned >= 1                                    # at least the old segment 0
+    free_before = sum(bin(m).count("1") for t in pool.space.tables.values() for m in t.free_slots.values())
+    pool.delete_ld("snap")
+    assert "snap" not in pool.lds and pool.get("lun").pred is None
+    pool.flush()
+    free_after = sum(bin(m).count("1") for t in pool.space.tables.values() for m in t.free_slots.values())
+    assert free_after >= free_before + owned, "deleting the invalid snapshot returned no space"
+    # The filler can use the space again.
+    assert fill_pool(pool.get("filler"), filled) >= owned
+    assert pool.get("lun").read(0, 4 * MiB) == want
+    assert check_pool(pool) == [] and accounting_problems(pool) == []
+    pool.close()
+
+
+def test_reserved_snapshot_fails_without_room_and_is_never_invalidated(tmp_path):
+    """``reserve=True`` fails with NoSpace (nothing created) when the pool cannot
+    hold a full copy; once created, LUN writes never invalidate it, even with the
+    rest of the pool full, and its reservation is given back when it is deleted."""
+    pool, paths = new_pool(str(tmp_path), TINY, size=8 * MiB + 12 * 2 * MiB)
+    big = pool.create_ld("big", 200 * MiB, raid=0)       # a full copy: 100 PSEGs of 96
+    with pytest.raises(NoSpace):
+        pool.snapshot("big", "bigsnap", reserve=True)
+    assert "bigsnap" not in pool.lds and big.pred is None
+    assert pool.space.reserve_segs == 0
+    pool.delete_ld("big")
+
+    lun = pool.create_ld("lun", 8 * MiB, raid=5)
+    orig = pattern(10, 8 * MiB)
+    lun.write(0, orig)
+    snap = pool.snapshot("lun", "snap", reserve=True)
+    assert snap.info()["space"] == "reserve"
+    od = pool.snapshot("lun", "od")          # on demand, newer than snap
+    filler = pool.create_ld("filler", 200 * MiB, raid=0)
+    fill_pool(filler)
+    pool.flush()
+    # Overwrite every segment of the LUN, whole and partial: the reservation pays.
+    want = bytearray(orig)
+    for k in range(8):
+        if k % 2:
+            buf = pattern(100 + k, SEG)
+            lun.write(k * SEG, buf)
+            want[k * SEG:(k + 1) * SEG] = buf
+        else:
+            lun.write(k * SEG + 333, b"partial")
+            want[k * SEG + 333:k * SEG + 340] = b"partial"
+    assert lun.read(0, 8 * MiB) == want
+    # od sits between snap and the LUN: the copies go to od, paid by snap's reservation.
+    assert not snap.invalid and not od.invalid
+    assert snap.read(0, 8 * MiB) == orig and od.read(0, 8 * MiB) == orig
+    assert check_pool(pool) == [] and accounting_problems(pool) == []
+    pool = crash_reopen(pool, paths)
+    assert pool.get("snap").read(0, 8 * MiB) == orig
+    assert pool.get("lun").read(0, 8 * MiB) == want
+    pool.close()
+    pool = Pool.open(paths)
+    assert pool.get("snap").read(0, 8 * MiB) == orig
+    for name in ("od", "snap"):
+        pool.delete_ld(name)
+    assert pool.space.reserve_segs == 0
+    assert pool.get("lun").read(0, 8 * MiB) == want
+    assert check_pool(pool) == [] and accounting_problems(pool) == []
+    pool.close()
+
+
+def test_reservation_given_back_after_writes_to_the_snapshot(tmp_path):
+    """Writes into a reserved snapshot itself (rule 1 copies and new allocations) and
+    trims of it must not leave part of its reservation behind once it is deleted."""
+    pool, paths = new_pool(str(tmp_path), TINY)
+    lun = pool.create_ld("lun", 4 * MiB, raid=1)
+    lun.write(0, pattern(1, 2 * MiB))
+    snap = pool.snapshot("lun", "snap", reserve=True)
+    snap.write(10, b"own copy")              # partial write of a shared, allocated segment
+    snap.write(3 * SEG, pattern(2, SEG))     # whole write of a shared, unallocated segment
+    lun.write(SEG, pattern(3, SEG))          # CFW: the snapshot receives the old segment 1
+    snap.trim(0, SEG)                        # the snapshot frees its own copy again
+    pool.delete_ld("snap")
+    assert pool.space.reserve_segs == 0
+    assert check_pool(pool) == [] and accounting_problems(pool) == []
+    pool.close()
+
+
+@pytest.mark.parametrize("lun_raid,filler_raid", [(1, 0), (1, 5), (5, 0), (0, 1)])
+def test_reservation_holds_whatever_raid_type_fills_the_pool(tmp_path, lun_raid, filler_raid):
+    """The reservation is counted in the reserved snapshot's RAID type: a RAID1 copy
+    needs 8 PSEGs per RStore even when a RAID0/RAID5 LUN is what fills the pool."""
+    pool, paths = new_pool(str(tmp_path), TINY, size=8 * MiB + 12 * 2 * MiB)
+    lun = pool.create_ld("lun", 8 * MiB, raid=lun_raid)
+    orig = pattern(10, 8 * MiB)
+    lun.write(0, orig)
+    snap = pool.snapshot("lun", "snap", reserve=True)
+    fill_pool(pool.create_ld("filler", 200 * MiB, raid=filler_raid))
+    for k in range(8):
+        lun.write(k * SEG + 5, b"x")
+    assert not snap.invalid
+    assert snap.read(0, 8 * MiB) == orig
+    assert check_pool(pool) == [] and accounting_problems(pool) == []
+    pool.close()
