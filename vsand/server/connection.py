@@ -17,7 +17,8 @@ from ..nbd import wire
 from ..nbd.handshake import Closed, Handshake, Negotiated
 
 log = logging.getLogger("vsand.server")
-HANDSHAKE_TIMEOUT = 60.0   # a booting guest may leave the greeting unread for seconds
+HANDSHAKE_TIMEOUT = 60.0
+WRITE_HIGH = 16 << 20   # a booting guest may leave the greeting unread for seconds
 
 
 def nbd_errno(exc: BaseException) -> int:
@@ -55,6 +56,9 @@ class NbdConnection(asyncio.BufferedProtocol):
         self.transport = transport
         self.peer = str(transport.get_extra_info("peername") or "unix")
         self.server.connections.add(self)
+        # Backpressure stops reading requests when this much reply data is queued:
+        # high enough for a deep queue of large reads, bounded per connection.
+        transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_HIGH // 4)
         transport.write(Handshake.greeting())
         self._timer = asyncio.get_running_loop().call_later(HANDSHAKE_TIMEOUT, self._timeout)
 
