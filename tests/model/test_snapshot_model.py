@@ -7,8 +7,11 @@
    resize (refused inside a chain) / flush / checkpoint / clean restart / crash
    restart on a pool whose LMAPs are sometimes tiny (many LMAPs and absent-LMAP
    fills per LD) and whose metadata log is sometimes tiny (checkpoints in the
-   middle of a copy on first write). The model is a bytearray per LD (a snapshot
-   copies its source's bytearray) plus the chains. After every step:
+   middle of a copy on first write). In half the examples the pool is tight and a
+   filler LUN eats the free space, so copies on first write run out of room
+   (on-demand snapshots get invalidated, reserved ones must not). The model is a
+   bytearray per LD (a snapshot copies its source's bytearray) plus the chains.
+   After every step:
 
    - every LD reads byte for byte as its model, and the chains are the model's;
    - ``check_pool(pool) == []`` (share-bit invariants, RSDs, free maps);
@@ -21,9 +24,14 @@
    - the snapshot reservation (``space.reserve_segs``) is zero when no reserved
      snapshot exists (no leaked reservation).
 
-2. Reserve vs on-demand space in a tiny pool (deterministic).
+2. Reserve vs on-demand space in a tiny pool (deterministic): an on-demand
+   snapshot whose copy finds no space is invalidated (IOFailure on reads, shown in
+   info, durable, deletable, its space comes back) while the LUN write succeeds; a
+   reserved snapshot fails with NoSpace when no full copy fits and is otherwise
+   never invalidated, whichever RAID type fills the pool; its reservation is given
+   back on delete, also after writes into the snapshot itself.
 
-``VSAND_SNAP_EXAMPLES`` overrides the example count (default 35) for bug hunts.
+``VSAND_SNAP_EXAMPLES`` overrides the example count (default 40) for bug hunts.
 """
 
 from __future__ import annotations
@@ -474,7 +482,7 @@ class SnapshotMachine(RuleBasedStateMachine):
 
 
 SnapshotMachine.TestCase.settings = settings(
-    max_examples=int(os.environ.get("VSAND_SNAP_EXAMPLES", "35")),
+    max_examples=int(os.environ.get("VSAND_SNAP_EXAMPLES", "40")),
     stateful_step_count=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
