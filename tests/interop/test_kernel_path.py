@@ -19,11 +19,11 @@ import hashlib
 import os
 import random
 import re
-import subprocess
 import time
 
 import pytest
 
+from blockstack import Stack, e2fsck_clean, need_kernel_path
 from conftest import healthy, need, run
 
 MiB = 1 << 20
@@ -129,94 +129,6 @@ def tree_sums(root) -> dict[str, str]:
 
 
 # ---- nbdfuse + loop + ext4 -----------------------------------------------------------------------
-class Stack:
-    """nbdfuse file -> loop device -> mount, torn down in reverse order."""
-
-    def __init__(self, tmp, uri: str, ro: bool = False):
-        self.fusedir = os.path.join(tmp, "fuse")
-        self.mnt = os.path.join(tmp, "mnt")
-        os.makedirs(self.fusedir, exist_ok=True)
-        os.makedirs(self.mnt, exist_ok=True)
-        self.uri, self.ro = uri, ro
-        self.fuse: subprocess.Popen | None = None
-        self.loop: str | None = None
-        self.mounted = False
-
-    @property
-    def file(self) -> str:
-        return os.path.join(self.fusedir, "nbd")
-
-    def attach(self) -> str:
-        log = open(os.path.join(os.path.dirname(self.fusedir), "nbdfuse.log"), "ab")
-        self.fuse = subprocess.Popen(["nbdfuse", *(["-r"] if self.ro else []), self.fusedir, self.uri],
-                                     stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while not os.path.exists(self.file):
-            assert self.fuse.poll() is None, f"nbdfuse exited {self.fuse.returncode}"
-            assert time.monotonic() < deadline, "nbdfuse did not create its file"
-            time.sleep(0.05)
-        self.loop = run(["losetup", *(["-r"] if self.ro else []), "--find", "--show", self.file]).stdout.strip()
-        assert self.loop.startswith("/dev/loop"), self.loop
-        return self.loop
-
-    def mount(self) -> None:
-        run(["mount", *(["-o", "ro"] if self.ro else []), "-t", "ext4", self.loop, self.mnt])
-        self.mounted = True
-
-    def umount(self) -> None:
-        if self.mounted:
-            run(["umount", self.mnt])
-            self.mounted = False
-
-    def detach(self) -> list[str]:
-        """Undoes everything still set up (safe after a failure); returns the errors."""
-        errors = []
-        if self.mounted:
-            r = run(["umount", self.mnt], check=False)
-            if r.returncode:
-                run(["umount", "-l", self.mnt], check=False)
-                errors.append(r.stderr)
-            self.mounted = False
-        if self.loop:
-            r = run(["losetup", "-d", self.loop], check=False)
-            if r.returncode:
-                errors.append(r.stderr)
-            self.loop = None
-        if self.fuse is not None:
-            for _ in range(50):     # the loop device lets go of the file asynchronously
-                r = run(["fusermount3", "-u", self.fusedir], check=False)
-                if r.returncode == 0 or self.fuse.poll() is not None:
-                    break
-                time.sleep(0.1)
-            else:
-                run(["fusermount3", "-u", "-z", self.fusedir], check=False)
-                errors.append(r.stderr)
-            try:
-                rc = self.fuse.wait(30)
-            except subprocess.TimeoutExpired:
-                self.fuse.kill()
-                rc = self.fuse.wait()
-            if rc != 0:
-                errors.append(f"nbdfuse exited {rc}")
-            self.fuse = None
-        return errors
-
-
-def need_kernel_path() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root (loop devices, mount)")
-    if not os.path.exists("/dev/fuse"):
-        pytest.skip("/dev/fuse is missing")
-    if not os.path.exists("/dev/loop-control"):
-        pytest.skip("no loop device support")
-    need("nbdfuse", "fusermount3", "losetup", "mkfs.ext4", "e2fsck", "mount", "umount")
-
-
-def e2fsck_clean(dev: str) -> None:
-    r = run(["e2fsck", "-fn", dev], check=False)
-    assert r.returncode == 0, f"e2fsck -fn {dev} -> {r.returncode}\n{r.stdout}\n{r.stderr}"
-
-
 @pytest.mark.parametrize("raid", [5, 1, 0])
 def test_ext4_over_nbdfuse_loop_survives_restart(daemon, tmp_path, raid):
     need_kernel_path()
