@@ -12,7 +12,6 @@ read >= 1.0x nbdkit-file, random write >= 0.8x, 1 MiB sequential >= 0.8x.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -23,36 +22,11 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from vsand.control.client import ControlError, call  # noqa: E402
+from benchlib import fio, wait_for  # noqa: E402
 from vsand.units import parse_size  # noqa: E402
 
 JOBS = [("4k-randread", "randread", "4k", 32), ("4k-randwrite", "randwrite", "4k", 32),
         ("1m-seqread", "read", "1m", 8), ("1m-seqwrite", "write", "1m", 8)]
-
-
-def wait_for(path: str, proc: subprocess.Popen, timeout: float = 30) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}")
-        if os.path.exists(path):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"{path} did not appear")
-
-
-def fio(uri: str, rw: str, bs: str, qd: int, size: int, runtime: int) -> dict:
-    cmd = ["fio", "--name=j", "--ioengine=nbd", f"--uri={uri}", f"--rw={rw}", f"--bs={bs}",
-           f"--iodepth={qd}", f"--size={size}", "--output-format=json", "--randrepeat=0",
-           "--norandommap"]
-    if runtime:
-        cmd += [f"--runtime={runtime}", "--time_based"]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode:
-        raise RuntimeError(f"fio on {uri} failed: {r.stderr[-2000:]}")
-    job = json.loads(r.stdout[r.stdout.index("{"):])["jobs"][0]
-    side = job["read"] if "read" in rw else job["write"]
-    return {"iops": side["iops"], "mibs": side["bw_bytes"] / 2**20,
-            "p99_us": side["clat_ns"]["percentile"].get("99.000000", 0) / 1000}
 
 
 def main() -> int:

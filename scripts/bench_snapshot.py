@@ -30,7 +30,6 @@ run in about a minute; parts 3-4 need fio, qemu-img and qemu-nbd.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -44,6 +43,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from vsand.control.client import ControlError, call  # noqa: E402
 from vsand.disk.pool import Pool  # noqa: E402
+from benchlib import fio, wait_for  # noqa: E402
 from vsand.units import GiB, MiB, Units, format_size, parse_size  # noqa: E402
 
 RIO_CALLS = ("read", "read_into", "write", "zero", "resync")
@@ -204,32 +204,6 @@ def part_delete(args) -> bool:
 
 
 # ---- 3 and 4: through the daemon, with fio ---------------------------------------------------
-def wait_for(path: str, proc: subprocess.Popen, timeout: float = 60) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}")
-        if os.path.exists(path):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"{path} did not appear")
-
-
-def fio(uri: str, rw: str, bs: str, qd: int, size: int, runtime: int) -> dict:
-    cmd = ["fio", "--name=j", "--ioengine=nbd", f"--uri={uri}", f"--rw={rw}", f"--bs={bs}",
-           f"--iodepth={qd}", f"--size={size}", "--output-format=json", "--randrepeat=0",
-           "--norandommap"]
-    if runtime:
-        cmd += [f"--runtime={runtime}", "--time_based"]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode:
-        raise RuntimeError(f"fio on {uri} failed: {r.stderr[-2000:]}")
-    job = json.loads(r.stdout[r.stdout.index("{"):])["jobs"][0]
-    side = job["read"] if "read" in rw else job["write"]
-    return {"iops": side["iops"], "ios": side["total_ios"],
-            "p99_us": side["clat_ns"]["percentile"].get("99.000000", 0) / 1000}
-
-
 class Procs:
     def __init__(self):
         self.procs: list[subprocess.Popen] = []
