@@ -306,14 +306,7 @@ class Pool:
 
     def chain(self, name: str) -> list[LogicalDisk]:
         """The sharing chain ``name`` belongs to, oldest first."""
-        ld = self.get(name)
-        while ld.pred is not None:
-            ld = ld.pred
-        out = []
-        while ld is not None:
-            out.append(ld)
-            ld = ld.succ
-        return out
+        return sharing.chain_of(self.get(name))
 
     def resize_ld(self, name: str, size: int) -> None:
         ld = self.get(name)

@@ -94,7 +94,8 @@ def unlink(x) -> np.ndarray:
 
 
 # ---- read-through caches (LogicalDisk._entry) ----------------------------------------------
-def _members(ld) -> list:
+def chain_of(ld) -> list:
+    """Every LD of ``ld``'s sharing chain, oldest first."""
     while ld.pred is not None:
         ld = ld.pred
     out = []
@@ -107,7 +108,7 @@ def _members(ld) -> list:
 def reset_chain(ld) -> None:
     """The chain of ``ld`` changed shape or had its maps edited in bulk: drop the
     read caches of all its LDs and stop counting changes until one is built again."""
-    for m in _members(ld):
+    for m in chain_of(ld):
         m.l2.gens = None
         m._rcache = None
 
@@ -115,7 +116,7 @@ def reset_chain(ld) -> None:
 def start_chain_cache(ld) -> list[int]:
     """Starts counting map changes for ``ld``'s whole chain (one list shared by all)."""
     g = [0] * len(ld.l2.lmaps)
-    for m in _members(ld):
+    for m in chain_of(ld):
         m.l2.gens = g
         m._rcache = [None] * len(g)
     return g

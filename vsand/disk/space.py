@@ -7,6 +7,7 @@ import numpy as np
 from ..errors import NoSpace
 from ..mapping.lmap import RSD_MASK, RSD_SHIFT, SLOT_MASK, entry_rsd, entry_slot, make_entry
 from ..mapping.rsd import CHUNK, DEAD, RsdTable, pack_member, unpack_member
+from ..physical.allocator import RAID_WIDTH
 
 MEMBER_CACHE_MAX = 1 << 16
 
@@ -95,7 +96,7 @@ class Space:
         if extra:
             segs[extra[0]] = segs.get(extra[0], 0) + extra[1]
         per = self.units.rstore_segments
-        return sum(-(-n // per) * {0: 4, 5: 5, 1: 8}[r] for r, n in segs.items())
+        return sum(-(-n // per) * RAID_WIDTH[r] for r, n in segs.items())
 
     def note_handover(self, snap) -> None:
         """A reserved snapshot received one segment of its reservation."""
@@ -105,7 +106,7 @@ class Space:
 
     def new_rstore(self, t: RsdTable, use_reserve: bool = False) -> int:
         if not use_reserve and self.reserve_segs:
-            width = {0: 4, 5: 5, 1: 8}[t.raid]
+            width = RAID_WIDTH[t.raid]
             if self.allocator.free_psegs(t.ldad) - self.reserved_psegs(t.ldad) < width:
                 raise NoSpace("free space is reserved for snapshots")
         placed = self.allocator.alloc_rstore(t.ldad, t.raid)
@@ -205,6 +206,6 @@ class Space:
         free_slots = sum(bin(m).count("1") for m in t.free_slots.values())
         need = max(0, segments - free_slots)
         rstores = -(-need // self.units.rstore_segments)
-        width = {0: 4, 5: 5, 1: 8}[raid]
+        width = RAID_WIDTH[raid]
         if rstores * width > self.allocator.free_psegs(ldad):
             raise NoSpace(f"not enough free space in LDAD {ldad!r} for {segments} MiB of RAID{raid}")
