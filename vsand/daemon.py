@@ -10,6 +10,7 @@ import signal
 import socket
 import sys
 
+from . import faults
 from .config import Config, load
 from .control.server import ControlServer
 from .disk.pool import Pool
@@ -92,7 +93,7 @@ class Exports:
         ld = self.pool.lds.get(self._name(name))
         if ld is None:
             return None
-        return self.export(ld), ld
+        return self.export(ld), faults.device(ld.name, ld)
 
     @staticmethod
     def export(ld) -> Export:

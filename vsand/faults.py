@@ -25,3 +25,30 @@ def crashpoint(name: str) -> None:
 
 def armed() -> bool:
     return bool(_points)
+
+
+# ``VSAND_DROP_WRITES=lun[,lun...]``: the named LUNs acknowledge writes, trims and
+# zeroings without storing them. Only for negative controls: a test that cannot
+# tell this apart from a working LUN proves nothing.
+_drop = frozenset(filter(None, os.environ.get("VSAND_DROP_WRITES", "").split(",")))
+
+
+class _DroppedWrites:
+    def __init__(self, dev):
+        self._dev = dev
+
+    def __getattr__(self, name):
+        return getattr(self._dev, name)
+
+    def write(self, offset, data):
+        pass
+
+    def trim(self, offset, length):
+        pass
+
+    def write_zeroes(self, offset, length, may_trim=True):
+        pass
+
+
+def device(name: str, dev):
+    return _DroppedWrites(dev) if name in _drop else dev

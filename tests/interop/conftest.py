@@ -1,100 +1,10 @@
-"""A real vsand daemon process for interop tests, and helpers to reach it."""
+"""Fixtures for the interop tests: a real vsand daemon per module or per test."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-
 import pytest
 
-from vsand.control.client import call
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-VSAND = [sys.executable, "-m", "vsand"]
-SYS_PY = "/usr/bin/python3"
-
-
-def need(*tools: str) -> None:
-    for t in tools:
-        if not shutil.which(t):
-            pytest.skip(f"{t} is not installed (make test installs it as root)")
-
-
-def healthy(daemon) -> None:
-    assert daemon.alive(), daemon.read_log()
-    assert "Traceback" not in daemon.read_log(), daemon.read_log()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Daemon:
-    def __init__(self, state_dir: str, drives: int = 8, drive_size: str = "1G", extra=()):
-        self.state_dir = str(state_dir)
-        self.port = free_port()
-        self.sock = os.path.join(self.state_dir, "nbd.sock")
-        self.control = os.path.join(self.state_dir, "control.sock")
-        self.args = VSAND + ["--state-dir", self.state_dir, "--drives", str(drives),
-                             "--drive-size", drive_size, "--listen", f"127.0.0.1:{self.port}",
-                             *extra]
-        self.proc: subprocess.Popen | None = None
-        self.log = os.path.join(self.state_dir, "daemon.log")
-
-    def start(self) -> "Daemon":
-        os.makedirs(self.state_dir, exist_ok=True)
-        if os.path.exists(self.control):
-            os.unlink(self.control)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(self.args, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
-                                     env=env, cwd=ROOT)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"vsand exited with {self.proc.returncode}:\n{self.read_log()}")
-            if os.path.exists(self.control):
-                try:
-                    self.ctl("status")
-                    return self
-                except Exception:
-                    pass
-            time.sleep(0.05)
-        raise RuntimeError("vsand did not start:\n" + self.read_log())
-
-    def read_log(self) -> str:
-        try:
-            return open(self.log).read()[-5000:]
-        except OSError:
-            return ""
-
-    def ctl(self, op: str, **args):
-        return call(self.control, op, **args)
-
-    def stop(self, sig=signal.SIGTERM, timeout: float = 30) -> int:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def uri(self, name: str, tcp: bool = False) -> str:
-        if tcp:
-            return f"nbd://127.0.0.1:{self.port}/{name}"
-        return f"nbd+unix:///{name}?socket={self.sock}"
+from daemonkit import ROOT, SYS_PY, VSAND, Daemon, free_port, healthy, need, run  # noqa: F401 (used by the tests)
 
 
 @pytest.fixture(scope="module")
@@ -110,10 +20,3 @@ def fresh_daemon(tmp_path):
     d = Daemon(tmp_path / "state").start()
     yield d
     d.stop()
-
-
-def run(cmd, check=True, timeout=300, **kw) -> subprocess.CompletedProcess:
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
-    if check and r.returncode != 0:
-        raise AssertionError(f"{cmd} -> {r.returncode}\nstdout: {r.stdout[-3000:]}\nstderr: {r.stderr[-3000:]}")
-    return r
