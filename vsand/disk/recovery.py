@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..mapping.lmap import ALLOCATED, STATE_MASK
-from . import sharing
+from . import sharing, snapclone
 
 
 def checkpoint_body(pool, seq: int) -> dict:
@@ -27,7 +27,8 @@ def checkpoint_body(pool, seq: int) -> dict:
         tables.append({"raid": raid, "ldad": ldad, "count": count, "rows": rows})
     return {"seq": seq, "lds": lds, "rsd": tables, "next_ld": pool.next_ld_id,
             "dirty": sorted([r, l, i] for (r, l), i in pool.dirty),
-            "failed": sorted(i for i, d in pool.drives.items() if d.failed)}
+            "failed": sorted(i for i, d in pool.drives.items() if d.failed),
+            "tasks": list(pool.tasks.values()), "settings": pool.settings}
 
 
 def load_checkpoint(pool, body: dict) -> None:
@@ -47,6 +48,8 @@ def load_checkpoint(pool, body: dict) -> None:
     for i in body["failed"]:
         if i in pool.drives:
             pool.drives[i].failed = True
+    pool.tasks = {t["id"]: t for t in body.get("tasks", ())}
+    pool.settings = dict(body.get("settings", {}))
 
 
 def apply(pool, rec: dict) -> None:
@@ -60,8 +63,11 @@ def apply(pool, rec: dict) -> None:
         pool.lds.pop(ld.name, None)
         sharing.unlink(ld)          # deterministic: the same handover as when it ran
     elif t == "snap":
-        pool._make_snapshot(pool.lds_by_id[rec["src"]], rec["id"], rec["name"], rec["reserve"])
+        pool._make_snapshot(pool.lds_by_id[rec["src"]], rec["id"], rec["name"], rec["reserve"],
+                            rec.get("clone", False))
         pool.next_ld_id = max(pool.next_ld_id, rec["id"] + 1)
+    elif t == "cdet":
+        snapclone.detach(pool.lds_by_id[rec["id"]])
     elif t == "ldr":
         pool.lds_by_id[rec["id"]].l2.resize(rec["size"] // pool.units.segment)
         pool.lds_by_id[rec["id"]].size = rec["size"]
@@ -98,6 +104,13 @@ def apply(pool, rec: dict) -> None:
         pool.dirty.add(((rec["raid"], rec["ldad"]), rec["i"]))
     elif t == "r5c":
         pool.dirty.clear()
+    elif t == "task":
+        if "drop" in rec:
+            pool.tasks.pop(rec["drop"], None)
+        else:
+            pool.tasks[rec["task"]["id"]] = rec["task"]
+    elif t == "set":
+        pool.settings[rec["k"]] = rec["v"]
     elif t == "dfail":
         pool.drives[rec["d"]].failed = True
     else:

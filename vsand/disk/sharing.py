@@ -20,6 +20,7 @@ import numpy as np
 from ..errors import IOFailure, NoSpace
 from ..faults import crashpoint
 from ..mapping.lmap import ALLOCATED, SP, SS, STATE_MASK, entry_rsd, entry_slot
+from . import snapclone
 
 DATA_MASK = 0xFFFFFFFF & ~(SP | SS)
 
@@ -63,10 +64,13 @@ def unlink(x) -> np.ndarray:
         xe = x.l2.entries(lo, hi)
         xs, xp = (xe & SS) != 0, (xe & SP) != 0
         alloc = (xe & STATE_MASK) != 0
-        hand = alloc & xp if p is not None else np.zeros_like(alloc)
+        hand = np.zeros_like(alloc)
         if p is not None:
             pe = p.l2.entries(lo, hi)
-            take = xp & ~xs           # p read x's own entry: it becomes p's own
+            # p read x's own entry: it becomes p's own. Where p holds its own copy
+            # (a snapclone's seed: x.Sp kept over p's copy) nothing passes.
+            take = xp & ~xs & ((pe & SS) != 0)
+            hand = alloc & take
             pe[take] = (pe[take] & SP) | (xe[take] & DATA_MASK)
             put_entries(p.l2, lo, pe)
         freed.append(xe[alloc & ~hand])
@@ -77,7 +81,7 @@ def unlink(x) -> np.ndarray:
             put_entries(s.l2, lo, se)
     # the fills (absent LMAPs) follow the same rules
     xf = x.l2.fill
-    if p is not None and xf & SP and not xf & SS:
+    if p is not None and xf & SP and not xf & SS and p.l2.fill & SS:
         p.l2.fill = (p.l2.fill & SP) | (xf & DATA_MASK)
     if s is not None:
         keep = p is not None and xf & SS and xf & SP
@@ -152,6 +156,12 @@ def unshare(ld, k: int, whole: bool, trim: bool = False) -> None:
         succ.l2.set(k, succ.l2.get(k) & ~SP)
         pool.journal.touch(ld.id, k)
         pool.journal.touch(succ.id, k)
+    elif ld.succ is not None and ld.succ.l2.get(k) & SP:
+        # A seed (snapclone.py): my successor's Sp stands over my own copy, which is
+        # about to change, so it no longer equals the successor's content.
+        succ = ld.succ
+        succ.l2.set(k, succ.l2.get(k) & ~SP)
+        pool.journal.touch(succ.id, k)
     if e & SP:                                   # rule 2: give my predecessor its copy
         p = ld.pred
         pe = p.l2.get(k)
@@ -176,10 +186,15 @@ def unshare(ld, k: int, whole: bool, trim: bool = False) -> None:
             e = new
             pool.journal.touch(p.id, k)
         else:
-            e &= ~SP
+            e &= ~SP          # a seed: p already holds its own copy of these bytes
         ld.l2.set(k, e & ~SP)
         pool.journal.touch(ld.id, k)
         crashpoint("cfw.after_handover")
+        # Fig. 13f: a snapclone's predecessor gets its copy now, so the snapclone can
+        # leave the tree without a final pass (the "eager" mode).
+        if snapclone.in_tree(p) and p.pred is not None and p.l2.get(k) & SP \
+                and p.pred.l2.get(k) & SS and snapclone.mode(pool) == "eager":
+            snapclone.give_pred_copy(p, k)
 
 
 def _reserved_reader(p, k: int):
@@ -206,10 +221,9 @@ def _copy_into_new(dst, src, se: int, use_reserve: bool = False) -> int:
     return ne
 
 
-def _invalidate_for(ld, k: int) -> None:
-    """No space for a copy: the predecessor (and every older LD that reads segment k
-    through it) is invalidated; ld keeps its data and stops sharing it."""
-    p = ld.pred
+def invalidate_readers(p, k: int) -> None:
+    """``p`` (and every older LD that reads segment k through it) could not get its
+    copy of segment k: they are invalidated and p owns nothing for k."""
     victims = [p]
     q = p.pred
     while q is not None and q.l2.get(k) & SS:
@@ -218,8 +232,28 @@ def _invalidate_for(ld, k: int) -> None:
     for v in victims:
         if not v.attrs.get("invalid"):
             v.pool.set_attrs(v.name, invalid=True, _commit=False)
-    pe = p.l2.get(k)
-    p.l2.set(k, pe & SP)                 # p owns nothing for k now (it is invalid anyway)
+    p.l2.set(k, p.l2.get(k) & SP)
+
+
+def copy_for_pred(c, q, k: int, ce: int) -> int | None:
+    """A new segment for ``q`` (c's predecessor) holding c's bytes for k, paid like
+    any snapshot copy; None when there is no space and q was invalidated."""
+    payer = _reserved_reader(q, k)
+    try:
+        new = _copy_into_new(q, c, ce, payer is not None)
+    except NoSpace:
+        invalidate_readers(q, k)
+        return None
+    if payer is not None:
+        c.pool.space.note_handover(payer)
+    return new
+
+
+def _invalidate_for(ld, k: int) -> None:
+    """No space for a copy: the predecessor (and every older LD that reads segment k
+    through it) is invalidated; ld keeps its data and stops sharing it."""
+    p = ld.pred
+    invalidate_readers(p, k)
     ld.l2.set(k, ld.l2.get(k) & ~SP)
     ld.pool.journal.touch(p.id, k)
     ld.pool.journal.touch(ld.id, k)
