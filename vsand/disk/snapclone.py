@@ -92,7 +92,6 @@ def resolved_allocated(ld) -> int:
 def copy_step(c, start: int, budget: int) -> tuple[int, int, int]:
     """Unshares segments of clone ``c`` from segment ``start`` on, copying at most
     ``budget`` allocated ones. Returns (next start, segments handled, bytes copied)."""
-    pool = c.pool
     seg = c.seg
     handled = copied = 0
     per = c.l2.per
@@ -161,7 +160,6 @@ def pred_left(c) -> int:
 def pred_step(c, budget: int | None) -> tuple[int, int]:
     """Gives C's predecessor its own copy of up to ``budget`` segments it would lose
     when C leaves (None: all of them). Returns (segments handled, bytes copied)."""
-    q = c.pred
     handled = copied = 0
     for lo, hi in _ranges(c):
         need = _pred_pending(c, lo, hi)
@@ -242,6 +240,7 @@ def step(pool, c, budget: int) -> dict:
         return {"copied": 0, "bytes": 0, "remaining": 0, "done": True, "phase": "done"}
     if st["left"] is None:
         st["left"] = shared_left(c)
+    handled = nbytes = 0
     if st["left"] or st["cursor"]:
         nxt, handled, nbytes = copy_step(c, st["cursor"], budget)
         st["left"] = max(0, st["left"] - handled)
@@ -253,14 +252,15 @@ def step(pool, c, budget: int) -> dict:
                     "done": False, "phase": "copy"}
     left = pred_left(c)
     if left >= QUIESCE_M:
-        handled, nbytes = pred_step(c, budget)
-        return {"copied": handled, "bytes": nbytes, "remaining": max(0, left - handled),
+        h, b = pred_step(c, budget)
+        return {"copied": handled + h, "bytes": nbytes + b, "remaining": max(0, left - h),
                 "done": False, "phase": "leave"}
     # Fewer than M left: copy them with the loop held (no I/O can interleave), leave.
-    handled, nbytes = pred_step(c, None)
+    h, b = pred_step(c, None)
     pool.leave_tree(c)
     pool.bgcopy_state.pop(c.id, None)
-    return {"copied": handled, "bytes": nbytes, "remaining": 0, "done": True, "phase": "done"}
+    return {"copied": handled + h, "bytes": nbytes + b, "remaining": 0, "done": True,
+            "phase": "done"}
 
 
 def state(pool, c) -> dict:
