@@ -21,6 +21,8 @@ class Config:
     control: str = ""                     # default: STATE_DIR/control.sock
     default_export: str = ""              # served for the empty export name
     log_level: str = "info"
+    task_rate_mib: int = 0                # [tasks] rate_mib: background copy limit, 0 = unlimited
+    task_latency_guard: bool = True       # [tasks] latency_guard: yield to NBD traffic
 
     def finish(self) -> "Config":
         self.state_dir = os.path.abspath(self.state_dir)
@@ -38,7 +40,12 @@ class Config:
         return host, int(port)
 
 
-KEYS = {f.name for f in fields(Config)}
+# TOML tables: [section] key -> Config field (the flat keys are everything else)
+SECTIONS = {"tasks": {"rate_mib": "task_rate_mib", "latency_guard": "task_latency_guard"}}
+SECTIONED = {f for table in SECTIONS.values() for f in table.values()}
+KEYS = {f.name for f in fields(Config)} - SECTIONED
+FLAGS = {f.name for f in fields(Config)}
+TOML_NAME = {f: f"{sec}.{k}" for sec, table in SECTIONS.items() for k, f in table.items()}
 
 
 def _size(text) -> int:
@@ -49,6 +56,51 @@ def _size(text) -> int:
     if n <= 0:
         raise argparse.ArgumentTypeError(f"size must be positive: {text!r}")
     return n
+
+
+def _rate(text) -> int:
+    try:
+        if isinstance(text, bool) or isinstance(text, float) and not text.is_integer():
+            raise ValueError
+        n = int(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"not a whole number of MiB/s: {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"rate must be >= 0 MiB/s (0 = unlimited), not {text!r}")
+    return n
+
+
+def _on_off(text) -> bool:
+    if isinstance(text, bool):
+        return text
+    t = str(text).strip().lower()
+    if t in ("on", "yes", "true", "1"):
+        return True
+    if t in ("off", "no", "false", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected on or off, not {text!r}")
+
+
+CHECK = {"drive_size": _size, "task_rate_mib": _rate, "task_latency_guard": _on_off}
+
+
+def _flatten(data: dict, where: str) -> dict:
+    """TOML -> {Config field: value}; unknown keys and tables are errors."""
+    out, unknown = {}, []
+    for k, v in data.items():
+        if k in SECTIONS and isinstance(v, dict):
+            for sk, sv in v.items():
+                if sk in SECTIONS[k]:
+                    out[SECTIONS[k][sk]] = sv
+                else:
+                    unknown.append(f"{k}.{sk}")
+        elif k in KEYS:
+            out[k] = v
+        else:
+            unknown.append(k)
+    if unknown:
+        raise argparse.ArgumentTypeError(f"{where}: unknown keys {sorted(unknown)}")
+    return out
 
 
 def load(argv: list[str] | None = None) -> Config:
@@ -63,20 +115,25 @@ def load(argv: list[str] | None = None) -> Config:
     ap.add_argument("--control", help="control socket path")
     ap.add_argument("--default-export")
     ap.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    ap.add_argument("--task-rate-mib", type=_rate, metavar="MIB",
+                    help="limit background copies to MIB MiB/s (0 = unlimited, the default)")
+    ap.add_argument("--latency-guard", dest="task_latency_guard", type=_on_off, metavar="on|off",
+                    help="background tasks yield to NBD traffic (default on)")
     args = ap.parse_args(argv)
     cfg = Config()
     if args.config:
         with open(args.config, "rb") as f:
             data = tomllib.load(f)
-        unknown = set(data) - KEYS
-        if unknown:
-            ap.error(f"{args.config}: unknown keys {sorted(unknown)}")
+        try:
+            data = _flatten(data, args.config)
+        except argparse.ArgumentTypeError as e:
+            ap.error(str(e))
         for k, v in data.items():
             try:
-                setattr(cfg, k, _size(v) if k == "drive_size" else v)
+                setattr(cfg, k, CHECK[k](v) if k in CHECK else v)
             except argparse.ArgumentTypeError as e:
-                ap.error(f"{args.config}: {k}: {e}")
-    for k in KEYS:
+                ap.error(f"{args.config}: {TOML_NAME.get(k, k)}: {e}")
+    for k in FLAGS:
         v = getattr(args, k, None)
         if v is not None:
             setattr(cfg, k, v)

@@ -12,15 +12,22 @@ import sys
 
 from . import faults
 from .config import Config, load
+from .control.schema import POOL_SETTINGS
 from .control.server import ControlServer
+from .disk import snapclone
 from .disk.pool import Pool
 from .errors import InvalidArgument, VsanError
 from .meta import format as fmt
 from .nbd.handshake import Export
 from .server.nbd_server import NbdServer
+from .tasks import BGCOPY, TaskRunner, Throttle, default_kinds
+from .tasks.runner import check_rate
 from .units import format_size
 
 log = logging.getLogger("vsand")
+
+# pool.set keys (control/schema.py POOL_SETTINGS) -> (the pool's record key, effective value)
+POOL_KEYS = {"snapclone_mode": ("snapclone", snapclone.mode)}
 
 
 def sd_notify(state: str) -> None:
@@ -75,6 +82,14 @@ def open_pool(cfg: Config) -> Pool:
     return Pool.create(specs)
 
 
+def presync(pool: Pool) -> None:
+    """Writes back the drives' dirty data; run off the event loop by the task runner
+    (a racing close or drive failure only costs the optimisation)."""
+    for d in list(pool.drives.values()):
+        if not d.failed and d.fd >= 0:
+            os.fdatasync(d.fd)
+
+
 class Exports:
     """Every logical disk is an export under its own name."""
 
@@ -123,6 +138,8 @@ class Handlers:
                 "capacity": sum(d["psegs"] for d in st["drives"]) * self.pool.units.pseg,
                 "free": st["free_bytes"], "luns": len(st["lds"]),
                 "connections": len(self.d.nbd.connections),
+                "tasks_running": sum(t.state == "running" for t in self.d.tasks.tasks.values()),
+                "tasks_queued": sum(t.state == "queued" for t in self.d.tasks.tasks.values()),
                 "nbd_socket": self.d.cfg.nbd_socket, "listen": self.d.cfg.listen,
                 "pid": os.getpid()}
 
@@ -144,6 +161,7 @@ class Handlers:
 
     def lun_delete(self, name):
         self.pool.get(name)
+        self.d.tasks.cancel_target(name, f"{name} was deleted")
         for c in list(self.d.nbd.connections):   # nobody keeps writing into a deleted LUN
             if c.export is not None and c.export.name == name:
                 c._abort()
@@ -176,6 +194,48 @@ class Handlers:
     def drive_list(self):
         return self.pool.status()["drives"]
 
+    # ---- snapclones and background tasks ------------------------------------------------
+    def snapclone_create(self, source, name, rate=None):
+        check_rate(rate)          # refuse before anything is created
+        info = self.pool.snapclone(source, name).info()
+        info["task"] = self.d.tasks.start(BGCOPY, name, rate).id
+        return info
+
+    def snapclone_copy(self, name, rate=None):
+        """A new copy task for a snapclone still in its tree (e.g. after a cancel)."""
+        if self.pool.clone_state(name).get("done"):
+            raise InvalidArgument(f"{name} is not a dependent snapclone: nothing to copy")
+        return self.d.tasks.start(BGCOPY, name, rate).info(self.d.tasks.clock())
+
+    def task_list(self):
+        return self.d.tasks.list_tasks()
+
+    def task_show(self, id):
+        return self.d.tasks.show(id)
+
+    def task_cancel(self, id):
+        self.d.tasks.cancel(id)
+        return self.d.tasks.show(id)
+
+    def task_set(self, id, rate):
+        self.d.tasks.set_rate(id, rate)
+        return self.d.tasks.show(id)
+
+    def pool_get(self):
+        cfg = self.d.cfg
+        return {"settings": {k: value(self.pool) for k, (_, value) in POOL_KEYS.items()},
+                "defaults": sorted(k for k, (key, _) in POOL_KEYS.items() if key not in self.pool.settings),
+                "choices": {k: list(v) for k, v in POOL_SETTINGS.items()},
+                "tasks": {"rate_mib": cfg.task_rate_mib, "latency_guard": cfg.task_latency_guard}}
+
+    def pool_set(self, key, value):
+        if key not in POOL_SETTINGS:
+            raise InvalidArgument(f"unknown pool setting {key!r} (known: {', '.join(sorted(POOL_SETTINGS))})")
+        if value not in POOL_SETTINGS[key]:
+            raise InvalidArgument(f"{key} must be one of {', '.join(POOL_SETTINGS[key])}, not {value!r}")
+        self.pool.set_setting(POOL_KEYS[key][0], value)
+        return self.pool_get()
+
 
 class Daemon:
     def __init__(self, cfg: Config):
@@ -183,6 +243,7 @@ class Daemon:
         self.pool: Pool | None = None
         self.nbd: NbdServer | None = None
         self.control: ControlServer | None = None
+        self.tasks: TaskRunner | None = None
         self.stop_event: asyncio.Event | None = None
 
     async def run(self) -> int:
@@ -190,6 +251,10 @@ class Daemon:
         os.makedirs(cfg.state_dir, exist_ok=True)
         self.pool = open_pool(cfg)
         self.nbd = NbdServer(Exports(self.pool, cfg.default_export))
+        self.tasks = TaskRunner(self.pool, default_kinds(self.pool),
+                                Throttle(cfg.task_rate_mib, cfg.task_latency_guard,
+                                         foreground=lambda: self.nbd.requests),
+                                presync=lambda: presync(self.pool))
         self.control = ControlServer(Handlers(self))
         self.stop_event = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -209,10 +274,14 @@ class Daemon:
         if not any(n == "control" for n, _ in inherited):
             await self.control.listen(cfg.control)
         log.info("serving %d LUN(s): %s", len(self.pool.lds), ", ".join(sorted(self.pool.lds)) or "-")
+        resumed = self.tasks.resume()
+        if resumed:
+            log.info("resuming background task(s) %s", ", ".join(map(str, resumed)))
         sd_notify("READY=1\nSTATUS=serving")
         await self.stop_event.wait()
         log.info("stopping: draining connections")
         sd_notify("STOPPING=1")
+        await self.tasks.stop()        # at a step boundary; they resume at the next start
         await self.nbd.stop()
         await self.control.close()
         self.pool.close()

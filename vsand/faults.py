@@ -52,3 +52,19 @@ class _DroppedWrites:
 
 def device(name: str, dev):
     return _DroppedWrites(dev) if name in _drop else dev
+
+
+# ``VSAND_TASK_FAULT=kind[:n]``: the n-th step (default the 1st) of a background task
+# of that kind fails with EIO, once. For the tests of how a failed task is reported.
+_task_faults: dict[str, int] = {}
+for _item in filter(None, os.environ.get("VSAND_TASK_FAULT", "").split(",")):
+    _kind, _, _n = _item.partition(":")
+    _task_faults[_kind] = int(_n or 1)
+
+
+def task_step(kind: str) -> None:
+    if kind in _task_faults:
+        _task_faults[kind] -= 1
+        if _task_faults[kind] == 0:
+            from .errors import IOFailure
+            raise IOFailure(f"injected fault in a {kind} step (VSAND_TASK_FAULT)")

@@ -87,12 +87,20 @@ def allocated(info: dict) -> str:
     return size(alloc) + pct
 
 
+def kind(i: dict) -> str:
+    if i.get("snapshot_of"):
+        return "snapshot of " + i["snapshot_of"]
+    if i.get("snapclone_of"):
+        return f"snapclone of {i['snapclone_of']}" + (" (copying)" if i.get("clone") == "copying" else "")
+    return "lun"
+
+
 def render_list(luns: list) -> str:
     if not luns:
         return "no LUNs"
     rows = [[i.get("name"), size(i.get("size")), allocated(i), f"RAID{i.get('raid')}",
              "ro" if i.get("read_only") else "rw", i.get("ldad", "-"),
-             ("snapshot of " + i["snapshot_of"]) if i.get("snapshot_of") else "lun"]
+             kind(i)]
             for i in luns]
     return table(["NAME", "SIZE", "ALLOCATED", "RAID", "MODE", "LDAD", "KIND"], rows, right=(1,))
 

@@ -29,6 +29,7 @@ def render(st: dict) -> str:
         ("free", size(free)),
         ("luns", st.get("luns", 0)),
         ("connections", st.get("connections", 0)),
+        ("tasks", f"{st.get('tasks_running', 0)} running, {st.get('tasks_queued', 0)} queued"),
         ("nbd socket", st.get("nbd_socket") or "-"),
         ("nbd tcp", st.get("listen") or "-"),
     ])

@@ -5,6 +5,9 @@
     vsanctl lun list | show NAME | resize NAME SIZE | delete NAME
     vsanctl lun set NAME --read-only on|off
     vsanctl snapshot create SOURCE NAME [--reserve] | snapshot delete NAME
+    vsanctl snapclone create SOURCE NAME [--rate MIB] [--wait] | snapclone copy NAME
+    vsanctl task list | show ID | wait ID | cancel ID | set ID --rate MIB
+    vsanctl pool show | pool set KEY VALUE
     vsanctl tree NAME
     vsanctl drive list
 
@@ -24,7 +27,7 @@ import sys
 from .. import __version__
 from .ctl import DEFAULT_CONTROL, ENV_CONTROL, PROG, CliError, Ctx, Parser, resolve_control
 
-GROUPS = ("status", "lun", "snapshot", "drive")
+GROUPS = ("status", "lun", "snapshot", "snapclone", "task", "pool", "drive")
 
 
 def common_options() -> argparse.ArgumentParser:
@@ -39,7 +42,7 @@ def common_options() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = Parser(prog=PROG, description="Manage a running vsand daemon: LUNs, drives, status.",
+    ap = Parser(prog=PROG, description="Manage a running vsand daemon: LUNs, snapshots, snapclones, tasks, drives.",
                 epilog="Run 'vsanctl COMMAND --help' for a command's options.")
     ap.add_argument("--json", action="store_true", default=False,
                     help="print machine-readable JSON on stdout")

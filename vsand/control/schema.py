@@ -26,6 +26,23 @@ OPS: dict[str, dict[str, tuple[type, bool]]] = {
     "snapshot.create": {"source": (str, True), "name": (str, True), "reserve": (bool, False)},
     "snapshot.delete": {"name": (str, True)},
     "tree": {"name": (str, True)},
+    "snapclone.create": {"source": (str, True), "name": (str, True), "rate": (int, False)},
+    "snapclone.copy": {"name": (str, True), "rate": (int, False)},
+    "task.list": {},
+    "task.show": {"id": (int, True)},
+    "task.cancel": {"id": (int, True)},
+    "task.set": {"id": (int, True), "rate": (int, True)},
+    "pool.get": {},
+    "pool.set": {"key": (str, True), "value": (str, True)},
+}
+
+# pool.set: the settings an administrator may change, and their allowed values.
+# snapclone_mode: who preserves data for a snapclone's predecessor (DESIGN.md §8):
+# "eager" — a copy on first write into the clone also copies into its predecessor
+# (Fig. 13f); "scaling" — plain copy on write, and BGCOPY's last pass copies what the
+# predecessor needs before the clone leaves its tree (Fig. 15).
+POOL_SETTINGS: dict[str, tuple[str, ...]] = {
+    "snapclone_mode": ("eager", "scaling"),
 }
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ..errors import InvalidArgument, NoSpace
 from ..faults import crashpoint
-from . import sharing, snapclone
+from . import bgcopy, sharing, snapclone
 from .ld import LogicalDisk
 
 
@@ -62,10 +62,17 @@ class PointInTimeCopies:
         return self.snapshot(source, name, clone=True)
 
     def bgcopy_step(self, name: str, max_segments: int) -> dict:
-        return snapclone.step(self, self.get(name), max_segments)
+        """One BGCOPY step, copying on the calling thread (see bgcopy.py)."""
+        return bgcopy.step(self, self.get(name), max_segments)
+
+    def bgcopy_plan(self, name: str, max_segments: int):
+        """A BGCOPY step in three parts: the returned Plan's ``io()`` may run in a
+        worker thread, then ``finish()`` on the loop gives bgcopy_step's result;
+        a dict instead of a Plan is a whole step's result already."""
+        return bgcopy.plan(self, self.get(name), max_segments)
 
     def clone_state(self, name: str) -> dict:
-        return snapclone.state(self, self.get(name))
+        return bgcopy.state(self, self.get(name))
 
     def leave_tree(self, c) -> None:
         """A snapclone that shares nothing leaves its tree (Fig. 14); durable on return."""

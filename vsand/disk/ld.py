@@ -85,6 +85,12 @@ class LogicalDisk:
             yield k, so, m
             off += m
 
+    def _seeded(self, k: int) -> bool:
+        """My successor's Sp stands over my own copy (a snapclone's seed), so my bytes
+        for k must not change before it is cleared."""
+        s = self.succ
+        return s is not None and bool(s.l2.get(k) & SP)
+
     def _holder(self, k: int) -> tuple["LogicalDisk", int]:
         ld, e = self, self.l2.get(k)
         while e & SS:
@@ -179,7 +185,7 @@ class LogicalDisk:
     def _write_segment(self, k: int, so: int, data) -> None:
         pool = self.pool
         e = self.l2.get(k)
-        if e & SHARED:
+        if e & SHARED or self._seeded(k):
             unshare(self, k, whole=len(data) == self.seg)
             e = self.l2.get(k)
         zero = False
@@ -200,7 +206,7 @@ class LogicalDisk:
         pool = self.pool
         for k, so, m in self._pieces(off, n):
             e = self.l2.get(k)
-            if e & SHARED:
+            if e & SHARED or self._seeded(k):
                 unshare(self, k, whole=m == self.seg, trim=m == self.seg)
                 e = self.l2.get(k)
             if not e & ALLOCATED:
@@ -299,7 +305,7 @@ class LogicalDisk:
         pool = self.pool
         for k, so, m in self._pieces(off, n):
             e = self.l2.get(k)
-            if e & SHARED:
+            if e & SHARED or self._seeded(k):
                 unshare(self, k, whole=m == self.seg)
                 e = self.l2.get(k)
             if e & ALLOCATED and m < self.seg:

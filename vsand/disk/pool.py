@@ -268,6 +268,8 @@ class Pool(PointInTimeCopies):
         self.journal.add({"t": "ldd", "id": ld.id})
         crashpoint("delete.after_unlink")
         self.flush()
+        if self.allocator.pending:
+            self.flush()      # RStores emptied by that commit give their PSEGs back now
         self._update_reserve()
 
     def _drop_ld(self, ld) -> None:

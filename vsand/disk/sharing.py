@@ -150,6 +150,10 @@ def unshare(ld, k: int, whole: bool, trim: bool = False) -> None:
         # write or trim with no predecessor reading my entry.
         if he & ALLOCATED and (not (whole or trim) or e & SP):
             mine = _copy_into_new(ld, holder, he)
+        elif he & ALLOCATED and whole and not trim:
+            # Allocate before any bit changes: if the pool is full the write fails
+            # with this LD still reading its old bytes through the successor.
+            mine = pool.space.alloc_segment(ld)[0]
         e = (e & SP) | mine
         ld.l2.set(k, e)
         succ = ld.succ
@@ -169,7 +173,7 @@ def unshare(ld, k: int, whole: bool, trim: bool = False) -> None:
             new = 0
             # The copy is paid from the reservation when p, or an older LD that
             # reads k through p, is a reserved snapshot: those are never invalidated.
-            payer = _reserved_reader(p, k)
+            payer = reserved_reader(p, k)
             if e & ALLOCATED and not trim:
                 reserve = payer is not None
                 try:
@@ -197,7 +201,7 @@ def unshare(ld, k: int, whole: bool, trim: bool = False) -> None:
             snapclone.give_pred_copy(p, k)
 
 
-def _reserved_reader(p, k: int):
+def reserved_reader(p, k: int):
     """The nearest reserved snapshot among ``p`` and the older LDs that read segment
     k through it, or None."""
     q = p
@@ -215,7 +219,10 @@ def _copy_into_new(dst, src, se: int, use_reserve: bool = False) -> int:
                          0, dst.seg)
     ne, _fresh = pool.space.alloc_segment(dst, use_reserve=use_reserve)
     members = pool.space.members(dst.table, entry_rsd(ne))
-    pool.intend(dst.table, entry_rsd(ne))
+    # No write intent: a whole segment is a whole RAID5 row (or a mirrored pair), and
+    # until the next commit no committed map refers to this new segment; a write torn
+    # by a crash leaves a free segment, and whoever gets it next writes or zeroes the
+    # whole row first, which makes its parity whole again.
     pool.rio.write(dst.raid, members, entry_slot(ne), 0, data)
     crashpoint("cfw.after_copy")
     return ne
@@ -238,7 +245,7 @@ def invalidate_readers(p, k: int) -> None:
 def copy_for_pred(c, q, k: int, ce: int) -> int | None:
     """A new segment for ``q`` (c's predecessor) holding c's bytes for k, paid like
     any snapshot copy; None when there is no space and q was invalidated."""
-    payer = _reserved_reader(q, k)
+    payer = reserved_reader(q, k)
     try:
         new = _copy_into_new(q, c, ce, payer is not None)
     except NoSpace:

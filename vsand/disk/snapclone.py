@@ -26,14 +26,13 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InvalidArgument
-from ..faults import crashpoint
-from ..mapping.lmap import ALLOCATED, SP, SS, STATE_MASK, entry_rsd, entry_slot
+from ..mapping.lmap import ALLOCATED, SP, SS, STATE_MASK
 from . import sharing
 
 MODES = ("eager", "scaling")
-DEFAULT_MODE = "eager"
+DEFAULT_MODE = "scaling"    # measured better for foreground writes: README, "Measured"
 QUIESCE_M = 64        # phase 2 finishes with the loop held when fewer remain (Fig. 15d)
-MAX_SCANS = 64        # LMAPs one copy step looks at, so a step stays short on huge LDs
+MAX_SCANS = 64        # LMAPs one BGCOPY plan looks at, so planning stays short on huge LDs
 
 
 def in_tree(ld) -> bool:
@@ -45,7 +44,7 @@ def mode(pool) -> str:
 
 
 # ---- bulk views of a chain --------------------------------------------------------------
-def _resolved(ld, lo: int, hi: int) -> np.ndarray:
+def resolved(ld, lo: int, hi: int) -> np.ndarray:
     """The entries that hold ``ld``'s data for segments lo..hi (mine or a successor's)."""
     res = ld.l2.entries(lo, hi)
     pending = (res & SS) != 0
@@ -58,7 +57,7 @@ def _resolved(ld, lo: int, hi: int) -> np.ndarray:
     return res
 
 
-def _put(ld, lo: int, arr: np.ndarray) -> None:
+def put(ld, lo: int, arr: np.ndarray) -> None:
     sharing.put_entries(ld.l2, lo, arr)
     g = ld.l2.gens
     if g is not None:
@@ -66,7 +65,7 @@ def _put(ld, lo: int, arr: np.ndarray) -> None:
     ld.pool.journal.touch_lmaps(ld.id, [lo >> ld.l2.shift])
 
 
-def _ranges(ld):
+def ranges(ld):
     per, n = ld.l2.per, ld.l2.nsegs
     for li in range(-(-n // per)):
         yield li * per, min(n, (li + 1) * per)
@@ -75,75 +74,26 @@ def _ranges(ld):
 def copy_need(ld) -> int:
     """Allocated segments ``ld`` reads through its successors: what phase 1 copies."""
     n = 0
-    for lo, hi in _ranges(ld):
+    for lo, hi in ranges(ld):
         e = ld.l2.entries(lo, hi)
         sel = (e & SS) != 0
         if sel.any():
-            n += int(np.count_nonzero(_resolved(ld, lo, hi)[sel] & STATE_MASK))
+            n += int(np.count_nonzero(resolved(ld, lo, hi)[sel] & STATE_MASK))
     return n
 
 
 def resolved_allocated(ld) -> int:
     """Allocated segments ``ld`` reads (own or through successors)."""
-    return sum(int(np.count_nonzero(_resolved(ld, lo, hi) & STATE_MASK)) for lo, hi in _ranges(ld))
+    return sum(int(np.count_nonzero(resolved(ld, lo, hi) & STATE_MASK)) for lo, hi in ranges(ld))
 
 
-# ---- phase 1: copy into the clone ---------------------------------------------------------
-def copy_step(c, start: int, budget: int) -> tuple[int, int, int]:
-    """Unshares segments of clone ``c`` from segment ``start`` on, copying at most
-    ``budget`` allocated ones. Returns (next start, segments handled, bytes copied)."""
-    seg = c.seg
-    handled = copied = 0
-    per = c.l2.per
-    k = start
-    scans = 0
-    while k < c.l2.nsegs and copied < budget and scans < MAX_SCANS:
-        scans += 1
-        lo = k - (k % per)
-        hi = min(c.l2.nsegs, lo + per)
-        ce = c.l2.entries(lo, hi)
-        pend = ((ce & SS) != 0)
-        pend[: k - lo] = False
-        if not pend.any():
-            k = hi
-            continue
-        res = _resolved(c, lo, hi)
-        # unallocated holders: C owns "zeros" from now on, no data moves (one bulk edit)
-        holes = pend & ((res & STATE_MASK) == 0)
-        if holes.any():
-            ce[holes] &= SP
-            _put(c, lo, ce)
-            handled += int(np.count_nonzero(holes))
-        for j in np.flatnonzero(pend & ~holes).tolist():
-            if copied >= budget:
-                return lo + j, handled, copied * seg
-            _copy_into_clone(c, lo + j, int(res[j]))
-            copied += 1
-            handled += 1
-        k = hi
-    return k, handled, copied * seg
-
-
-def _copy_into_clone(c, k: int, holder_entry: int) -> None:
-    pool = c.pool
-    data = pool.rio.read(c.raid, pool.space.members(c.table, entry_rsd(holder_entry)),
-                         entry_slot(holder_entry), 0, c.seg)
-    ne, _ = pool.space.alloc_segment(c, use_reserve=True)
-    members = pool.space.members(c.table, entry_rsd(ne))
-    pool.intend(c.table, entry_rsd(ne))
-    pool.rio.write(c.raid, members, entry_slot(ne), 0, data)
-    crashpoint("bgcopy.after_copy")
-    c.l2.set(k, (c.l2.get(k) & SP) | ne)      # Ss cleared; the successor's Sp stays (seed)
-    pool.space.note_handover(c)
-    pool.journal.touch(c.id, k)
-
-
+# ---- phase 1: copy into the clone (bgcopy.py does the copying) ------------------------
 def shared_left(c) -> int:
-    return sum(int(np.count_nonzero(c.l2.entries(lo, hi) & SS)) for lo, hi in _ranges(c))
+    return sum(int(np.count_nonzero(c.l2.entries(lo, hi) & SS)) for lo, hi in ranges(c))
 
 
 # ---- phase 2: what the predecessor still reads through the clone ------------------------
-def _pred_pending(c, lo: int, hi: int) -> np.ndarray:
+def pred_pending(c, lo: int, hi: int) -> np.ndarray:
     q, x = c.pred, c.succ
     if q is None:
         return np.zeros(hi - lo, dtype=bool)
@@ -154,22 +104,7 @@ def _pred_pending(c, lo: int, hi: int) -> np.ndarray:
 
 
 def pred_left(c) -> int:
-    return sum(int(np.count_nonzero(_pred_pending(c, lo, hi))) for lo, hi in _ranges(c))
-
-
-def pred_step(c, budget: int | None) -> tuple[int, int]:
-    """Gives C's predecessor its own copy of up to ``budget`` segments it would lose
-    when C leaves (None: all of them). Returns (segments handled, bytes copied)."""
-    handled = copied = 0
-    for lo, hi in _ranges(c):
-        need = _pred_pending(c, lo, hi)
-        for j in np.flatnonzero(need).tolist():
-            if budget is not None and handled >= budget:
-                return handled, copied
-            if give_pred_copy(c, lo + j):
-                copied += c.seg
-            handled += 1
-    return handled, copied
+    return sum(int(np.count_nonzero(pred_pending(c, lo, hi))) for lo, hi in ranges(c))
 
 
 def give_pred_copy(c, k: int) -> bool:
@@ -200,7 +135,7 @@ def detach(c) -> None:
     """C shares nothing any more and Q reads nothing through it that X lacks: C leaves
     the chain. Pure map work, replayed from the "cdet" record."""
     q, x = c.pred, c.succ
-    for li, (lo, hi) in enumerate(_ranges(c)):
+    for li, (lo, hi) in enumerate(ranges(c)):
         ce = c.l2.entries(lo, hi)
         assert not np.any(ce & SS), "detach with shared segments"
         if x is not None:
@@ -229,47 +164,6 @@ def _overwrite(ld, li: int, arr: np.ndarray) -> None:
         ld.l2.ensure(li)
     ld.l2.lmaps[li][: len(arr)] = arr
     ld.pool.journal.touch_lmaps(ld.id, [li])
-
-
-# ---- the driver the background task calls ---------------------------------------------------
-def step(pool, c, budget: int) -> dict:
-    """One BGCOPY step on clone ``c``: phase 1 while C shares segments, then phase 2
-    and leaving the tree. Synchronous; the caller yields between steps."""
-    st = pool.bgcopy_state.setdefault(c.id, {"cursor": 0, "left": None})
-    if not in_tree(c):
-        return {"copied": 0, "bytes": 0, "remaining": 0, "done": True, "phase": "done"}
-    if st["left"] is None:
-        st["left"] = shared_left(c)
-    handled = nbytes = 0
-    if st["left"] or st["cursor"]:
-        nxt, handled, nbytes = copy_step(c, st["cursor"], budget)
-        st["left"] = max(0, st["left"] - handled)
-        st["cursor"] = nxt if nxt < c.l2.nsegs else 0
-        if not st["cursor"]:
-            st["left"] = shared_left(c)        # CFWs may have unshared some meanwhile
-        if st["left"] or st["cursor"]:
-            return {"copied": handled, "bytes": nbytes, "remaining": st["left"],
-                    "done": False, "phase": "copy"}
-    left = pred_left(c)
-    if left >= QUIESCE_M:
-        h, b = pred_step(c, budget)
-        return {"copied": handled + h, "bytes": nbytes + b, "remaining": max(0, left - h),
-                "done": False, "phase": "leave"}
-    # Fewer than M left: copy them with the loop held (no I/O can interleave), leave.
-    h, b = pred_step(c, None)
-    pool.leave_tree(c)
-    pool.bgcopy_state.pop(c.id, None)
-    return {"copied": handled + h, "bytes": nbytes + b, "remaining": 0, "done": True,
-            "phase": "done"}
-
-
-def state(pool, c) -> dict:
-    if not in_tree(c):
-        return {"remaining": 0, "phase": "done", "done": True}
-    left = shared_left(c)
-    if left:
-        return {"remaining": left, "phase": "copy", "done": False}
-    return {"remaining": pred_left(c), "phase": "leave", "done": False}
 
 
 def check_mode(value) -> str:

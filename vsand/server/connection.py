@@ -139,6 +139,7 @@ class NbdConnection(asyncio.BufferedProtocol):
             self.transport.close()
 
     def _request(self, out, cmd, flags, cookie, off, length, payload) -> None:
+        self.server.requests += 1       # background tasks pace themselves by this
         dev = self.dev
         err, msg = wire.check(cmd, flags, off, length, dev.size, self.tflags, bool(self.meta))
         if not err and cmd == C.CMD_BLOCK_STATUS and off + max(length, 1) > dev.size:

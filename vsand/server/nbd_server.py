@@ -23,6 +23,7 @@ class NbdServer:
         self.stopping = False
         self.committer = Committer(exports.flush)
         self.servers: list[asyncio.base_events.Server] = []
+        self.requests = 0          # requests handled so far (the task throttle's foreground signal)
 
     # ---- what the handshake sees ----------------------------------------------------
     def lookup_export(self, name: str) -> Export | None:

@@ -1,0 +1,40 @@
+"""`vsanctl pool ...`: pool-wide settings."""
+
+from __future__ import annotations
+
+from ..control.schema import POOL_SETTINGS
+from .ctl import kv
+
+
+def register(sub, common) -> None:
+    g = sub.add_parser("pool", help="pool settings (show, set)", description="Pool-wide settings.")
+    gs = g.add_subparsers(title="commands", dest="pool_cmd", metavar="COMMAND", required=True)
+    p = gs.add_parser("show", parents=[common], help="show the pool's settings",
+                      description="Show the pool's settings and the daemon's background-task limits.")
+    p.set_defaults(func=show, cmd="pool show", _parser=p)
+    known = "; ".join(f"{k}: {' | '.join(v)}" for k, v in POOL_SETTINGS.items())
+    p = gs.add_parser("set", parents=[common], help="change a pool setting",
+                      description=f"Change a pool setting (durable). Settings: {known}.")
+    p.add_argument("key", metavar="KEY")
+    p.add_argument("value", metavar="VALUE")
+    p.set_defaults(func=set_, cmd="pool set", _parser=p)
+
+
+def show(ctx, a) -> int:
+    return ctx.emit(ctx.call("pool.get"), render)
+
+
+def set_(ctx, a) -> int:
+    res = ctx.call("pool.set", key=a.key, value=a.value)
+    return ctx.emit(res, lambda r: f"{a.key} = {r['settings'].get(a.key)}")
+
+
+def render(r: dict) -> str:
+    defaults = set(r.get("defaults", ()))
+    rows = [(k, f"{v}" + (" (default)" if k in defaults else "")
+             + (f"   [{' | '.join(r['choices'][k])}]" if k in r.get("choices", {}) else ""))
+            for k, v in sorted(r.get("settings", {}).items())]
+    t = r.get("tasks", {})
+    rows.append(("task rate limit", f"{t['rate_mib']} MiB/s" if t.get("rate_mib") else "unlimited"))
+    rows.append(("latency guard", "on" if t.get("latency_guard") else "off"))
+    return kv(rows)

@@ -1,0 +1,53 @@
+"""The "bgcopy" task kind: make a snapclone independent of its sharing tree
+(DESIGN.md §8, Figs. 13-15). The engine does the copying and chooses the approach
+(pool setting ``snapclone_mode``); this module only drives it in steps."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from .task import Step
+
+NAME = "bgcopy"
+
+
+class BgCopy:
+    def __init__(self, engine):
+        self.engine = engine     # the pool: bgcopy_step, clone_state
+
+    def check(self, target: str) -> int:
+        """Work known to remain for a new task on ``target`` (raises NotFound). A
+        clone with nothing left still gets its step: that is what detaches it."""
+        return int(self.engine.clone_state(target).get("remaining", 0))
+
+    async def step(self, target: str, max_segments: int) -> Step:
+        """Plans on the loop, copies in a worker thread (the bytes move while NBD
+        requests are served; file and block I/O release the GIL), applies on the loop.
+        Only planning and applying count as the loop time the throttle paces."""
+        clock = time.perf_counter
+        t0 = clock()
+        plan = self.engine.bgcopy_plan(target, max_segments)
+        if isinstance(plan, dict):      # nothing left to copy off the loop: a result
+            return _step(plan, None)
+        busy = clock() - t0
+        if plan.jobs:
+            io = asyncio.get_running_loop().run_in_executor(None, plan.io)
+            try:
+                await asyncio.shield(io)
+            except asyncio.CancelledError:
+                await io          # never leave a copy running under a closing pool
+                plan.finish()
+                raise
+        t1 = clock()
+        r = plan.finish()
+        return _step(r, busy + clock() - t1)
+
+    @staticmethod
+    def gone(target: str) -> str:
+        return f"snapclone {target} no longer exists (deleted while it was being copied)"
+
+
+def _step(r: dict, loop_seconds: float | None) -> Step:
+    return Step(int(r["copied"]), int(r["bytes"]), int(r["remaining"]), bool(r["done"]),
+                str(r.get("phase", "")), loop_seconds)
