@@ -175,11 +175,16 @@ def plan(pool, c, budget: int) -> Plan | dict:
     if st["left"] or st["cursor"]:
         jobs, handled = _plan_copy(c, st, budget)
         st["left"] = max(0, st["left"] - handled - len(jobs))
-        if not st["cursor"]:
-            st["left"] = snapclone.shared_left(c) - len(jobs)   # CFWs unshared some meanwhile
-        if jobs or st["left"] > 0 or st["cursor"]:
-            return Plan(pool, c, jobs, handled, "copy", max(0, st["left"]))
-        st["left"] = 0
+        if not st["cursor"]:      # a pass ended: count again (CFWs unshared some)
+            st["left"] = max(0, snapclone.shared_left(c) - len(jobs))
+        if jobs or st["left"] or st["cursor"]:
+            return Plan(pool, c, jobs, handled, "copy", st["left"])
+    # A copy is dropped when its segment's holder changed meanwhile (e.g. a newer clone
+    # copied it first) though the clone still shares it: the next pass takes it again.
+    left = snapclone.shared_left(c)
+    if left:
+        st["left"], st["cursor"] = left, 0
+        return Plan(pool, c, [], 0, "copy", left)
     left = snapclone.pred_left(c)
     if left >= snapclone.QUIESCE_M:
         jobs, handled = _plan_pred(c, budget)

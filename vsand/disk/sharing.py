@@ -72,13 +72,13 @@ def unlink(x) -> np.ndarray:
             take = xp & ~xs & ((pe & SS) != 0)
             hand = alloc & take
             pe[take] = (pe[take] & SP) | (xe[take] & DATA_MASK)
-            put_entries(p.l2, lo, pe)
+            overwrite(p.l2, lo, pe)
         freed.append(xe[alloc & ~hand])
         if s is not None:
             se = s.l2.entries(lo, hi)
             keep = xs & xp if p is not None else np.zeros_like(xs)
             se = np.where(keep, se | SP, se & ~np.uint32(SP)).astype(np.uint32)
-            put_entries(s.l2, lo, se)
+            overwrite(s.l2, lo, se)
     # the fills (absent LMAPs) follow the same rules
     xf = x.l2.fill
     if p is not None and xf & SP and not xf & SS and p.l2.fill & SS:
@@ -91,6 +91,7 @@ def unlink(x) -> np.ndarray:
     if s is not None:
         s.pred = p
     x.pred = x.succ = None
+    end_fills(p, s)
     reset_chain(x)
     if p is not None or s is not None:
         reset_chain(p if p is not None else s)
@@ -124,6 +125,25 @@ def start_chain_cache(ld) -> list[int]:
         m.l2.gens = g
         m._rcache = [None] * len(g)
     return g
+
+
+def overwrite(l2, lo: int, arr: np.ndarray) -> None:
+    """Stores entries in an LMAP made present if absent: the fill that stands for
+    absent LMAPs may change next, and these entries must not change with it."""
+    li = lo // l2.per
+    l2.ensure(li)
+    l2.lmaps[li][: len(arr)] = arr
+
+
+def end_fills(*lds) -> None:
+    """Share bits in the fill of an LD with no successor (no predecessor) mean
+    nothing but would be followed once it grows: clear them."""
+    for ld in lds:
+        if ld is not None:
+            if ld.succ is None:
+                ld.l2.fill &= ~SS
+            if ld.pred is None:
+                ld.l2.fill &= ~SP
 
 
 def put_entries(l2, lo: int, arr: np.ndarray) -> None:
@@ -166,6 +186,10 @@ def unshare(ld, k: int, whole: bool, trim: bool = False) -> None:
         succ = ld.succ
         succ.l2.set(k, succ.l2.get(k) & ~SP)
         pool.journal.touch(succ.id, k)
+        if not e & SP:    # with Sp set, rule 2 below moves my old bytes to my predecessor
+            e = _redirect(ld, k, e, whole, trim)
+            ld.l2.set(k, e)
+            pool.journal.touch(ld.id, k)
     if e & SP:                                   # rule 2: give my predecessor its copy
         p = ld.pred
         pe = p.l2.get(k)
@@ -189,8 +213,8 @@ def unshare(ld, k: int, whole: bool, trim: bool = False) -> None:
                 pool.space.note_handover(payer)
             e = new
             pool.journal.touch(p.id, k)
-        else:
-            e &= ~SP          # a seed: p already holds its own copy of these bytes
+        else:             # a seed: p already holds its own copy of these bytes
+            e = _redirect(ld, k, e & ~SP, whole, trim)
         ld.l2.set(k, e & ~SP)
         pool.journal.touch(ld.id, k)
         crashpoint("cfw.after_handover")
@@ -201,12 +225,32 @@ def unshare(ld, k: int, whole: bool, trim: bool = False) -> None:
             snapclone.give_pred_copy(p, k)
 
 
+def _redirect(ld, k: int, e: int, whole: bool, trim: bool) -> int:
+    """``ld``'s entry for k once the seed over it is cleared: its bytes move to a
+    new segment (a copy unless the write covers it), because until the next commit
+    the committed seed still vouches that they equal the other LD's, and a crash
+    must find them unchanged. Short of space, the cleared seed is committed first
+    and the write goes in place."""
+    if not e & ALLOCATED or trim:
+        return e                      # nothing to overwrite: trim frees after commit
+    pool = ld.pool
+    try:
+        new = pool.space.alloc_segment(ld)[0] if whole else _copy_into_new(ld, ld, e)
+    except NoSpace:
+        crashpoint("cfw.before_seed_commit")
+        pool.flush()
+        return e
+    pool.space.free_segment(ld, e)
+    return (e & (SP | SS)) | new
+
+
 def reserved_reader(p, k: int):
     """The nearest reserved snapshot among ``p`` and the older LDs that read segment
-    k through it, or None."""
+    k through it, or None. An older snapclone still copying does not pay: its
+    reservation is for its own copy of k, which it still has to make."""
     q = p
     while q is not None:
-        if q.attrs.get("space") == "reserve":
+        if q.attrs.get("space") == "reserve" and (q is p or not snapclone.in_tree(q)):
             return q
         q = q.pred if q.pred is not None and q.pred.l2.get(k) & SS else None
     return None
@@ -231,9 +275,20 @@ def _copy_into_new(dst, src, se: int, use_reserve: bool = False) -> int:
 def invalidate_readers(p, k: int) -> None:
     """``p`` (and every older LD that reads segment k through it) could not get its
     copy of segment k: they are invalidated and p owns nothing for k."""
-    victims = [p]
-    q = p.pred
-    while q is not None and q.l2.get(k) & SS:
+    victims = []
+    q = p
+    while q is not None and (q is p or q.l2.get(k) & SS):
+        if q is not p and snapclone.in_tree(q):
+            # A copying snapclone is never invalidated: it makes its own copy of k
+            # now, from its reservation (made for exactly that), and older LDs read
+            # k through it from then on.
+            holder, he = q._holder(k)
+            new = _copy_into_new(q, holder, he, True) if he & ALLOCATED else 0
+            q.l2.set(k, (q.l2.get(k) & SP) | new)
+            if new:
+                q.pool.space.note_handover(q)
+            q.pool.journal.touch(q.id, k)
+            break
         victims.append(q)
         q = q.pred
     for v in victims:

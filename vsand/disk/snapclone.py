@@ -143,8 +143,9 @@ def detach(c) -> None:
             keep = (ce & SP) != 0 if q is not None else np.zeros(hi - lo, dtype=bool)
             _overwrite(x, li, np.where(keep, xe, xe & ~np.uint32(SP)).astype(np.uint32))
         _overwrite(c, li, (ce & ~np.uint32(SP)).astype(np.uint32))
-    # Every LMAP of both is present now, so the fills only cover what lies past the end.
-    if x is not None:
+    # Every LMAP of both is present now; the fills follow the same rule, as a later
+    # delete merges fills of LMAPs absent everywhere by the same bit rules.
+    if x is not None and not (q is not None and c.l2.fill & SP):
         x.l2.fill &= ~SP
     c.l2.fill &= ~(SP | SS)
     if q is not None:
@@ -152,6 +153,7 @@ def detach(c) -> None:
     if x is not None:
         x.pred = q
     c.pred = c.succ = None
+    sharing.end_fills(q, x)
     sharing.reset_chain(c)
     if q is not None or x is not None:
         sharing.reset_chain(q if q is not None else x)
