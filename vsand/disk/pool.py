@@ -278,6 +278,7 @@ class Pool(PointInTimeCopies):
             self.space.free_entries(ld, freed)
         del self.lds[ld.name]
         del self.lds_by_id[ld.id]
+        self.bgcopy_state.pop(ld.id, None)
         self.journal.forget(ld.id)
 
     def save_task(self, task: dict) -> None:

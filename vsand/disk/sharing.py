@@ -168,12 +168,16 @@ def unshare(ld, k: int, whole: bool, trim: bool = False) -> None:
         mine = 0
         # Skip the copy only when nobody needs the old bytes through me: a whole
         # write or trim with no predecessor reading my entry.
+        # A copying snapclone's own copy is what its reservation is for.
+        own = snapclone.in_tree(ld)
         if he & ALLOCATED and (not (whole or trim) or e & SP):
-            mine = _copy_into_new(ld, holder, he)
+            mine = _copy_into_new(ld, holder, he, own)
         elif he & ALLOCATED and whole and not trim:
             # Allocate before any bit changes: if the pool is full the write fails
             # with this LD still reading its old bytes through the successor.
-            mine = pool.space.alloc_segment(ld)[0]
+            mine = pool.space.alloc_segment(ld, use_reserve=own)[0]
+        if mine and own:
+            pool.space.note_handover(ld)
         e = (e & SP) | mine
         ld.l2.set(k, e)
         succ = ld.succ
