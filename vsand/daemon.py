@@ -82,14 +82,6 @@ def open_pool(cfg: Config) -> Pool:
     return Pool.create(specs)
 
 
-def presync(pool: Pool) -> None:
-    """Writes back the drives' dirty data; run off the event loop by the task runner
-    (a racing close or drive failure only costs the optimisation)."""
-    for d in list(pool.drives.values()):
-        if not d.failed and d.fd >= 0:
-            os.fdatasync(d.fd)
-
-
 class Exports:
     """Every logical disk is an export under its own name."""
 
@@ -254,7 +246,7 @@ class Daemon:
         self.tasks = TaskRunner(self.pool, default_kinds(self.pool),
                                 Throttle(cfg.task_rate_mib, cfg.task_latency_guard,
                                          foreground=lambda: self.nbd.requests),
-                                presync=lambda: presync(self.pool))
+                                presync=self.pool.sync_data)
         self.control = ControlServer(Handlers(self))
         self.stop_event = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import time
@@ -40,6 +41,10 @@ class Stack:
         self.loop = run(["losetup", *(["-r"] if self.ro else []), "--find", "--show", self.file]).stdout.strip()
         assert self.loop.startswith("/dev/loop"), self.loop
         return self.loop
+
+    def mkfs(self) -> None:
+        """ext4 with every inode table and the journal written now, not lazily later."""
+        run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", self.loop])
 
     def mount(self) -> None:
         run(["mount", *(["-o", "ro,noload"] if self.ro else []), "-t", "ext4", self.loop, self.mnt])
@@ -97,3 +102,25 @@ def need_kernel_path(*extra: str) -> None:
 def e2fsck_clean(dev: str, what: str = "") -> None:
     r = run(["e2fsck", "-fn", dev], check=False)
     assert r.returncode == 0, f"e2fsck -fn on {what or dev} ({dev}) -> {r.returncode}\n{r.stdout}\n{r.stderr}"
+
+
+def write_file(root, rel: str, data: bytes) -> str:
+    """Writes ``root/rel`` (making its directories); returns its sha256."""
+    path = os.path.join(root, rel)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def tree_sums(root) -> dict[str, str]:
+    """sha256 of every file under ``root`` by relative path (lost+found left out)."""
+    out = {}
+    for d, _, files in os.walk(root):
+        for fn in files:
+            p = os.path.join(d, fn)
+            rel = os.path.relpath(p, root)
+            if not rel.startswith("lost+found"):
+                with open(p, "rb") as f:
+                    out[rel] = hashlib.sha256(f.read()).hexdigest()
+    return out

@@ -15,7 +15,6 @@ finally blocks.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import re
@@ -23,7 +22,7 @@ import time
 
 import pytest
 
-from blockstack import Stack, e2fsck_clean, need_kernel_path
+from blockstack import Stack, e2fsck_clean, need_kernel_path, tree_sums, write_file
 from conftest import healthy, need, run
 
 MiB = 1 << 20
@@ -100,32 +99,13 @@ def make_tree(root, seed: int = 1) -> dict[str, str]:
     for i in range(300):
         rel = os.path.join(f"d{i % 7}", f"s{i % 3}", f"f{i:03d}.bin")
         data = r.randbytes(r.choice([0, 1, 100, 511, 512, 4095, 4096, 4097, r.randrange(1, 20000)]))
-        sums[rel] = _write(root, rel, data)
+        sums[rel] = write_file(root, rel, data)
     for i, n in enumerate((3 * MiB, 5 * MiB + 123, 2 * MiB - 1)):
-        sums[f"big/b{i}.bin"] = _write(root, f"big/b{i}.bin", r.randbytes(n))
-    sums["big/zeros.bin"] = _write(root, "big/zeros.bin", bytes(2 * MiB))
+        sums[f"big/b{i}.bin"] = write_file(root, f"big/b{i}.bin", r.randbytes(n))
+    sums["big/zeros.bin"] = write_file(root, "big/zeros.bin", bytes(2 * MiB))
     return sums
 
 
-def _write(root, rel: str, data: bytes) -> str:
-    path = os.path.join(root, rel)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(data)
-    return hashlib.sha256(data).hexdigest()
-
-
-def tree_sums(root) -> dict[str, str]:
-    out = {}
-    for d, _, files in os.walk(root):
-        for fn in files:
-            p = os.path.join(d, fn)
-            rel = os.path.relpath(p, root)
-            if rel.startswith("lost+found"):
-                continue
-            with open(p, "rb") as f:
-                out[rel] = hashlib.sha256(f.read()).hexdigest()
-    return out
 
 
 # ---- nbdfuse + loop + ext4 -----------------------------------------------------------------------
@@ -140,14 +120,14 @@ def test_ext4_over_nbdfuse_loop_survives_restart(daemon, tmp_path, raid):
     # write: mkfs (discards the whole device first), mount, copy, umount, fsck
     st = Stack(str(tmp_path / "rw"), daemon.uri(name))
     try:
-        loop = st.attach()
-        run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", loop])
+        st.attach()
+        st.mkfs()
         st.mount()
         run(["cp", "-a", str(src) + "/.", st.mnt])
         run(["sync", "-f", st.mnt])
         assert tree_sums(st.mnt) == want        # through the page cache, not yet the server
         st.umount()
-        e2fsck_clean(loop)
+        e2fsck_clean(st.loop)
     finally:
         errors = st.detach()
     assert not errors, errors

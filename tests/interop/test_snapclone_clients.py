@@ -37,7 +37,7 @@ import time
 
 import numpy as np
 import pytest
-from blockstack import Stack, e2fsck_clean, need_kernel_path
+from blockstack import Stack, e2fsck_clean, need_kernel_path, tree_sums, write_file
 from conftest import ROOT, Daemon, healthy, need, run
 
 MiB = 1 << 20
@@ -316,23 +316,6 @@ def test_clone_while_copying_through_qemu_img_nbdinfo_nbdcopy(d, tmp_path):
 
 
 # ---- ext4 on the clone while it copies --------------------------------------------------------------
-def _write(root, rel: str, data: bytes) -> str:
-    path = os.path.join(root, rel)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(data)
-    return hashlib.sha256(data).hexdigest()
-
-
-def file_sums(root) -> dict[str, str]:
-    out = {}
-    for dirpath, _, files in os.walk(root):
-        for fn in files:
-            rel = os.path.relpath(os.path.join(dirpath, fn), root)
-            if not rel.startswith("lost+found"):
-                with open(os.path.join(dirpath, fn), "rb") as f:
-                    out[rel] = hashlib.sha256(f.read()).hexdigest()
-    return out
 
 
 def test_ext4_on_a_clone_while_it_copies(d, tmp_path):
@@ -349,35 +332,35 @@ def test_ext4_on_a_clone_while_it_copies(d, tmp_path):
 
     try:
         a = stack("a", src)
-        loop = a.attach()
-        run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", loop])
+        a.attach()
+        a.mkfs()
         a.mount()
         v1 = {}
         for i in range(60):
             rel = f"d{i % 4}/f{i:02d}.bin"
-            v1[rel] = _write(a.mnt, rel, rng.randbytes(rng.randrange(1, 200_000)))
-        v1 |= {f"big/b{i}.bin": _write(a.mnt, f"big/b{i}.bin", rng.randbytes(3 * MiB + i)) for i in range(3)}
+            v1[rel] = write_file(a.mnt, rel, rng.randbytes(rng.randrange(1, 200_000)))
+        v1 |= {f"big/b{i}.bin": write_file(a.mnt, f"big/b{i}.bin", rng.randbytes(3 * MiB + i)) for i in range(3)}
         run(["sync", "-f", a.mnt])
         a.umount()
         tid = clone(d, src, cl, rate=2)                  # unmounted: a clean filesystem
         # the source goes on: files rewritten, deleted, added
         a.mount()
         for rel in list(v1)[::3]:
-            _write(a.mnt, rel, rng.randbytes(5000))
+            write_file(a.mnt, rel, rng.randbytes(5000))
         for rel in list(v1)[1::7]:
             os.unlink(os.path.join(a.mnt, rel))
-        _write(a.mnt, "big/after.bin", rng.randbytes(4 * MiB))
+        write_file(a.mnt, "big/after.bin", rng.randbytes(4 * MiB))
         run(["sync", "-f", a.mnt])
-        v2 = file_sums(a.mnt)
+        v2 = tree_sums(a.mnt)
 
         # the clone, mounted read-write while it copies
         b = stack("b", cl)
         bloop = b.attach()
         b.mount()
-        got = file_sums(b.mnt)
+        got = tree_sums(b.mnt)
         assert got == v1, f"clone while copying: {sorted(set(got) ^ set(v1))[:5]} " \
                           f"{[k for k in v1 if got.get(k) not in (None, v1[k])][:5]}"
-        mine = _write(b.mnt, "clone-only.bin", rng.randbytes(MiB + 3))
+        mine = write_file(b.mnt, "clone-only.bin", rng.randbytes(MiB + 3))
         run(["sync", "-f", b.mnt])
         b.umount()
         e2fsck_clean(bloop, "the clone while it copies")
@@ -389,12 +372,12 @@ def test_ext4_on_a_clone_while_it_copies(d, tmp_path):
         cloop = c.attach()
         e2fsck_clean(cloop, "the clone after its copy")
         c.mount()
-        assert file_sums(c.mnt) == v1 | {"clone-only.bin": mine}
+        assert tree_sums(c.mnt) == v1 | {"clone-only.bin": mine}
         c.umount()
         assert not (errors := c.detach()), errors
-        assert file_sums(a.mnt) == v2 and v2 != v1
+        assert tree_sums(a.mnt) == v2 and v2 != v1
         a.umount()
-        e2fsck_clean(loop, "the source")
+        e2fsck_clean(a.loop, "the source")
         assert not (errors := a.detach()), errors
     finally:
         errors = [e for st in reversed(stacks) for e in st.detach()]

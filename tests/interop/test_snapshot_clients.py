@@ -32,7 +32,7 @@ import sys
 
 import pytest
 
-from blockstack import Stack, e2fsck_clean, need_kernel_path
+from blockstack import Stack, e2fsck_clean, need_kernel_path, tree_sums, write_file
 from conftest import ROOT, need, run
 
 MiB = 1 << 20
@@ -48,13 +48,6 @@ def tree(daemon, name: str) -> list[tuple[str, int, int]]:
 
 
 # ---- file trees ------------------------------------------------------------------------------
-def _write(root, rel: str, data: bytes) -> str:
-    path = os.path.join(root, rel)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(data)
-    return hashlib.sha256(data).hexdigest()
-
 
 def make_tree(root, seed: int) -> dict[str, str]:
     """A few hundred small files in nested directories and a few MiB-sized random
@@ -63,9 +56,9 @@ def make_tree(root, seed: int) -> dict[str, str]:
     sums = {}
     for i in range(300):
         rel = os.path.join(f"d{i % 6}", f"e{i % 4}", f"f{i:03d}.bin")
-        sums[rel] = _write(root, rel, r.randbytes(r.choice([0, 1, 700, 4096, 4097, r.randrange(1, 30000)])))
+        sums[rel] = write_file(root, rel, r.randbytes(r.choice([0, 1, 700, 4096, 4097, r.randrange(1, 30000)])))
     for i, n in enumerate((4 * MiB, 3 * MiB + 777, 2 * MiB - 5, 6 * MiB)):
-        sums[f"big/b{i}.bin"] = _write(root, f"big/b{i}.bin", r.randbytes(n))
+        sums[f"big/b{i}.bin"] = write_file(root, f"big/b{i}.bin", r.randbytes(n))
     return sums
 
 
@@ -73,15 +66,6 @@ def sha_file(path) -> str:
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
 
-
-def tree_sums(root) -> dict[str, str]:
-    out = {}
-    for d, _, files in os.walk(root):
-        for fn in files:
-            rel = os.path.relpath(os.path.join(d, fn), root)
-            if not rel.startswith("lost+found"):
-                out[rel] = sha_file(os.path.join(d, fn))
-    return out
 
 
 def same_tree(got: dict, want: dict, what: str) -> None:
@@ -110,15 +94,15 @@ def mutate(mnt, want: dict, seed: int) -> dict[str, str]:
             os.fsync(f.fileno())
         now[rel] = sha_file(p)
     for rel in r.sample(small, 40):                          # rewritten
-        now[rel] = _write(mnt, rel, r.randbytes(r.randrange(0, 20000)))
+        now[rel] = write_file(mnt, rel, r.randbytes(r.randrange(0, 20000)))
     for rel in ["big/b1.bin"] + r.sample(small, 50):         # deleted
         if rel in now:
             os.unlink(os.path.join(mnt, rel))
             del now[rel]
     for i in range(60):                                      # new
         rel = f"new{seed}/n{i % 5}/g{i:02d}.bin"
-        now[rel] = _write(mnt, rel, r.randbytes(r.randrange(1, 50000)))
-    now[f"new{seed}/big.bin"] = _write(mnt, f"new{seed}/big.bin", r.randbytes(3 * MiB + 1))
+        now[rel] = write_file(mnt, rel, r.randbytes(r.randrange(1, 50000)))
+    now[f"new{seed}/big.bin"] = write_file(mnt, f"new{seed}/big.bin", r.randbytes(3 * MiB + 1))
     return now
 
 
@@ -140,13 +124,13 @@ def test_ext4_snapshots_keep_their_moment(daemon, tmp_path):
     try:
         # v1 on the LUN; unmount (a clean fs) and snapshot it
         rw = stack("rw", lun)
-        loop = rw.attach()
-        run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", loop])
+        rw.attach()
+        rw.mkfs()
         rw.mount()
         run(["cp", "-a", str(src) + "/.", rw.mnt])
         run(["sync", "-f", rw.mnt])
         rw.umount()
-        e2fsck_clean(loop, "the LUN before the snapshot")
+        e2fsck_clean(rw.loop, "the LUN before the snapshot")
         daemon.ctl("snapshot.create", source=lun, name=snap)
         assert [name for name, _, _ in tree(daemon, lun)] == [snap, lun]
 
@@ -164,7 +148,7 @@ def test_ext4_snapshots_keep_their_moment(daemon, tmp_path):
         run(["sync", "-f", rw.mnt])
         # discard the LUN's free blocks: trims of segments the snapshots still read, and of
         # an 8 MiB file written and deleted just before (whole segments: allocation drops)
-        _write(rw.mnt, "scratch.bin", os.urandom(8 * MiB))
+        write_file(rw.mnt, "scratch.bin", os.urandom(8 * MiB))
         run(["sync", "-f", rw.mnt])
         before = daemon.ctl("lun.show", name=lun)["allocated"]
         os.unlink(os.path.join(rw.mnt, "scratch.bin"))
@@ -173,7 +157,7 @@ def test_ext4_snapshots_keep_their_moment(daemon, tmp_path):
         assert "trimmed" in r.stdout, r.stdout
         assert daemon.ctl("lun.show", name=lun)["allocated"] < before
         rw.umount()
-        e2fsck_clean(loop, "the LUN after the changes")
+        e2fsck_clean(rw.loop, "the LUN after the changes")
         errors = rw.detach()
         assert not errors, errors
         assert [n for n, _, _ in tree(daemon, lun)] == [snap, frozen, lun]

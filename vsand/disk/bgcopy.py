@@ -118,7 +118,7 @@ def _plan_copy(c, state: dict, budget: int) -> tuple[list, int]:
         if not pend.any():
             k = hi
             continue
-        res = snapclone.resolved(c, lo, hi)
+        res = sharing.resolve_range(c, lo, hi)
         holes = pend & ((res & STATE_MASK) == 0)
         if holes.any():            # the clone owns "zeros" from now on: one bulk edit
             ce[holes] &= SP

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import OutOfRange, ReadOnly
 from ..mapping.lmap import ALLOCATED, L2map, SP, SS, entry_rsd, entry_slot
-from .sharing import check_valid, start_chain_cache, unshare
+from .sharing import check_valid, resolve_range, start_chain_cache, unshare
 
 SHARED = SP | SS
 DIRECT_HOPS = 4   # a read walks this many successors itself before using the chain cache
@@ -128,15 +128,7 @@ class LogicalDisk:
         l2 = self.l2
         lo = li * l2.per
         hi = min(l2.nsegs, lo + l2.per)
-        res = l2.entries(lo, hi)
-        pending = (res & SS) != 0
-        ld = self
-        while pending.any():
-            ld = ld.succ
-            se = ld.l2.entries(lo, hi)
-            res[pending] = se[pending]
-            pending &= (se & SS) != 0
-        c = self._rcache[li] = (g, g[li], memoryview(res))
+        c = self._rcache[li] = (g, g[li], memoryview(resolve_range(self, lo, hi)))
         return c
 
     # ---- read --------------------------------------------------------------------

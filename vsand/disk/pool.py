@@ -341,12 +341,12 @@ class Pool(PointInTimeCopies):
         nslots, nids, npsegs = len(self.journal.slots), len(self.journal.rsd_ids), len(self.allocator.pending)
         nbulk = len(self.journal.bulk_slots)
         if self.journal.empty() and not (nslots or nids or npsegs or nbulk):
-            self._sync_data()
+            self.sync_data()
             return
         if self.dirty:
             self.journal.add({"t": "r5c"})
         records = self.journal.take(self.lds_by_id)
-        self._sync_data()
+        self.sync_data()
         crashpoint("commit.after_data_sync")
         try:
             self.meta.append(records)
@@ -362,7 +362,9 @@ class Pool(PointInTimeCopies):
         self.allocator.release_pending(npsegs)
         self.space.release_committed(nslots, nids, nbulk)
 
-    def _sync_data(self) -> None:
+    def sync_data(self) -> None:
+        """fdatasync of every working drive; also safe from a worker thread (the task
+        runner writes back dirty data before a commit, so the commit's sync is short)."""
         for d in self.drives.values():
             if not d.failed:
                 d.fsync()
@@ -371,7 +373,7 @@ class Pool(PointInTimeCopies):
         nslots, nids, npsegs = len(self.journal.slots), len(self.journal.rsd_ids), len(self.allocator.pending)
         nbulk = len(self.journal.bulk_slots)
         self.journal.take(self.lds_by_id)
-        self._sync_data()
+        self.sync_data()
         self._checkpoint_now()
         self._released(nslots, nids, npsegs, nbulk)
 

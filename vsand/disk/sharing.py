@@ -118,6 +118,19 @@ def reset_chain(ld) -> None:
         m._rcache = None
 
 
+def resolve_range(ld, lo: int, hi: int) -> np.ndarray:
+    """The entries that hold ``ld``'s data for segments lo..hi: its own, or those of
+    the first successor that owns each (the bulk form of LogicalDisk._holder)."""
+    res = ld.l2.entries(lo, hi)
+    pending = (res & SS) != 0
+    while pending.any():
+        ld = ld.succ
+        se = ld.l2.entries(lo, hi)
+        res[pending] = se[pending]
+        pending &= (se & SS) != 0
+    return res
+
+
 def start_chain_cache(ld) -> list[int]:
     """Starts counting map changes for ``ld``'s whole chain (one list shared by all)."""
     g = [0] * len(ld.l2.lmaps)

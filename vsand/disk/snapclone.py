@@ -44,19 +44,6 @@ def mode(pool) -> str:
 
 
 # ---- bulk views of a chain --------------------------------------------------------------
-def resolved(ld, lo: int, hi: int) -> np.ndarray:
-    """The entries that hold ``ld``'s data for segments lo..hi (mine or a successor's)."""
-    res = ld.l2.entries(lo, hi)
-    pending = (res & SS) != 0
-    m = ld
-    while pending.any():
-        m = m.succ
-        se = m.l2.entries(lo, hi)
-        res[pending] = se[pending]
-        pending &= (se & SS) != 0
-    return res
-
-
 def put(ld, lo: int, arr: np.ndarray) -> None:
     sharing.put_entries(ld.l2, lo, arr)
     g = ld.l2.gens
@@ -78,13 +65,13 @@ def copy_need(ld) -> int:
         e = ld.l2.entries(lo, hi)
         sel = (e & SS) != 0
         if sel.any():
-            n += int(np.count_nonzero(resolved(ld, lo, hi)[sel] & STATE_MASK))
+            n += int(np.count_nonzero(sharing.resolve_range(ld, lo, hi)[sel] & STATE_MASK))
     return n
 
 
 def resolved_allocated(ld) -> int:
     """Allocated segments ``ld`` reads (own or through successors)."""
-    return sum(int(np.count_nonzero(resolved(ld, lo, hi) & STATE_MASK)) for lo, hi in ranges(ld))
+    return sum(int(np.count_nonzero(sharing.resolve_range(ld, lo, hi) & STATE_MASK)) for lo, hi in ranges(ld))
 
 
 # ---- phase 1: copy into the clone (bgcopy.py does the copying) ------------------------

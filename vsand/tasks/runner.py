@@ -243,7 +243,7 @@ class TaskRunner:
             if self.presync is not None:
                 try:
                     await asyncio.to_thread(self.presync)
-                except OSError as e:        # only an optimisation: the commit syncs anyway
+                except (OSError, VsanError) as e:   # only an optimisation: the commit syncs anyway
                     log.debug("presync: %s", e)
             t0 = self.clock()
             self._flush()

@@ -67,7 +67,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 
-MiB = 1 << 20
+from ..units import MiB
 
 PROBE_INTERVAL = 0.005
 IDLE_BATCH = 0.025
