@@ -23,6 +23,7 @@ class Config:
     log_level: str = "info"
     task_rate_mib: int = 0                # [tasks] rate_mib: background copy limit, 0 = unlimited
     task_latency_guard: bool = True       # [tasks] latency_guard: yield to NBD traffic
+    accept_data_loss: bool = False        # start although a lost drive held unprotected data
 
     def finish(self) -> "Config":
         self.state_dir = os.path.abspath(self.state_dir)
@@ -81,7 +82,8 @@ def _on_off(text) -> bool:
     raise argparse.ArgumentTypeError(f"expected on or off, not {text!r}")
 
 
-CHECK = {"drive_size": _size, "task_rate_mib": _rate, "task_latency_guard": _on_off}
+CHECK = {"drive_size": _size, "task_rate_mib": _rate, "task_latency_guard": _on_off,
+         "accept_data_loss": _on_off}
 
 
 def _flatten(data: dict, where: str) -> dict:
@@ -119,6 +121,10 @@ def load(argv: list[str] | None = None) -> Config:
                     help="limit background copies to MIB MiB/s (0 = unlimited, the default)")
     ap.add_argument("--latency-guard", dest="task_latency_guard", type=_on_off, metavar="on|off",
                     help="background tasks yield to NBD traffic (default on)")
+    ap.add_argument("--accept-data-loss", dest="accept_data_loss", action="store_const", const=True,
+                    help="start even when a missing, short or foreign drive holds data that no "
+                         "redundancy covers (those segments then fail with EIO); without it such "
+                         "a start is refused with the reason")
     args = ap.parse_args(argv)
     cfg = Config()
     if args.config:

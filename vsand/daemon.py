@@ -12,22 +12,18 @@ import sys
 
 from . import faults
 from .config import Config, load
-from .control.schema import POOL_SETTINGS
+from .control.handlers import Handlers
 from .control.server import ControlServer
-from .disk import snapclone
 from .disk.pool import Pool
-from .errors import InvalidArgument, VsanError
+from .errors import HalfCreated, VsanError
 from .meta import format as fmt
 from .nbd.handshake import Export
+from .physical.lock import StateDirLock
 from .server.nbd_server import NbdServer
-from .tasks import BGCOPY, TaskRunner, Throttle, default_kinds
-from .tasks.runner import check_rate
+from .tasks import TaskRunner, Throttle, default_kinds
 from .units import format_size
 
 log = logging.getLogger("vsand")
-
-# pool.set keys (control/schema.py POOL_SETTINGS) -> (the pool's record key, effective value)
-POOL_KEYS = {"snapclone_mode": ("snapclone", snapclone.mode)}
 
 
 def sd_notify(state: str) -> None:
@@ -67,19 +63,28 @@ def has_label(path: str) -> bool:
 
 
 def open_pool(cfg: Config) -> Pool:
+    """The pool of ``cfg``: opened, or formatted when its drives carry no pool yet.
+    Drives whose pool creation never completed (labels, no superblock) held
+    nothing, so they are formatted again."""
     if cfg.drive_paths:
+        specs = [(p, None, "default") for p in cfg.drive_paths]
         if not any(has_label(p) for p in cfg.drive_paths):
             log.info("formatting a new pool on %d drives", len(cfg.drive_paths))
-            return Pool.create([(p, None, "default") for p in cfg.drive_paths])
-        return Pool.open(cfg.drive_paths)
-    paths = sorted(glob.glob(os.path.join(cfg.state_dir, "drives", "*.img")))
-    if paths:
-        return Pool.open(paths)
-    specs = [(os.path.join(cfg.state_dir, "drives", f"drive-{i:02d}.img"), cfg.drive_size, "default")
-             for i in range(cfg.drives)]
-    log.info("creating pool: %d sparse drives of %s under %s/drives",
-             cfg.drives, format_size(cfg.drive_size), cfg.state_dir)
-    return Pool.create(specs)
+            return Pool.create(specs)
+        paths = cfg.drive_paths
+    else:
+        specs = [(os.path.join(cfg.state_dir, "drives", f"drive-{i:02d}.img"), cfg.drive_size, "default")
+                 for i in range(cfg.drives)]
+        paths = sorted(glob.glob(os.path.join(cfg.state_dir, "drives", "*.img")))
+        if not paths:
+            log.info("creating pool: %d sparse drives of %s under %s/drives",
+                     cfg.drives, format_size(cfg.drive_size), cfg.state_dir)
+            return Pool.create(specs)
+    try:
+        return Pool.open(paths, accept_loss=cfg.accept_data_loss)
+    except HalfCreated as e:
+        log.warning("%s: formatting a new pool on them", e.message)
+        return Pool.create(specs)
 
 
 class Exports:
@@ -113,122 +118,6 @@ class Exports:
         self.pool.flush()
 
 
-class Handlers:
-    """Control operations (schema in control/schema.py)."""
-
-    def __init__(self, daemon: "Daemon"):
-        self.d = daemon
-
-    @property
-    def pool(self) -> Pool:
-        return self.d.pool
-
-    def status(self):
-        st = self.pool.status()
-        return {"pool": st["pool"], "drives": len(st["drives"]),
-                "failed_drives": sum(d["failed"] for d in st["drives"]),
-                "capacity": sum(d["psegs"] for d in st["drives"]) * self.pool.units.pseg,
-                "free": st["free_bytes"], "luns": len(st["lds"]),
-                "connections": len(self.d.nbd.connections),
-                "tasks_running": sum(t.state == "running" for t in self.d.tasks.tasks.values()),
-                "tasks_queued": sum(t.state == "queued" for t in self.d.tasks.tasks.values()),
-                "nbd_socket": self.d.cfg.nbd_socket, "listen": self.d.cfg.listen,
-                "pid": os.getpid()}
-
-    def lun_create(self, name, size, raid=5, thick=False, ldad="default"):
-        return self.pool.create_ld(name, size, raid=raid, ldad=ldad, thick=thick).info()
-
-    def lun_list(self):
-        return [ld.info() for ld in sorted(self.pool.lds.values(), key=lambda x: x.name)]
-
-    def lun_show(self, name):
-        info = self.pool.get(name).info()
-        info["connections"] = sum(1 for c in self.d.nbd.connections
-                                  if c.export is not None and c.export.name == name)
-        return info
-
-    def lun_resize(self, name, size):
-        self.pool.resize_ld(name, size)
-        return self.pool.get(name).info()
-
-    def lun_delete(self, name):
-        self.pool.get(name)
-        self.d.tasks.cancel_target(name, f"{name} was deleted")
-        for c in list(self.d.nbd.connections):   # nobody keeps writing into a deleted LUN
-            if c.export is not None and c.export.name == name:
-                c._abort()
-        self.pool.delete_ld(name)
-        return {"deleted": name}
-
-    def snapshot_create(self, source, name, reserve=False):
-        # Requests are handled synchronously on the loop, so in-flight writes to the
-        # source have finished and new ones wait: the quiesce of Fig. 9.
-        return self.pool.snapshot(source, name, reserve=reserve).info()
-
-    def snapshot_delete(self, name):
-        return self.lun_delete(name)
-
-    def tree(self, name):
-        out = []
-        for ld in self.pool.chain(name):
-            owned, shared = ld.share_counts()
-            out.append({"name": ld.name, "owned": owned, "shared": shared,
-                        "allocated": owned * self.pool.units.segment,
-                        "space": ld.attrs.get("space", "lun"), "invalid": ld.invalid})
-        return out
-
-    def lun_set(self, name, read_only=None):
-        if read_only is None:
-            raise InvalidArgument("nothing to set (use --read-only on|off)")
-        self.pool.set_attrs(name, read_only=read_only)
-        return self.pool.get(name).info()
-
-    def drive_list(self):
-        return self.pool.status()["drives"]
-
-    # ---- snapclones and background tasks ------------------------------------------------
-    def snapclone_create(self, source, name, rate=None):
-        check_rate(rate)          # refuse before anything is created
-        info = self.pool.snapclone(source, name).info()
-        info["task"] = self.d.tasks.start(BGCOPY, name, rate).id
-        return info
-
-    def snapclone_copy(self, name, rate=None):
-        """A new copy task for a snapclone still in its tree (e.g. after a cancel)."""
-        if self.pool.clone_state(name).get("done"):
-            raise InvalidArgument(f"{name} is not a dependent snapclone: nothing to copy")
-        return self.d.tasks.start(BGCOPY, name, rate).info(self.d.tasks.clock())
-
-    def task_list(self):
-        return self.d.tasks.list_tasks()
-
-    def task_show(self, id):
-        return self.d.tasks.show(id)
-
-    def task_cancel(self, id):
-        self.d.tasks.cancel(id)
-        return self.d.tasks.show(id)
-
-    def task_set(self, id, rate):
-        self.d.tasks.set_rate(id, rate)
-        return self.d.tasks.show(id)
-
-    def pool_get(self):
-        cfg = self.d.cfg
-        return {"settings": {k: value(self.pool) for k, (_, value) in POOL_KEYS.items()},
-                "defaults": sorted(k for k, (key, _) in POOL_KEYS.items() if key not in self.pool.settings),
-                "choices": {k: list(v) for k, v in POOL_SETTINGS.items()},
-                "tasks": {"rate_mib": cfg.task_rate_mib, "latency_guard": cfg.task_latency_guard}}
-
-    def pool_set(self, key, value):
-        if key not in POOL_SETTINGS:
-            raise InvalidArgument(f"unknown pool setting {key!r} (known: {', '.join(sorted(POOL_SETTINGS))})")
-        if value not in POOL_SETTINGS[key]:
-            raise InvalidArgument(f"{key} must be one of {', '.join(POOL_SETTINGS[key])}, not {value!r}")
-        self.pool.set_setting(POOL_KEYS[key][0], value)
-        return self.pool_get()
-
-
 class Daemon:
     def __init__(self, cfg: Config):
         self.cfg = cfg
@@ -241,18 +130,57 @@ class Daemon:
     async def run(self) -> int:
         cfg = self.cfg
         os.makedirs(cfg.state_dir, exist_ok=True)
-        self.pool = open_pool(cfg)
+        # One daemon per pool, before anything is touched: a second one stops here.
+        lock = StateDirLock(cfg.state_dir)
+        lock.acquire()
+        try:
+            self.pool = open_pool(cfg)
+            try:
+                return await self._serve()
+            finally:
+                self.pool.close()
+        finally:
+            lock.release()
+
+    async def _serve(self) -> int:
+        cfg = self.cfg
         self.nbd = NbdServer(Exports(self.pool, cfg.default_export))
         self.tasks = TaskRunner(self.pool, default_kinds(self.pool),
                                 Throttle(cfg.task_rate_mib, cfg.task_latency_guard,
                                          foreground=lambda: self.nbd.requests),
                                 presync=self.pool.sync_data)
-        self.control = ControlServer(Handlers(self))
+        self.control = ControlServer(Handlers(self.pool, self.nbd, self.tasks, cfg))
         self.stop_event = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop_event.set)
         inherited = inherited_sockets()
+        own = () if inherited else (cfg.nbd_socket,)
+        try:
+            await self._listen(inherited)
+        except OSError as e:
+            log.error("cannot start: cannot listen: %s", e.strerror or e)
+            await self.nbd.stop()
+            await self.control.close()
+            self._unlink(own)
+            return 1
+        log.info("serving %d LUN(s): %s", len(self.pool.lds), ", ".join(sorted(self.pool.lds)) or "-")
+        resumed = self.tasks.resume()
+        if resumed:
+            log.info("resuming background task(s) %s", ", ".join(map(str, resumed)))
+        sd_notify("READY=1\nSTATUS=serving")
+        await self.stop_event.wait()
+        log.info("stopping: draining connections")
+        sd_notify("STOPPING=1")
+        await self.tasks.stop()        # at a step boundary; they resume at the next start
+        await self.nbd.stop()
+        await self.control.close()
+        self._unlink((cfg.control,) + own)
+        log.info("stopped cleanly")
+        return 0
+
+    async def _listen(self, inherited) -> None:
+        cfg = self.cfg
         for name, sock in inherited:
             if name == "control":
                 await self.control.listen_socket(sock)
@@ -265,25 +193,14 @@ class Daemon:
                 await self.nbd.listen_tcp(*tcp)
         if not any(n == "control" for n, _ in inherited):
             await self.control.listen(cfg.control)
-        log.info("serving %d LUN(s): %s", len(self.pool.lds), ", ".join(sorted(self.pool.lds)) or "-")
-        resumed = self.tasks.resume()
-        if resumed:
-            log.info("resuming background task(s) %s", ", ".join(map(str, resumed)))
-        sd_notify("READY=1\nSTATUS=serving")
-        await self.stop_event.wait()
-        log.info("stopping: draining connections")
-        sd_notify("STOPPING=1")
-        await self.tasks.stop()        # at a step boundary; they resume at the next start
-        await self.nbd.stop()
-        await self.control.close()
-        self.pool.close()
-        for p in (cfg.control,) + (() if inherited else (cfg.nbd_socket,)):
+
+    @staticmethod
+    def _unlink(paths) -> None:
+        for p in paths:
             try:
                 os.unlink(p)
             except FileNotFoundError:
                 pass
-        log.info("stopped cleanly")
-        return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,3 +53,29 @@ class Corrupt(VsanError):
     """On-disk metadata failed a checksum or a consistency rule."""
 
     errno = _errno.EIO
+
+
+class Busy(VsanError):
+    """Something (a drive, a state directory) is in use by another process."""
+
+    errno = _errno.EBUSY
+
+
+class PoolReadOnly(VsanError):
+    """A metadata write failed and could not be repaired: the pool takes no more
+    changes until the daemon restarts (and checks it)."""
+
+    errno = _errno.EROFS
+
+
+class Degraded(VsanError):
+    """Start-up refused: drives are missing or unusable and redundancy cannot cover
+    what they hold."""
+
+    errno = _errno.ENODEV
+
+
+class HalfCreated(VsanError):
+    """Drives carry labels of a pool whose creation never finished."""
+
+    errno = _errno.ENODEV

@@ -60,6 +60,7 @@ import pytest
 from daemonkit import ROOT, Daemon, need
 
 from vsand.disk import snapclone
+from vsand.disk.role import Role
 from vsand.disk.check import check_paths
 from vsand.disk.pool import Pool
 from vsand.mapping.lmap import ALLOCATED, SP, SS
@@ -341,7 +342,7 @@ def _run(d: Daemon, plan: Plan, flusher: Flusher, case: Case) -> None:
     try:
         rec = dict(p.tasks[tid])
         clone = p.get("clone")
-        clone_attrs = dict(clone.attrs)
+        clone_role = clone.role.value
         left, pred_left = snapclone.shared_left(clone), snapclone.pred_left(clone)
         durable = copied_durably(clone, p.get("src"))
         dead = {name: np.frombuffer(bytes(p.get(name).read(0, SIZE)), dtype=np.uint8)
@@ -349,7 +350,7 @@ def _run(d: Daemon, plan: Plan, flusher: Flusher, case: Case) -> None:
     finally:
         p.close()
     assert rec["state"] == "running" and rec["target"] == "clone", rec
-    assert clone_attrs.get("clone") == "copying", clone_attrs
+    assert clone_role == "copying-clone", clone_role
     if phase == "copy":       # part of the copy is durable, part is not
         assert left > 0 and durable > 0, (left, durable, flusher.count)
     elif phase == "leave":    # all copied, durably; only leaving the tree is not
@@ -531,7 +532,7 @@ def test_src_write_over_a_seed_then_crash(tmp_path, mode, committed):
         for _ in range(10):                            # the resumed BGCOPY: the clone leaves
             if pool.bgcopy_step("clone", 8)["done"]:
                 break
-        assert pool.get("clone").attrs["clone"] == "independent"
+        assert pool.get("clone").role is Role.CLONE
         for name in ("clone", "s0"):
             got = bytes(pool.get(name).read(0, 4 * MiB))
             bad = [k for k in range(4) if got[k * MiB:(k + 1) * MiB] != old[k * MiB:(k + 1) * MiB]]
@@ -575,7 +576,7 @@ def test_two_clones_copying_the_same_segments_at_once(tmp_path):
             raise DetachBug(str(e)) from e
         raise
     c1 = pool.get("c1")
-    assert c1.attrs["clone"] == "independent" and c1.pred is None and c1.succ is None
+    assert c1.role is Role.CLONE and c1.pred is None and c1.succ is None
     assert c1.read(0, 4 * MiB) == old
     m.write(0, b"\x77" * 4 * MiB)
     assert pool.get("c1").read(0, 4 * MiB) == old and pool.get("c2").read(0, 4 * MiB) == old

@@ -28,7 +28,7 @@ import pytest
 
 from power_cut_drive import PowerCut, PowerWorld
 from vsand.disk.check import check_paths
-import vsand.disk.pool as pool_module
+import vsand.disk.transactions as pool_module
 from vsand.disk.pool import Pool
 from vsand.units import KiB, MiB, Units
 

@@ -10,9 +10,11 @@ in a chain and flushes, and SIGKILLs itself the n-th time it passes a crash poin
   do not point at it yet;
 - ``cfw.after_handover``: the maps changed (the predecessor took the old segment,
   the writer a new one), the write itself has not happened, nothing committed;
-- ``delete.after_unlink``: the LD is unlinked in memory, the "ldd" not committed;
-- ``snapshot.after_quiesce`` / ``snapshot.before_commit``: between the two
-  flushes of a snapshot creation;
+- ``delete.after_unlink``: the "ldd" is committed and applied, the PSEGs it freed
+  not yet returned by the commit that follows;
+- ``snapshot.before_commit``: a snapshot is validated, nothing of it committed;
+- ``op.after_commit``: a catalog operation (snapshot, delete) is committed, with
+  the writes pending before it, and not yet applied in memory;
 - ``commit.after_data_sync``: in the middle of any commit.
 
 This process replays the same operations on a bytearray model and checks after
@@ -269,7 +271,8 @@ CASES = [
     ("cfw.after_handover", 17),
     ("delete.after_unlink", 1),
     ("delete.after_unlink", 3),
-    ("snapshot.after_quiesce", 2),
+    ("op.after_commit", 2),
+    ("op.after_commit", 5),
     ("snapshot.before_commit", 1),
     ("snapshot.before_commit", 4),
     ("commit.after_data_sync", 7),

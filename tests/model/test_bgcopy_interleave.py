@@ -28,6 +28,12 @@ from engine_invariants import check_invariants  # noqa: E402
 from test_snapshot_model import accounting_problems, first_diff, new_pool, pattern  # noqa: E402
 
 from vsand.disk import snapclone  # noqa: E402
+
+
+def is_copying(ld) -> bool:
+    return ld.role.copying
+
+
 from vsand.disk.check import check_pool  # noqa: E402
 from vsand.errors import NotFound  # noqa: E402
 from vsand.units import MiB, Units  # noqa: E402
@@ -77,7 +83,7 @@ class InterleaveMachine(RuleBasedStateMachine):
         self.model[name] = bytearray(self.model[src])
 
     def _clones(self):
-        return sorted(n for n in self.model if snapclone.in_tree(self.pool.get(n)))
+        return sorted(n for n in self.model if is_copying(self.pool.get(n)))
 
     # -- the step in flight ---------------------------------------------------------------
     @precondition(lambda self: self.plan is None)

@@ -70,6 +70,14 @@ from test_snapshot_model import (
 )
 
 from vsand.disk import snapclone
+from vsand.disk.ops import reservation  # noqa: E402
+from vsand.disk.role import Role  # noqa: E402
+
+
+def is_copying(ld) -> bool:
+    return ld.role.copying
+
+
 from vsand.disk.check import check_pool
 from vsand.disk.pool import Pool
 from vsand.errors import InvalidArgument, IOFailure, NoSpace, NotFound
@@ -114,11 +122,11 @@ def reservation_problems(pool) -> list[str]:
     out = []
     want: dict[tuple[int, str], int] = {}
     for ld in pool.lds_by_id.values():
-        if ld.attrs.get("space") == "reserve":
+        if ld.role.reserved:
             key = (ld.raid, ld.ldad)
             want[key] = want.get(key, 0) + getattr(ld, "reserve_left", 0)
-            if snapclone.in_tree(ld):
-                need = snapclone.copy_need(ld)
+            if is_copying(ld):
+                need = reservation(ld)
                 if ld.reserve_left < need:
                     out.append(f"clone {ld.name}: {ld.reserve_left} segments reserved, "
                                f"BGCOPY still has to copy {need}")
@@ -274,7 +282,7 @@ class SnapcloneMachine(RuleBasedStateMachine):
             assert self._snapshot_state() == before, "a failed snapclone changed the pool"
             return
         assert c.name == name and c.size == len(self.model[src])
-        assert c.attrs.get("clone") == "copying" and c.attrs.get("space") == "reserve"
+        assert c.role.copying and c.role.reserved
         assert c.succ is self.pool.get(src)
         self.model[name] = bytearray(self.model[src])
         self._link(src, name)
@@ -399,8 +407,8 @@ class SnapcloneMachine(RuleBasedStateMachine):
     def _left_tree(self, name: str) -> None:
         c = self.pool.get(name)
         assert c.pred is None and c.succ is None, f"{name} reported done but is still linked"
-        assert c.attrs.get("clone") == "independent", c.attrs
-        assert "space" not in c.attrs, c.attrs
+        assert c.role is Role.CLONE, c.attrs
+        assert not c.role.reserved, c.role
         assert not c.l2.fill & (SP | SS), hex(c.l2.fill)
         assert self.pool.clone_state(name)["done"]
         self.copying.discard(name)
@@ -476,7 +484,7 @@ class SnapcloneMachine(RuleBasedStateMachine):
     def set_mode(self, mode):
         self.pool.set_setting("snapclone", mode)
         self.mode = mode
-        assert snapclone.mode(self.pool) == mode
+        assert snapclone.mode(self.pool.settings) == mode
 
     @precondition(lambda self: self.tight)
     @rule(nsegs=st.integers(1, 64))
@@ -596,7 +604,7 @@ class SnapcloneMachine(RuleBasedStateMachine):
             self._set_pool(Pool.open(self.paths))
         self.dirty = False
         self.check_filler = True
-        assert snapclone.mode(self.pool) == self.mode, "the snapclone mode did not survive a restart"
+        assert snapclone.mode(self.pool.settings) == self.mode, "the snapclone mode did not survive a restart"
         assert not self.pool.bgcopy_state
 
     # -- after every step -----------------------------------------------------------------
@@ -613,8 +621,8 @@ class SnapcloneMachine(RuleBasedStateMachine):
             ld = pool.get(name)
             if ld.invalid and name not in self.invalid:
                 assert self.tight, f"{name} was invalidated in a pool with plenty of space"
-                assert ld.attrs.get("space") == "on-demand", \
-                    f"{name} ({ld.attrs.get('space', 'a LUN')}, clone={ld.attrs.get('clone')}) was invalidated"
+                assert ld.info().get("space") == "on-demand", \
+                    f"{name} ({ld.attrs.get('was')}) was invalidated"
                 self.invalid.add(name)
             assert ld.invalid == (name in self.invalid), f"{name}: invalid flag went away"
             if ld.invalid:
@@ -631,12 +639,12 @@ class SnapcloneMachine(RuleBasedStateMachine):
             assert [x.name for x in pool.chain(name)] == c, \
                 f"chain of {name}: {[x.name for x in pool.chain(name)]} != model {c}"
             if name in self.copying:
-                assert ld.attrs.get("clone") == "copying" and ld.attrs.get("space") == "reserve", ld.attrs
+                assert ld.role.copying and ld.role.reserved, ld.attrs
             elif name in self.independent:
-                assert ld.attrs.get("clone") == "independent" and "space" not in ld.attrs, ld.attrs
+                assert ld.role is Role.CLONE and not ld.role.reserved, ld.attrs
             else:
-                assert ld.attrs.get("clone") is None, ld.attrs
-                assert (ld.attrs.get("space") == "reserve") == (name in self.reserved)
+                assert ld.role in (Role.LUN, Role.SNAPSHOT, Role.RESERVED_SNAPSHOT), ld.role
+                assert (ld.role.reserved) == (name in self.reserved)
         problems = seed_problems(pool, reads)
         assert not problems, "seed invariant violated:\n  " + "\n  ".join(problems)
 
@@ -649,7 +657,7 @@ class SnapcloneMachine(RuleBasedStateMachine):
         problems += accounting_problems(self.pool)
         problems += reservation_problems(self.pool)
         if self.pool.space.reserve_segs and not any(
-                ld.attrs.get("space") == "reserve" for ld in self.pool.lds_by_id.values()):
+                ld.role.reserved for ld in self.pool.lds_by_id.values()):
             problems.append(f"{self.pool.space.reserve_segs} segments reserved without any "
                                 f"reserved snapshot or in-tree clone")
         assert not problems, "pool invariants violated:\n  " + "\n  ".join(problems)

@@ -22,10 +22,9 @@ import numpy as np
 
 from ..errors import NoSpace, NotFound
 from ..faults import crashpoint
-from ..mapping.lmap import SP, SS, STATE_MASK, entry_rsd, entry_slot
+from ..mapping.lmap import ALLOCATED, DATA_MASK, SP, SS, entry_rsd, entry_slot, owned
 from . import sharing, snapclone
-
-DATA_MASK = sharing.DATA_MASK
+from .cfw import give_pred_copy, reserved_reader
 
 
 class Job:
@@ -57,7 +56,7 @@ class Plan:
     def finish(self) -> dict:
         pool, c = self.pool, self.c
         applied = 0
-        alive = pool.lds_by_id.get(c.id) is c
+        alive = pool.catalog.by_id.get(c.id) is c and c.role.copying
         for j in self.jobs:
             if self.error is None and alive and _still(c, j):
                 _apply(c, j)
@@ -75,7 +74,7 @@ class Plan:
 def _still(c, j: Job) -> bool:
     k = j.k
     if j.phase == "copy":
-        return bool(c.l2.get(k) & SS) and (c._holder(k)[1] & DATA_MASK) == (j.src_entry & DATA_MASK)
+        return bool(c.l2.get(k) & SS) and (sharing.holder(c, k)[1] & DATA_MASK) == (j.src_entry & DATA_MASK)
     q = c.pred
     ce = c.l2.get(k)
     return (q is j.dst and bool(q.l2.get(k) & SS) and bool(ce & SP)
@@ -86,17 +85,14 @@ def _still(c, j: Job) -> bool:
 def _apply(c, j: Job) -> None:
     pool, k = c.pool, j.k
     if j.phase == "copy":
-        c.l2.set(k, (c.l2.get(k) & SP) | j.new)     # Ss cleared; the successor's Sp stays (seed)
+        pool.ops.set_entry(c, k, (c.l2.get(k) & SP) | j.new)   # Ss cleared; the successor's Sp stays (seed)
         pool.space.note_handover(c)
-        pool.journal.touch(c.id, k)
         return
     q = j.dst
-    q.l2.set(k, (q.l2.get(k) & SP) | j.new)
-    c.l2.set(k, c.l2.get(k) & ~SP)
+    pool.ops.set_entry(q, k, (q.l2.get(k) & SP) | j.new)
+    pool.ops.set_entry(c, k, c.l2.get(k) & ~SP)
     if j.payer is not None:
         pool.space.note_handover(j.payer)
-    pool.journal.touch(q.id, k)
-    pool.journal.touch(c.id, k)
 
 
 # ---- planning -------------------------------------------------------------------------------
@@ -119,10 +115,10 @@ def _plan_copy(c, state: dict, budget: int) -> tuple[list, int]:
             k = hi
             continue
         res = sharing.resolve_range(c, lo, hi)
-        holes = pend & ((res & STATE_MASK) == 0)
+        holes = pend & ~owned(res)
         if holes.any():            # the clone owns "zeros" from now on: one bulk edit
             ce[holes] &= SP
-            snapclone.put(c, lo, ce)
+            pool.ops.put_entries(c, lo, ce)
             handled += int(np.count_nonzero(holes))
         k = hi
         for j in np.flatnonzero(pend & ~holes).tolist():
@@ -142,21 +138,21 @@ def _plan_pred(c, budget: int | None) -> tuple[list, int]:
     and C's successor no longer holds."""
     pool, q = c.pool, c.pred
     jobs, handled = [], 0
-    for lo, hi in snapclone.ranges(c):
-        for j in np.flatnonzero(snapclone.pred_pending(c, lo, hi)).tolist():
+    for lo, hi in c.l2.ranges():
+        for j in np.flatnonzero(sharing.pred_pending(c, lo, hi)).tolist():
             if budget is not None and len(jobs) >= budget:
                 return jobs, handled
             k = lo + j
             ce = c.l2.get(k)
-            if not ce & STATE_MASK:          # nothing to copy: settle it now
-                snapclone.give_pred_copy(c, k)
+            if not ce & ALLOCATED:          # nothing to copy: settle it now
+                give_pred_copy(c, k)
                 handled += 1
                 continue
-            payer = sharing.reserved_reader(q, k)
+            payer = reserved_reader(q, k)
             try:
                 ne, _ = pool.space.alloc_segment(q, use_reserve=payer is not None)
             except NoSpace:
-                snapclone.give_pred_copy(c, k)     # finds no space either: invalidates q
+                give_pred_copy(c, k)     # finds no space either: invalidates q
                 handled += 1
                 continue
             jobs.append(Job("pred", k, q, ce, ne, pool.space.members(c.table, entry_rsd(ce)),
@@ -167,7 +163,7 @@ def _plan_pred(c, budget: int | None) -> tuple[list, int]:
 def plan(pool, c, budget: int) -> Plan | dict:
     """The next step of clone ``c``: a Plan to run, or the final result (a dict) when
     the clone left its tree during planning."""
-    if not snapclone.in_tree(c):
+    if not c.role.copying:
         return {"copied": 0, "bytes": 0, "remaining": 0, "done": True, "phase": "done"}
     st = pool.bgcopy_state.setdefault(c.id, {"cursor": 0, "left": None})
     if st["left"] is None:
@@ -194,7 +190,6 @@ def plan(pool, c, budget: int) -> Plan | dict:
     p.io()
     r = p.finish()
     pool.leave_tree(c)
-    pool.bgcopy_state.pop(c.id, None)
     r.update(done=True, phase="done", remaining=0)
     return r
 
@@ -206,12 +201,3 @@ def step(pool, c, budget: int) -> dict:
         return p
     p.io()
     return p.finish()
-
-
-def state(pool, c) -> dict:
-    if not snapclone.in_tree(c):
-        return {"remaining": 0, "phase": "done", "done": True}
-    left = snapclone.shared_left(c)
-    if left:
-        return {"remaining": left, "phase": "copy", "done": False}
-    return {"remaining": snapclone.pred_left(c), "phase": "leave", "done": False}

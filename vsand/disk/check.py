@@ -1,58 +1,78 @@
 """Offline consistency checker: labels, superblocks, checkpoint copies, maps,
-RSDs and free maps, share bits. Returns one line per problem; [] means clean.
+RSDs and free maps, share bits, and what failed drives cost.
 
 It opens the pool read-only (recovery in memory, nothing written), so it can run
-on a pool that crashed: what recovery would see is what gets checked.
+on a pool that crashed: what recovery would see is what gets checked. It takes a
+shared lock on every drive, so it refuses a pool a daemon has open unless asked
+to read it ``live`` (what it reads may then be half-written).
+
+A report has three parts: ``problems`` (inconsistencies, or data no redundancy
+can read: exit 1), ``degraded`` (failed or missing drives whose data redundancy
+still covers: exit 3), ``notes`` (facts worth telling: exit unchanged).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 
-from ..errors import VsanError
-from ..mapping.lmap import ALLOCATED, SP, SS, STATE_MASK
+from ..errors import Busy, HalfCreated, VsanError
+from ..mapping.lmap import SP, SS, entry_rsd, entry_slot, key_rsd, key_slot, rsds, slot_keys, unknown_state
 from ..meta import format as fmt
 from ..meta.store import MetaStore
-from ..physical.drive import Drive
-from .pool import Pool
+from .recovery import used_slots
 
 
-def check_paths(paths: list[str], parity: bool = False) -> list[str]:
-    problems: list[str] = []
-    drives = []
-    for p in paths:
-        try:
-            drives.append((p, Drive.open(p, None)))
-        except (VsanError, OSError) as e:
-            problems.append(f"{p}: cannot open: {e}")
-    pools = set()
-    for p, d in drives:
-        try:
-            lab = fmt.unpack_label(d.pread(fmt.LABEL_OFF, fmt.LABEL.size))
-            pools.add(lab.pool_uuid)
-        except VsanError as e:
-            problems.append(f"{p}: {e.message}")
-    if len(pools) > 1:
-        problems.append(f"drives carry labels of {len(pools)} different pools")
-    got = MetaStore.read_superblock([d for _, d in drives])
-    for _, d in drives:
-        d.close()
-    if problems:
-        return problems
-    if got is None:
-        return ["no valid superblock on any drive"]
+@dataclass
+class Report:
+    problems: list[str] = field(default_factory=list)
+    degraded: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def check_paths(paths: list[str], parity: bool = False, live: bool = False) -> list[str]:
+    """The problems ``check_report`` finds ([] when the pool is consistent and readable)."""
+    return check_report(paths, parity, live).problems
+
+
+def check_report(paths: list[str], parity: bool = False, live: bool = False) -> Report:
+    """Checks the pool on ``paths``. Raises Busy when a daemon has it open (and not
+    ``live``)."""
+    from .pool import Pool        # the pool uses check_pool when it starts with needs_check
+    rep = Report()
     try:
-        pool = Pool.open(paths, readonly=True)
+        pool = Pool.open(paths, readonly=True, live=live)
+    except HalfCreated as e:
+        rep.problems.append(f"{e.message}; vsand formats such drives again when it starts")
+        return rep
+    except Busy:
+        raise                     # the caller says who holds it
     except VsanError as e:
-        return problems + [f"pool cannot be opened: {e.message}"]
+        rep.problems.append(f"pool cannot be opened: {e.message}")
+        return rep
     try:
-        problems += check_pool(pool, parity=parity)
+        rep.problems += [f"not a drive of this pool: {s}" for s in pool.strangers]
+        rep.problems += check_pool(pool, parity=parity)
+        rep.notes += [f"replayed {pool.replayed} log records"] if pool.replayed else []
+        if pool.tx.needs_check:
+            rep.notes.append(f"needs_check is set: the last run stopped writing after: "
+                             f"{pool.tx.needs_check}")
+        failed = {i: why for i, why in pool.failed_drives.items()}
+        for i, d in pool.drives.items():
+            if d.failed and i not in failed:
+                failed[i] = getattr(d, "why", "failed")
+        for i, why in sorted(failed.items()):
+            rep.degraded.append(f"drive {i} ({pool.drive_recs[i]['path']}): {why}")
+        for name, n in sorted(pool.degraded.items()):
+            rep.problems.append(f"LD {name}: {n} segment(s) unreadable: no redundancy covers "
+                                f"the failed drives they sit on")
     finally:
         pool.close()
-    return problems
+    return rep
 
 
-def check_pool(pool: Pool, parity: bool = False) -> list[str]:
+def check_pool(pool, parity: bool = False) -> list[str]:
     out: list[str] = []
     u = pool.units
     # -- superblock copies and checkpoint copies ------------------------------------
@@ -109,25 +129,26 @@ def check_pool(pool: Pool, parity: bool = False) -> list[str]:
             out.append(f"drive {d}: free map disagrees with RSDs on {n} PSEGs")
     # -- maps: references, single owner, share bits ---------------------------------
     refs: dict[tuple[int, str], list[np.ndarray]] = {}
-    for ld in pool.lds_by_id.values():
+    for ld in pool.catalog.by_id.values():
         t = ld.table
         ks, es = ld.l2.allocated()
-        bad_state = es[(es & STATE_MASK) != ALLOCATED]
+        bad_state = es[unknown_state(es)]
         if len(bad_state):
             out.append(f"LD {ld.name}: {len(bad_state)} entries with an unknown state")
-        idx = ((es >> 3) & 0x1FFFFFF).astype(np.int64)
+        keys = slot_keys(es)
+        idx = rsds(es)
         live = np.zeros(max(t.count, 1), dtype=bool)
         live[t.live_indices()] = True
         dead = (idx >= t.count) | ~live[np.minimum(idx, max(t.count - 1, 0))]
         for k in ks[dead][:10].tolist():
             out.append(f"LD {ld.name} segment {k}: refers to a missing RSD")
-        refs.setdefault((ld.raid, ld.ldad), []).append(idx * 8 + (es & 7))
+        refs.setdefault((ld.raid, ld.ldad), []).append(keys)
         per = ld.l2.per
         for li in range(len(ld.l2.lmaps)):
             lo, hi = li * per, min((li + 1) * per, ld.l2.nsegs)
             mine = ld.l2.entries(lo, hi)
             has_ss = (mine & SS) != 0
-            if np.any(has_ss & ((mine & STATE_MASK) != 0)):
+            if np.any(has_ss & ((mine & ~np.uint32(SP | SS)) != 0)):
                 out.append(f"LD {ld.name} LMAP {li}: a segment is both shared with the successor and owned")
             if ld.succ is None and np.any(has_ss):
                 out.append(f"LD {ld.name} LMAP {li}: Ss set without a successor")
@@ -147,9 +168,8 @@ def check_pool(pool: Pool, parity: bool = False) -> list[str]:
         allrefs = np.concatenate(parts)
         uniq, counts = np.unique(allrefs, return_counts=True)
         for r in uniq[counts > 1][:10].tolist():
-            out.append(f"RSD RAID{key[0]}/{key[1]}#{r >> 3} slot {r & 7}: owned by more than one entry")
+            out.append(f"RSD RAID{key[0]}/{key[1]}#{key_rsd(r)} slot {key_slot(r)}: owned by more than one entry")
     # -- free slots agree with references ------------------------------------------
-    from .recovery import used_slots
     for key, m in used_slots(pool).items():
         t = pool.space.tables[key]
         for idx in t.live_indices().tolist():
@@ -158,16 +178,15 @@ def check_pool(pool: Pool, parity: bool = False) -> list[str]:
                 out.append(f"RSD RAID{key[0]}/{key[1]}#{idx}: a used slot is on the free list")
     # -- optional: redundancy agrees with data ---------------------------------------
     if parity:
-        for ld in pool.lds_by_id.values():
+        for ld in pool.catalog.by_id.values():
             ks, es = ld.l2.allocated()
             for k, e in zip(ks.tolist(), es.tolist()):
-                members = pool.space.members(ld.table, (e >> 3) & 0x1FFFFFF)
+                members = pool.space.members(ld.table, entry_rsd(e))
+                if any(pool.drives[d].failed for d, _ in members):
+                    continue      # degraded: nothing to compare against (reported above)
                 try:
-                    if not pool.rio.consistent(ld.raid, members, e & 7):
+                    if not pool.rio.consistent(ld.raid, members, entry_slot(e)):
                         out.append(f"LD {ld.name} segment {k}: redundancy disagrees with data")
                 except VsanError as ex:
                     out.append(f"LD {ld.name} segment {k}: {ex.message}")
     return out
-
-
-

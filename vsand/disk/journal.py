@@ -1,16 +1,31 @@
-"""What the next metadata commit must record, and what it may release.
+"""The open transaction's change set: what the next commit must record, and what
+it may release once durable (DESIGN.md §9).
 
 Map changes are collected as "segment k of LD x changed" and turned into records
-from the *current* entries at commit time, so a segment written a thousand times
-between two flushes costs one record. Freed slots and RSD indices wait here until
-the commit that records their release is durable.
+from the *current* entries when a commit is built, so a segment written a
+thousand times between two commits costs one record. Logical records (ops.py)
+keep their order. Freed slots and RSD indices wait here until the commit that
+records their release is durable. Nothing is dropped before that: a commit that
+fails leaves the change set as it was, for the next commit or a checkpoint.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 FULL_LMAP_THRESHOLD = 256  # more touched entries than this in one LMAP: log it whole
+
+
+@dataclass
+class Mark:
+    """How much of the change set a built commit covers."""
+
+    records: int
+    slots: int
+    rsd_ids: int
+    bulk: int
 
 
 class Journal:
@@ -35,16 +50,18 @@ class Journal:
         self.lmaps.setdefault(ld_id, set()).update(lis)
 
     def forget(self, ld_id: int) -> None:
+        """An LD is gone: its map changes need no record."""
         self.segs.pop(ld_id, None)
         self.lmaps.pop(ld_id, None)
 
     def empty(self) -> bool:
-        return not (self.records or self.segs or self.lmaps)
+        return not (self.records or self.segs or self.lmaps or self.slots or self.rsd_ids
+                    or self.bulk_slots)
 
-    def take(self, lds: dict) -> list[dict]:
-        """Records for this commit: structural ones in order, then map contents."""
-        out = self.records
-        self.records = []
+    def build(self, lds: dict) -> tuple[list[dict], Mark]:
+        """Records for a commit: logical ones in order, then map contents. The
+        change set is kept until ``committed`` says the commit is durable."""
+        out = list(self.records)
         for ld_id in sorted(set(self.segs) | set(self.lmaps)):
             ld = lds.get(ld_id)
             if ld is None:
@@ -67,6 +84,15 @@ class Journal:
                 es = np.fromiter((l2.get(int(k)) for k in ks), dtype=np.uint32, count=len(ks))
                 out.append({"t": "map", "ld": ld_id, "k": ks.astype(np.uint32).tobytes(),
                             "e": es.tobytes()})
+        return out, Mark(len(self.records), len(self.slots), len(self.rsd_ids), len(self.bulk_slots))
+
+    def committed(self, m: Mark) -> tuple[list, list, list]:
+        """The commit built with mark ``m`` is durable: forget what it recorded and
+        hand back (slots, RSD indices, bulk slots) it made free."""
+        del self.records[:m.records]
         self.segs.clear()
         self.lmaps.clear()
-        return out
+        slots, self.slots = self.slots[:m.slots], self.slots[m.slots:]
+        ids, self.rsd_ids = self.rsd_ids[:m.rsd_ids], self.rsd_ids[m.rsd_ids:]
+        bulk, self.bulk_slots = self.bulk_slots[:m.bulk], self.bulk_slots[m.bulk:]
+        return slots, ids, bulk

@@ -3,78 +3,83 @@
 Requests are validated here once (range, length) and then split per segment.
 A segment never written has an unallocated entry and reads as zeros without any
 drive I/O; a newly allocated segment is zeroed on its members before a partial
-write, so it can never show bytes of an earlier owner.
+write, so it can never show bytes of an earlier owner. Map changes go through
+ops.Ops (``pool.ops``), copies on first write through cfw.py.
+
+An LD that may not be read or written says so in ``read_refusal`` /
+``write_refusal`` (an error to raise, or None), recomputed by ``refresh`` whenever
+its role, its attributes or the pool's state change, so the hot path tests one
+attribute.
 """
 
 from __future__ import annotations
 
-import numpy as np
 
-from ..errors import OutOfRange, ReadOnly
-from ..mapping.lmap import ALLOCATED, L2map, SP, SS, entry_rsd, entry_slot
-from .sharing import check_valid, resolve_range, start_chain_cache, unshare
+from ..errors import IOFailure, OutOfRange, ReadOnly
+from ..mapping.lmap import ALLOCATED, SHARED, SP, SS, L2map, entry_rsd, entry_slot
+from .cfw import unshare
+from .role import Role
+from .sharing import resolve_range, start_chain_cache
 
-SHARED = SP | SS
 DIRECT_HOPS = 4   # a read walks this many successors itself before using the chain cache
-
-
-class ChainL2map(L2map):
-    """An L2MAP that counts map changes per LMAP index in ``gens``, a list shared by
-    every LD of its sharing chain (None while nobody caches reads through the chain).
-    Every map change of a chained LD goes through ``set`` or ``install``; the bulk
-    edits of link_snapshot/unlink reset the chain's caches instead (``reset_chain``)."""
-
-    gens: list[int] | None = None
-
-    def set(self, k: int, e: int) -> None:
-        g = self.gens
-        if g is not None:
-            g[k >> self.shift] += 1
-        L2map.set(self, k, e)
-
-    def install(self, li: int, arr: np.ndarray) -> None:
-        g = self.gens
-        if g is not None:
-            g[li] += 1
-        L2map.install(self, li, arr)
-
-    def resize(self, nsegs: int) -> None:
-        assert self.gens is None or nsegs == self.nsegs, "a shared LD is never resized"
-        L2map.resize(self, nsegs)
 
 
 class LogicalDisk:
     def __init__(self, pool, ld_id: int, name: str, size: int, raid: int, ldad: str,
-                 attrs: dict | None = None):
+                 role: Role = Role.LUN, attrs: dict | None = None):
         self.pool = pool
         self.id = ld_id
         self.name = name
         self.size = size
         self.raid = raid
         self.ldad = ldad
-        self.attrs = dict(attrs or {})
+        self.role = role
+        self.attrs = dict(attrs or {})   # read_only, and where it came from (snapshot_of ...)
         u = pool.units
         self.seg = u.segment
-        self.l2 = ChainL2map(size // u.segment, u.lmap_segments)
+        self.l2 = L2map(size // u.segment, u.lmap_segments)
         self.table = pool.space.table(raid, ldad)
         self.open_rsd: int | None = None
         self.succ: LogicalDisk | None = None
         self.pred: LogicalDisk | None = None
-        self.invalid = bool(self.attrs.get("invalid"))
+        self.reserve_left = 0
+        self.read_refusal: Exception | None = None
+        self.write_refusal: Exception | None = None
         # Reads through a deep chain: per LMAP index, (gens, gens[li] when built, the
         # resolved entries as a memoryview); see _entry.
         self._rcache: list | None = None
+        self.refresh()
+
+    def refresh(self) -> None:
+        if self.role.invalid:
+            err = IOFailure(f"{self.name} was invalidated (its snapshot space ran out); delete it")
+            self.read_refusal = self.write_refusal = err
+            return
+        self.read_refusal = None
+        failed = self.pool.tx.failure()
+        if failed is not None:
+            self.write_refusal = failed
+        elif self.attrs.get("read_only"):
+            self.write_refusal = ReadOnly(f"{self.name} is read-only")
+        else:
+            self.write_refusal = None
+
+    @property
+    def invalid(self) -> bool:
+        return self.role.invalid
 
     # ---- helpers -----------------------------------------------------------------
     def _check(self, off: int, n: int) -> None:
         if off < 0 or n < 0 or off + n > self.size:
             raise OutOfRange(f"{self.name}: range {off}+{n} is outside 0..{self.size}")
-        if self.invalid:
-            check_valid(self)
+        if self.read_refusal is not None:
+            raise _again(self.read_refusal)
 
-    def _check_writable(self) -> None:
-        if self.attrs.get("read_only"):
-            raise ReadOnly(f"{self.name} is read-only")
+    def _check_writable(self, off: int, n: int) -> None:
+        if off < 0 or n < 0 or off + n > self.size:
+            raise OutOfRange(f"{self.name}: range {off}+{n} is outside 0..{self.size}")
+        if self.write_refusal is not None:
+            raise _again(self.write_refusal)
 
     def _pieces(self, off: int, n: int):
         seg = self.seg
@@ -91,12 +96,9 @@ class LogicalDisk:
         s = self.succ
         return s is not None and bool(s.l2.get(k) & SP)
 
-    def _holder(self, k: int) -> tuple["LogicalDisk", int]:
-        ld, e = self, self.l2.get(k)
-        while e & SS:
-            ld = ld.succ
-            e = ld.l2.get(k)
-        return ld, e
+    def _unshare(self, k: int, whole: bool, trim: bool = False) -> int:
+        unshare(self, k, whole, trim, self.pool.eager_clones)
+        return self.l2.get(k)
 
     def _entry(self, k: int) -> int:
         """The entry that holds segment k's data for reads: mine, or that of the first
@@ -159,10 +161,8 @@ class LogicalDisk:
         n = len(data)
         if off < 0 or off + n > self.size:
             raise OutOfRange(f"{self.name}: range {off}+{n} is outside 0..{self.size}")
-        if self.attrs.get("read_only"):
-            raise ReadOnly(f"{self.name} is read-only")
-        if self.invalid:
-            check_valid(self)
+        if self.write_refusal is not None:
+            raise _again(self.write_refusal)
         k, so = divmod(off, self.seg)
         if so + n <= self.seg:   # hot path: one segment
             if n:
@@ -178,38 +178,33 @@ class LogicalDisk:
         pool = self.pool
         e = self.l2.get(k)
         if e & SHARED or self._seeded(k):
-            unshare(self, k, whole=len(data) == self.seg)
-            e = self.l2.get(k)
+            e = self._unshare(k, whole=len(data) == self.seg)
         zero = False
         if not e & ALLOCATED:
             e, fresh = pool.space.alloc_segment(self)
             zero = not fresh and len(data) < self.seg
-            self.l2.set(k, e)
-            pool.journal.touch(self.id, k)
+            pool.ops.set_entry(self, k, e)
         members = pool.space.members(self.table, entry_rsd(e))
         if zero:
             pool.rio.zero(self.raid, members, entry_slot(e))
-        pool.intend(self.table, entry_rsd(e))
+        pool.tx.intend(self.table, entry_rsd(e))
         pool.rio.write(self.raid, members, entry_slot(e), so, data)
 
     def _zero_range(self, off: int, n: int) -> None:
-        self._check(off, n)
-        self._check_writable()
+        self._check_writable(off, n)
         pool = self.pool
         for k, so, m in self._pieces(off, n):
             e = self.l2.get(k)
             if e & SHARED or self._seeded(k):
-                unshare(self, k, whole=m == self.seg, trim=m == self.seg)
-                e = self.l2.get(k)
+                e = self._unshare(k, whole=m == self.seg, trim=m == self.seg)
             if not e & ALLOCATED:
                 continue
             if m == self.seg:
-                self.l2.set(k, 0)
+                pool.ops.set_entry(self, k, 0)
                 pool.space.free_segment(self, e)
-                pool.journal.touch(self.id, k)
             else:
                 members = pool.space.members(self.table, entry_rsd(e))
-                pool.intend(self.table, entry_rsd(e))
+                pool.tx.intend(self.table, entry_rsd(e))
                 pool.rio.write(self.raid, members, entry_slot(e), so, bytes(m))
 
     def trim(self, off: int, n: int) -> None:
@@ -231,39 +226,43 @@ class LogicalDisk:
     def flush(self) -> None:
         self.pool.flush()
 
-    # ---- whole-LD operations (called by the pool) ------------------------------
-    def free_from(self, k0: int) -> None:
-        """Unmaps every segment at index >= k0 (shrink, delete)."""
-        ks, es = self.l2.allocated()
-        sel = ks >= k0
-        for k, e in zip(ks[sel].tolist(), es[sel].tolist()):
-            self.pool.space.free_segment(self, e)
-            self.l2.set(k, 0)
-        self.pool.journal.touch_lmaps(self.id, {k >> self.l2.shift for k in ks[sel].tolist()})
-
+    # ---- whole-LD figures ---------------------------------------------------------
     def share_counts(self) -> tuple[int, int]:
         """(segments whose data this LD owns, segments it reads through its successor)."""
-        owned, _ = self.l2.allocated()
-        shared = 0
-        per = self.l2.per
-        for li in range(len(self.l2.lmaps)):
-            lo, hi = li * per, min((li + 1) * per, self.l2.nsegs)
-            shared += int(np.count_nonzero(self.l2.entries(lo, hi) & SS))
-        return len(owned), shared
+        return self.allocated_segments(), self.l2.count(SS)
 
     def allocated_segments(self) -> int:
         ks, _ = self.l2.allocated()
         return len(ks)
 
     def info(self) -> dict:
+        """What vsanctl shows. ``role`` and ``state`` say what the LD is; the older
+        keys (``space``, ``clone``, ``invalid``) say the same for scripts."""
         out = {"id": self.id, "name": self.name, "size": self.size, "raid": self.raid,
                "ldad": self.ldad, "allocated": self.allocated_segments() * self.seg,
-               **self.attrs}
+               "role": self.role.value, "state": self.state(), **self.attrs}
+        r = self.role
+        if r.snapshot or (r.invalid and "snapshot_of" in self.attrs):
+            out["space"] = "reserve" if r is Role.RESERVED_SNAPSHOT else "on-demand"
+        if r.copying:
+            out["space"] = "reserve"
+            out["clone"] = "copying"
+        elif r is Role.CLONE:
+            out["clone"] = "independent"
+        if r.invalid:
+            out["invalid"] = True
         if self.pred is not None or self.succ is not None:
             out["predecessor"] = self.pred.name if self.pred else None
             out["successor"] = self.succ.name if self.succ else None
             out.setdefault("space", "lun")
         return out
+
+    def state(self) -> str:
+        if self.role.invalid:
+            return "invalid"
+        if self.write_refusal is not None and not self.read_only:
+            return "read-only (pool)"
+        return "copying" if self.role.copying else "ok"
 
     # ---- sparseness (NBD block status, structured reads) ---------------------------
     def extents(self, off: int, n: int) -> list[tuple[int, bool]]:
@@ -281,7 +280,8 @@ class LogicalDisk:
     def read_sparse(self, off: int, n: int) -> list[tuple[int, int, bytes | None]]:
         """[(offset, length, data or None for a hole that reads as zeros)]."""
         k, so = divmod(off, self.seg)
-        if so + n <= self.seg and n and off >= 0 and off + n <= self.size:   # hot path
+        if so + n <= self.seg and n and off >= 0 and off + n <= self.size \
+                and self.read_refusal is None:                                  # hot path
             return [(off, n, self.read(off, n) if self._entry(k) & ALLOCATED else None)]
         res, pos = [], off
         for m, alloc in self.extents(off, n):
@@ -292,22 +292,25 @@ class LogicalDisk:
     def provision_zeroes(self, off: int, n: int) -> None:
         """Zeroes [off, off+n) keeping every segment allocated (NBD NO_HOLE), so
         later writes there cannot fail for lack of space."""
-        self._check(off, n)
-        self._check_writable()
+        self._check_writable(off, n)
         pool = self.pool
         for k, so, m in self._pieces(off, n):
             e = self.l2.get(k)
             if e & SHARED or self._seeded(k):
-                unshare(self, k, whole=m == self.seg)
-                e = self.l2.get(k)
+                e = self._unshare(k, whole=m == self.seg)
             if e & ALLOCATED and m < self.seg:
                 self._write_segment(k, so, bytes(m))
                 continue
             if not e & ALLOCATED:
                 e, fresh = pool.space.alloc_segment(self)
-                self.l2.set(k, e)
-                pool.journal.touch(self.id, k)
+                pool.ops.set_entry(self, k, e)
                 if fresh:
                     continue
-            pool.intend(self.table, entry_rsd(e))
+            pool.tx.intend(self.table, entry_rsd(e))
             pool.rio.zero(self.raid, pool.space.members(self.table, entry_rsd(e)), entry_slot(e))
+
+
+def _again(err: Exception) -> Exception:
+    """A fresh exception like ``err`` (raising one instance again and again would
+    chain every traceback onto it)."""
+    return type(err)(err.message)

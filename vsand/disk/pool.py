@@ -1,47 +1,48 @@
-"""The pool: drives + allocator + RSD tables + logical disks + metadata.
+"""The pool: drives, allocator, RSD tables, the LD catalog and their metadata.
 
-Log records written here (replayed by recovery.apply):
-    ldc/ldd/ldr/lda   LD created / deleted / resized / attributes changed
-    rsa/rsr           RStore added / removed (RSD table rows)
-    map/lmap          LMAP entries (sparse) / one whole LMAP
-    r5d/r5c           write intent on an RStore / all intents cleared
-    dfail             a drive was marked failed
-    snap / cdet       snapshot or snapclone linked / snapclone left its tree
-    task / set        a background task's state / a pool setting
-
-Commit (``flush``): take the journal's records, fsync every data drive, append
-the records to the log on the quorum drives (fsync), then release the slots and
-PSEGs that the committed records freed. A checkpoint replaces the log append
-when the log is full or on clean shutdown.
+The engine's parts, each with one job: ``catalog`` (LDs by name and id),
+``space`` (segments, RStores, reservations), ``ops`` (every change of persistent
+state, and its replay), ``tx`` (commits, checkpoints, write intents, the failure
+policy), ``meta`` (the on-disk superblocks, log and checkpoint blobs). This class
+wires them together and is the face the daemon, the tasks and the tests use: it
+validates a request, then hands it to ``ops`` as one typed operation.
 """
 
 from __future__ import annotations
 
-import math
+import functools
+import logging
 import os
 import uuid
 
-from ..errors import Corrupt, Exists, InvalidArgument, NoSpace, NotFound
+import numpy as np
+
+from ..errors import Corrupt, Degraded, InvalidArgument, NoSpace, NotFound, VsanError
 from ..faults import crashpoint
-from ..mapping.lmap import ALLOCATED, entry_rsd, entry_slot
+from ..mapping.lmap import entry_rsd, entry_slot, owned
 from ..meta import format as fmt
-from ..meta.store import LogFull, MetaStore
+from ..meta.store import MetaStore
+from ..physical import lock
 from ..physical.allocator import Allocator, DriveSpace, group_rss
-from ..physical.drive import Drive, MissingDrive
+from ..physical.drive import Drive
 from ..redundancy.rstore import RStoreIO
-from ..units import Units
-from . import recovery, sharing
-from .copies import PointInTimeCopies
+from ..units import Units, format_size
+from . import bgcopy, health, recovery, sharing, snapclone
+from .assembly import assemble, close_all
+from .catalog import Catalog
 from .journal import Journal
 from .ld import LogicalDisk
+from .ops import Ops
+from .role import created_as
 from .space import Space
+from .transactions import Transactions
 
-RAID_TYPES = (0, 1, 5)
+log = logging.getLogger("vsand.pool")
+
 QUORUM_COPIES = 3
-CHECKPOINT_AT = 0.5   # fraction of the log area in use that triggers a checkpoint
 
 
-class Pool(PointInTimeCopies):
+class Pool:
     def __init__(self, units: Units, drives: dict, sb: dict):
         self.units = units
         self.drives = drives
@@ -50,30 +51,37 @@ class Pool(PointInTimeCopies):
         spaces = [DriveSpace.new(d["i"], d["npsegs"], d["ldad"]) for d in sb["drives"]]
         rss = {k: [list(g) for g in v] for k, v in sb["rss"].items()}
         self.allocator = Allocator(spaces, rss)
+        for i, d in drives.items():
+            self.allocator.drives[i].failed = d.failed
         self.journal = Journal()
         self.rio = RStoreIO(drives, units.stripe_unit)
         self.space = Space(self.allocator, self.journal, units, self.rio)
+        self.catalog = Catalog(units)
+        self.ops = Ops(self)
+        self.space.ops = self.ops
         self.quorum_ids = list(sb["quorum"])
         self.meta = MetaStore({i: drives[i] for i in self.quorum_ids}, units.quorum)
-        self.lds: dict[str, LogicalDisk] = {}
-        self.lds_by_id: dict[int, LogicalDisk] = {}
-        self.next_ld_id = 1
-        self.dirty: set[tuple[tuple[int, str], int]] = set()
-        self.ckpt: dict | None = sb.get("ckpt")
-        self.closed = False
-        self.readonly = False
-        self.replayed = 0
+        self.tx = Transactions(self, self.meta, sb)
+        self.failed_drives: dict[int, str] = {}    # index -> why, durable
         # Background tasks (vsand/tasks) keep their durable state here, opaque to the
         # pool: id -> msgpack-able dict; pool-wide settings likewise (e.g. "snapclone").
         self.tasks: dict[int, dict] = {}
         self.settings: dict[str, object] = {}
         self.bgcopy_state: dict[int, dict] = {}     # BGCOPY cursors (memory only)
+        self.closed = False
+        self.readonly = False
+        self.replayed = 0
+        self.degraded: dict[str, int] = {}         # LD -> segments unreadable (failed drives)
+        self.strangers: list[str] = []             # paths given that are not drives of it
 
     # ---- creation and opening -------------------------------------------------------
     @classmethod
     def create(cls, specs: list[tuple[str, int, str]], units: Units | None = None,
                drive_factory=Drive.open) -> "Pool":
-        """Formats a new pool on ``specs`` = [(path, size, ldad)]; image files are created."""
+        """Formats a new pool on ``specs`` = [(path, size, ldad)]; image files are created.
+        The superblock is written last: until it is on disk the drives carry labels
+        of a pool whose creation never completed (HalfCreated on open), which holds
+        nothing and may be formatted again."""
         units = units or Units()
         if not specs:
             raise InvalidArgument("a pool needs at least one drive")
@@ -81,286 +89,304 @@ class Pool(PointInTimeCopies):
             raise InvalidArgument("at most 256 drives per pool")
         pool_uuid = uuid.uuid4()
         recs, drives = [], {}
-        for i, (path, size, ldad) in enumerate(specs):
-            d = drive_factory(path, size)
-            npsegs = (d.size - units.quorum) // units.pseg
-            if npsegs < 1:
-                raise InvalidArgument(f"drive {path}: {d.size} bytes leaves no room for a PSEG")
-            lab = fmt.Label(pool_uuid, uuid.uuid4(), i, units.pseg, units.quorum, d.size)
-            d.pwrite(fmt.LABEL_OFF, fmt.pack_label(lab))
-            d.fsync()
-            drives[i] = d
-            recs.append({"i": i, "uuid": str(lab.drive_uuid), "path": os.path.abspath(path),
-                         "size": d.size, "npsegs": min(npsegs, 1 << 24), "ldad": ldad})
-        ldads: dict[str, list[int]] = {}
-        for r in recs:
-            ldads.setdefault(r["ldad"], []).append(r["i"])
-        sb = {"ver": fmt.FORMAT_VERSION, "pool": str(pool_uuid), "units": units.to_dict(),
-              "drives": recs, "rss": {k: group_rss(v) for k, v in ldads.items()},
-              "quorum": sorted(drives)[:QUORUM_COPIES], "ckpt": None, "log_seq": 1}
-        pool = cls(units, drives, sb)
-        pool.meta.write_superblock(pool._sb_body(None, 1))
-        pool._update_reserve()
-        return pool
+        try:
+            for i, (path, size, ldad) in enumerate(specs):
+                d = drive_factory(path, size)
+                drives[i] = d
+                npsegs = (d.size - units.quorum) // units.pseg
+                if npsegs < 1:
+                    raise InvalidArgument(f"drive {path}: {d.size} bytes leaves no room for a PSEG")
+                lab = fmt.Label(pool_uuid, uuid.uuid4(), i, units.pseg, units.quorum, d.size)
+                d.pwrite(fmt.LABEL_OFF, fmt.pack_label(lab))
+                d.fsync()
+                recs.append({"i": i, "uuid": str(lab.drive_uuid), "path": os.path.abspath(path),
+                             "size": d.size, "npsegs": min(npsegs, 1 << 24), "ldad": ldad})
+            ldads: dict[str, list[int]] = {}
+            for r in recs:
+                ldads.setdefault(r["ldad"], []).append(r["i"])
+            salt = MetaStore.new_salt()
+            sb = {"ver": fmt.FORMAT_VERSION, "pool": str(pool_uuid), "units": units.to_dict(),
+                  "drives": recs, "rss": {k: group_rss(v) for k, v in ldads.items()},
+                  "quorum": sorted(drives)[:QUORUM_COPIES], "ckpt": None, "log_seq": 1,
+                  "log_salt": salt}
+            pool = cls(units, drives, sb)
+            pool.meta.reset_log(1, salt)
+            pool.meta.write_superblock(pool.tx.superblock(None, 1, salt))
+            pool.tx.ensure_meta_reserve()
+            return pool
+        except BaseException:
+            close_all(drives)
+            raise
 
     @classmethod
-    def open(cls, paths: list[str], drive_factory=Drive.open, readonly: bool = False) -> "Pool":
-        """Opens and recovers a pool. ``readonly`` (the checker) skips every write:
-        no resync, no post-recovery checkpoint, no checkpoint on close."""
-        opened, labels = {}, {}
-        for p in paths:
-            d = drive_factory(p, None)
-            try:
-                lab = fmt.unpack_label(d.pread(fmt.LABEL_OFF, fmt.LABEL.size))
-            except Corrupt as e:
-                d.close()
-                raise Corrupt(f"{p}: {e.message}") from None
-            labels[lab.index] = lab
-            opened[lab.index] = d
-        if not labels:
-            raise InvalidArgument("no drives given")
-        if len({lab.pool_uuid for lab in labels.values()}) != 1:
-            raise Corrupt("drives belong to different pools")
-        got = MetaStore.read_superblock(opened.values())
-        if got is None:
-            raise Corrupt("no valid superblock on any drive")
-        gen, sb = got
-        units = Units.from_dict(sb["units"])
-        drives = {}
-        for r in sb["drives"]:
-            d = opened.get(r["i"])
-            if d is None or str(labels[r["i"]].drive_uuid) != r["uuid"]:
-                d = MissingDrive(r["path"], r["size"])
-            drives[r["i"]] = d
-        pool = cls(units, drives, sb)
-        pool.meta.gen = gen
-        pool.readonly = readonly
-        pool._recover(sb)
-        return pool
+    def open(cls, paths: list[str], drive_factory=None, readonly: bool = False,
+             live: bool = False, accept_loss: bool = False) -> "Pool":
+        """Opens and recovers a pool; never raises anything but a VsanError.
 
-    def _sb_body(self, ckpt: dict | None, log_seq: int) -> dict:
-        return {"ver": fmt.FORMAT_VERSION, "pool": self.pool_uuid, "units": self.units.to_dict(),
-                "drives": [self.drive_recs[i] for i in sorted(self.drive_recs)],
-                "rss": self.allocator.rss, "quorum": self.quorum_ids, "ckpt": ckpt,
-                "log_seq": log_seq}
+        ``readonly`` (the checker) writes nothing: no resync, no failure record, no
+        checkpoint; it takes a shared lock, so it cannot run beside a daemon unless
+        ``live`` (no lock: what it reads may be half-written). ``accept_loss``: start
+        even when a drive lost at this start held data no redundancy covers."""
+        mode = None if live else (lock.SHARED if readonly else lock.EXCLUSIVE)
+        factory = drive_factory or functools.partial(Drive.open, lock=mode)
+        asm = assemble(paths, factory)
+        try:
+            pool = cls(Units.from_dict(asm.sb["units"]), asm.drives, asm.sb)
+            pool.meta.gen = asm.gen
+            pool.readonly = readonly
+            pool.strangers = asm.strangers
+            pool._recover(asm, accept_loss)
+            return pool
+        except VsanError:
+            close_all(asm.drives)
+            raise
+        except Exception as e:
+            close_all(asm.drives)
+            raise Corrupt(f"pool metadata cannot be loaded: {type(e).__name__}: {e}") from None
 
-    def _recover(self, sb: dict) -> None:
-        ck = sb.get("ckpt")
+    def _recover(self, asm, accept_loss: bool) -> None:
+        sb = asm.sb
+        ck = self.tx.ckpt
         if ck:
-            body = self._read_checkpoint(ck)
-            recovery.load_checkpoint(self, body)
+            recovery.load_checkpoint(self, self._read_checkpoint(ck))
             for d, psegs in ck["copies"]:
                 self.allocator.mark_used(d, psegs)
-        records = self.meta.replay(sb["log_seq"])
-        for rec in records:
-            recovery.apply(self, rec)
-        for i, d in self.drives.items():
-            self.allocator.drives[i].failed = d.failed
-        self.replayed = len(records)
-        if self.readonly:
-            recovery.derive_free(self)
-            return
+        commits = self.meta.replay(sb["log_seq"], sb.get("log_salt", 0))
+        self.replayed = recovery.replay(self, commits, sb["log_seq"])
         recovery.derive_free(self)
-        self.space.reserve = {}
-        for ld in self.lds_by_id.values():
-            if ld.attrs.get("space") == "reserve":
-                ld.reserve_left = self._reserve_left(ld)
-                self.space.add_reserve(ld.raid, ld.ldad, ld.reserve_left)
-        for (key, idx) in sorted(self.dirty):
+        lost = {i: why for i, why in asm.lost.items() if i not in self.failed_drives}
+        before = health.unreadable(self, set(self.failed_drives))
+        for i in lost:
+            self.allocator.drives[i].failed = True
+        failed = set(self.failed_drives) | set(lost)
+        self.degraded = health.unreadable(self, failed)
+        if self.readonly:
+            return
+        newly = {n: c for n, c in self.degraded.items() if c > before.get(n, 0)}
+        if newly and not accept_loss:
+            raise Degraded("cannot start: " + "; ".join(f"drive {i} is {why}" for i, why in lost.items())
+                           + "; no redundancy covers what it holds for "
+                           + ", ".join(f"{n} ({c} MiB)" for n, c in sorted(newly.items()))
+                           + ". Reconnect the drive, or start with --accept-data-loss to serve "
+                             "the pool without it (those segments then fail with EIO)")
+        for i, why in lost.items():
+            self.mark_failed(i, why)
+        for i, why in sorted(self.failed_drives.items()):
+            log.warning("drive %d (%s) is failed: %s; the pool runs degraded", i,
+                        self.drive_recs[i]["path"], why)
+        recovery.restore_reservations(self)
+        for (key, idx) in sorted(self.tx.dirty):
             t = self.space.tables.get(key)
             if t is not None and t.alive(idx):
                 members = self.space.members(t, idx)
                 for slot in range(self.units.rstore_segments):
                     self.rio.resync(t.raid, members, slot)
-        self._update_reserve()
-        if records or self.dirty or self.meta.superblock_missing():
-            self.dirty.clear()
-            self.checkpoint()
+        self.tx.ensure_meta_reserve()
+        checked = self._check_if_needed()
+        if commits or self.tx.dirty or lost or checked or self.meta.superblock_missing():
+            self.tx.dirty.clear()
+            self.tx.checkpoint()
+
+    def _check_if_needed(self) -> bool:
+        """The last run stopped writing after a failed metadata write: check the pool
+        before serving it again (the checkpoint that follows clears the flag)."""
+        why = self.tx.needs_check
+        if not why:
+            return False
+        from .check import check_pool       # the checker opens pools itself
+        problems = check_pool(self)
+        if problems:
+            raise Corrupt(f"the pool was marked needs_check ({why}) and the check found "
+                          f"{len(problems)} problem(s): " + "; ".join(problems[:5]))
+        log.warning("the last run stopped writing after: %s; the pool checks clean", why)
+        return True
 
     def _read_checkpoint(self, ck: dict) -> dict:
         p, q = self.units.pseg, self.units.quorum
         errors = []
         for d, psegs in ck["copies"]:
-            drive = self.drives[d]
-            if drive.failed:
+            drive = self.drives.get(d)
+            if drive is None or drive.failed:
                 continue
             try:
                 blob = MetaStore.read_blob(drive, [q + g * p for g in psegs], p, ck["len"])
                 return fmt.unpack_checkpoint(blob, ck["seq"])
-            except Corrupt as e:
+            except VsanError as e:
                 errors.append(f"drive {d}: {e.message}")
         raise Corrupt("no readable checkpoint copy: " + "; ".join(errors or ["all copies on failed drives"]))
 
-    # ---- logical disks -------------------------------------------------------------
-    def _new_ld(self, ld_id, name, size, raid, ldad, attrs=None) -> LogicalDisk:
-        ld = LogicalDisk(self, ld_id, name, size, raid, ldad, attrs)
-        self.lds[name] = ld
-        self.lds_by_id[ld_id] = ld
-        return ld
+    # ---- the catalog --------------------------------------------------------------
+    @property
+    def lds(self) -> dict:
+        return self.catalog.by_name
+
+    @property
+    def lds_by_id(self) -> dict:
+        return self.catalog.by_id
+
+    @property
+    def ckpt(self) -> dict | None:
+        return self.tx.ckpt
+
+    @property
+    def eager_clones(self) -> bool:
+        return snapclone.mode(self.settings) == "eager"
 
     def get(self, name: str) -> LogicalDisk:
-        try:
-            return self.lds[name]
-        except KeyError:
-            raise NotFound(f"no logical disk named {name!r}") from None
+        return self.catalog.get(name)
 
-    def _check_size(self, size: int) -> None:
-        seg = self.units.segment
-        if not isinstance(size, int) or size <= 0:
-            raise InvalidArgument(f"size must be a positive number of bytes, not {size!r}")
-        if size % seg:
-            raise InvalidArgument(f"size {size} is not a multiple of {seg // 1024 // 1024} MiB")
-        if size > self.units.max_ld_size:
-            raise InvalidArgument(f"size {size} exceeds the per-LD limit of {self.units.max_ld_size} bytes")
-
-    def _check_name(self, name: str) -> None:
-        if not isinstance(name, str) or not name or len(name) > 255 or "/" in name \
-                or not name.isprintable():
-            raise InvalidArgument(f"bad LD name {name!r} (1-255 printable characters, no '/')")
-        if name in self.lds:
-            raise Exists(f"logical disk {name!r} exists")
+    def chain(self, name: str) -> list[LogicalDisk]:
+        """The sharing chain ``name`` belongs to, oldest first."""
+        return sharing.chain_of(self.get(name))
 
     def create_ld(self, name: str, size: int, raid: int = 5, ldad: str = "default",
                   thick: bool = False, attrs: dict | None = None) -> LogicalDisk:
-        self._check_name(name)
-        self._check_size(size)
-        if raid not in RAID_TYPES:
-            raise InvalidArgument(f"RAID type must be one of 0, 1, 5, not {raid!r}")
+        self.tx.writable()
+        self.catalog.check_name(name)
+        self.catalog.check_size(size)
+        self.catalog.check_raid(raid)
         if ldad not in self.allocator.rss:
             raise InvalidArgument(f"no LDAD named {ldad!r}")
+        segs = size // self.units.segment
         if thick:
-            self.space.check_room(ldad, raid, size // self.units.segment)
-        self._update_reserve(extra=size // self.units.segment)
-        ld_id = self.next_ld_id
-        self.next_ld_id += 1
-        ld = self._new_ld(ld_id, name, size, raid, ldad, attrs)
-        self.journal.add({"t": "ldc", "id": ld_id, "name": name, "size": size, "raid": raid,
-                          "ldad": ldad, "attrs": ld.attrs})
+            self.space.check_room(ldad, raid, segs)
+        self.tx.ensure_meta_reserve(extra=segs)
+        ld = self.ops.execute({"t": "ldc", "id": self.catalog.next_id, "name": name, "size": size,
+                               "raid": raid, "ldad": ldad, "role": "lun", "attrs": dict(attrs or {})})
         if thick:
             try:
                 self._allocate_all(ld)
-            except NoSpace:
+                self.flush()
+            except VsanError:
                 # check_room counts PSEGs, not placements (RAID5 needs 5 drives with
                 # room): a failed create must not leave a half-allocated LD behind.
-                self.delete_ld(name)
+                if self.tx.failure() is None:
+                    self.delete_ld(name)
                 raise
-        self.flush()
         return ld
 
     def _allocate_all(self, ld: LogicalDisk) -> None:
-        for k in range(ld.l2.nsegs):
-            if not ld.l2.get(k) & ALLOCATED:
-                e, fresh = self.space.alloc_segment(ld)
-                ld.l2.set(k, e)
-                if not fresh:
-                    self.rio.zero(ld.raid, self.space.members(ld.table, entry_rsd(e)), entry_slot(e))
-        self.journal.touch_lmaps(ld.id, range(len(ld.l2.lmaps)))
+        for lo, hi in ld.l2.ranges():
+            arr = ld.l2.entries(lo, hi)
+            try:
+                for j in np.flatnonzero(~owned(arr)).tolist():
+                    e, fresh = self.space.alloc_segment(ld)
+                    arr[j] = e
+                    if not fresh:
+                        self.rio.zero(ld.raid, self.space.members(ld.table, entry_rsd(e)), entry_slot(e))
+            finally:        # what was allocated is the LD's, also when the pool ran out
+                self.ops.put_entries(ld, lo, arr)
 
     def delete_ld(self, name: str) -> None:
         """Deletes any LD, also one in the middle of a sharing chain: what its
         predecessor reads through it is handed over, nothing is copied."""
         ld = self.get(name)
-        self.flush()          # the "ldd" record replays against exactly this state
-        if ld.attrs.get("space") == "reserve":
-            # what is still reserved for it (its own writes used none of it)
-            self.space.add_reserve(ld.raid, ld.ldad, -getattr(ld, "reserve_left", 0))
-        self._drop_ld(ld)
-        self.journal.add({"t": "ldd", "id": ld.id})
+        self.ops.execute({"t": "ldd", "id": ld.id})
         crashpoint("delete.after_unlink")
-        self.flush()
         if self.allocator.pending:
-            self.flush()      # RStores emptied by that commit give their PSEGs back now
-        self._update_reserve()
-
-    def _drop_ld(self, ld) -> None:
-        freed = sharing.unlink(ld)
-        if len(freed):
-            self.space.free_entries(ld, freed)
-        del self.lds[ld.name]
-        del self.lds_by_id[ld.id]
-        self.bgcopy_state.pop(ld.id, None)
-        self.journal.forget(ld.id)
-
-    def save_task(self, task: dict) -> None:
-        """Records a task's state; durable with the next commit (flush)."""
-        self.tasks[task["id"]] = task
-        self.journal.add({"t": "task", "task": task})
-
-    def drop_task(self, task_id: int) -> None:
-        if self.tasks.pop(task_id, None) is not None:
-            self.journal.add({"t": "task", "drop": task_id})
-
-    def set_setting(self, key: str, value) -> None:
-        """A pool-wide setting, durable when this returns."""
-        self.settings[key] = value
-        self.journal.add({"t": "set", "k": key, "v": value})
-        self.flush()
+            self.flush()      # RStores emptied by the delete give their PSEGs back now
+        self.tx.ensure_meta_reserve()
 
     def resize_ld(self, name: str, size: int) -> None:
         ld = self.get(name)
-        self._check_size(size)
+        self.catalog.check_size(size)
         if ld.pred is not None or ld.succ is not None:
             raise InvalidArgument(f"{name} shares data with snapshots; delete them before resizing")
-        u = self.units
+        if ld.role.invalid:
+            raise InvalidArgument(f"{name} is invalid; it can only be deleted")
         if size > ld.size:
-            self._update_reserve(extra=(size - ld.size) // u.segment)
-        else:
-            ld.free_from(size // u.segment)
-        ld.l2.resize(size // u.segment)
-        ld.size = size
-        self.journal.add({"t": "ldr", "id": ld.id, "size": size})
-        self.flush()
+            self.tx.ensure_meta_reserve(extra=(size - ld.size) // self.units.segment)
+        self.ops.execute({"t": "ldr", "id": ld.id, "size": size})
 
-    def set_attrs(self, name: str, _commit: bool = True, **attrs) -> None:
+    def set_attrs(self, name: str, **attrs) -> None:
         ld = self.get(name)
-        ld.attrs.update(attrs)
-        ld.invalid = bool(ld.attrs.get("invalid"))
-        self.journal.add({"t": "lda", "id": ld.id, "attrs": attrs})
-        if _commit:
-            self.flush()
+        self.ops.execute({"t": "lda", "id": ld.id, "attrs": attrs})
 
-    # ---- durability ----------------------------------------------------------------
-    def intend(self, table, idx: int) -> None:
-        """Write intent: a redundant RStore is marked dirty durably before its first
-        write since the last commit, so start-up resyncs it if we crash mid-write."""
-        if table.raid == 0:
-            return
-        key = ((table.raid, table.ldad), idx)
-        if key in self.dirty:
-            return
-        rec = [{"t": "r5d", "raid": table.raid, "ldad": table.ldad, "i": idx}]
-        try:
-            self.meta.append(rec)
-        except LogFull:
-            self.checkpoint()  # clears every intent; this one is recorded after it
-            self.meta.append(rec)
-        self.dirty.add(key)
+    # ---- point-in-time copies (Figs. 9, 13-15) -------------------------------------------
+    def snapshot(self, source: str, name: str, reserve: bool = False,
+                 clone: bool = False) -> LogicalDisk:
+        """A point-in-time copy of ``source`` (a LUN or a snapshot) that costs no data
+        movement; durable when this returns. ``clone``: a snapclone, which reserves
+        what BGCOPY will copy."""
+        x = self.get(source)
+        if x.role.invalid:
+            raise InvalidArgument(f"{source} is invalid; it can only be deleted")
+        self.catalog.check_name(name)
+        role = created_as(True, reserve, clone)
+        nsegs = x.l2.nsegs
+        if role.reserved:
+            want = sum(int(np.count_nonzero(owned(sharing.resolve_range(x, lo, hi))))
+                       for lo, hi in x.l2.ranges()) if clone else nsegs
+            need = self.space.reserved_psegs(x.ldad, extra=(x.raid, want))
+            if need > self.allocator.free_psegs(x.ldad):
+                what = "the copy" if clone else "a full copy"
+                raise NoSpace(f"not enough free space to reserve {what} of {source} "
+                              f"({format_size(want * self.units.segment)} of RAID{x.raid})")
+        self.tx.ensure_meta_reserve(extra=nsegs)
+        crashpoint("snapshot.before_commit")
+        # One commit: the source's pending writes, then the snapshot (the quiesce of
+        # Fig. 9: requests run one at a time on the loop, so none is in flight).
+        return self.ops.execute({"t": "snap", "src": x.id, "id": self.catalog.next_id, "name": name,
+                                 "role": role.value,
+                                 "attrs": {"snapclone_of" if clone else "snapshot_of": x.name}})
 
-    def flush(self) -> None:
-        """Makes every earlier write and the map entries needed to read it durable."""
-        nslots, nids, npsegs = len(self.journal.slots), len(self.journal.rsd_ids), len(self.allocator.pending)
-        nbulk = len(self.journal.bulk_slots)
-        if self.journal.empty() and not (nslots or nids or npsegs or nbulk):
-            self.sync_data()
-            return
-        if self.dirty:
-            self.journal.add({"t": "r5c"})
-        records = self.journal.take(self.lds_by_id)
-        self.sync_data()
-        crashpoint("commit.after_data_sync")
-        try:
-            self.meta.append(records)
-        except LogFull:
-            self._checkpoint_now()
-        else:
-            self.dirty.clear()
-        self._released(nslots, nids, npsegs, nbulk)
-        if self.meta.log_off > self.meta.log_size * CHECKPOINT_AT:
-            self.checkpoint()
+    def snapclone(self, source: str, name: str) -> LogicalDisk:
+        """A snapclone of ``source``, usable at once; BGCOPY (bgcopy_step) makes it
+        independent. Durable when this returns."""
+        return self.snapshot(source, name, clone=True)
 
-    def _released(self, nslots: int, nids: int, npsegs: int, nbulk: int = 0) -> None:
-        self.allocator.release_pending(npsegs)
-        self.space.release_committed(nslots, nids, nbulk)
+    def invalidate(self, victims: list, why: str) -> None:
+        """``victims`` (newest first) lost data they need: durably invalid, and out of
+        their chain, when this returns."""
+        if victims:
+            log.warning("invalidating %s: %s", ", ".join(v.name for v in victims), why)
+            self.ops.execute({"t": "inv", "ids": [v.id for v in victims]})
+
+    def leave_tree(self, c) -> None:
+        """A snapclone that shares nothing leaves its tree (Fig. 14); durable on return.
+        Its last copies are committed first, on their own: a crash between the two
+        commits finds the clone fully copied and still in its tree, and the resumed
+        task only detaches it."""
+        self.flush()
+        crashpoint("bgcopy.before_detach_commit")
+        self.ops.execute({"t": "cdet", "id": c.id})
+
+    def bgcopy_step(self, name: str, max_segments: int) -> dict:
+        """One BGCOPY step, copying on the calling thread (see bgcopy.py)."""
+        return bgcopy.step(self, self.get(name), max_segments)
+
+    def bgcopy_plan(self, name: str, max_segments: int):
+        """A BGCOPY step in three parts: the returned Plan's ``io()`` may run in a
+        worker thread, then ``finish()`` on the loop gives bgcopy_step's result;
+        a dict instead of a Plan is a whole step's result already."""
+        return bgcopy.plan(self, self.get(name), max_segments)
+
+    def clone_state(self, name: str) -> dict:
+        return snapclone.state(self.get(name))
+
+    # ---- pool records ---------------------------------------------------------------
+    def save_task(self, task: dict) -> None:
+        """Records a task's state; durable with the next commit (flush)."""
+        self.ops.save_task(task)
+
+    def drop_task(self, task_id: int) -> None:
+        self.ops.drop_task(task_id)
+
+    def set_setting(self, key: str, value) -> None:
+        """A pool-wide setting, durable when this returns."""
+        self.ops.execute({"t": "set", "k": key, "v": value})
+
+    # ---- drives ---------------------------------------------------------------------
+    def fail_drive(self, index: int, why: str = "failed by command") -> None:
+        """Marks a drive failed, durably: its RStores run degraded from now on."""
+        if index not in self.drives:
+            raise NotFound(f"no drive {index}")
+        self.ops.execute({"t": "dfail", "d": index, "why": why})
+
+    def mark_failed(self, index: int, why: str) -> None:
+        self.drives[index].failed = True
+        self.allocator.drives[index].failed = True
+        self.failed_drives[index] = why
 
     def sync_data(self) -> None:
         """fdatasync of every working drive; also safe from a worker thread (the task
@@ -369,88 +395,31 @@ class Pool(PointInTimeCopies):
             if not d.failed:
                 d.fsync()
 
+    # ---- durability -----------------------------------------------------------------
+    def flush(self) -> None:
+        """Makes every earlier write and the map entries needed to read it durable."""
+        self.tx.commit()
+
     def checkpoint(self) -> None:
-        nslots, nids, npsegs = len(self.journal.slots), len(self.journal.rsd_ids), len(self.allocator.pending)
-        nbulk = len(self.journal.bulk_slots)
-        self.journal.take(self.lds_by_id)
-        self.sync_data()
-        self._checkpoint_now()
-        self._released(nslots, nids, npsegs, nbulk)
-
-    def _checkpoint_now(self) -> None:
-        """Writes a full checkpoint; the caller has synced the data drives."""
-        self.dirty.clear()
-        seq = self.meta.next_seq
-        blob = fmt.pack_checkpoint(seq, recovery.checkpoint_body(self, seq))
-        p, q = self.units.pseg, self.units.quorum
-        n = max(1, math.ceil(len(blob) / p))
-        copies = []
-        try:
-            for d in self.quorum_ids:
-                if not self.drives[d].failed:
-                    psegs = self.allocator.alloc_meta(d, n)
-                    copies.append([d, psegs])
-                    MetaStore.write_blob(self.drives[d], [q + g * p for g in psegs], p, blob)
-        except NoSpace:
-            for d, psegs in copies:
-                for g in psegs:
-                    self.allocator.free_now(d, g)
-            raise
-        crashpoint("checkpoint.before_superblock")
-        new = {"seq": seq, "len": len(blob), "copies": copies}
-        self.meta.write_superblock(self._sb_body(new, seq))
-        crashpoint("checkpoint.after_superblock")
-        self.meta.reset_log()
-        old, self.ckpt = self.ckpt, new
-        if old:
-            for d, psegs in old["copies"]:
-                for g in psegs:
-                    self.allocator.free_now(d, g)
-
-    def _update_reserve(self, extra: int = 0) -> None:
-        """Keeps enough PSEGs on each quorum drive for the next checkpoint, so a full
-        pool can still commit. ``extra`` segments are about to be added to LDs."""
-        segs = extra + sum(ld.l2.nsegs for ld in self.lds_by_id.values())
-        total_psegs = sum(d.npsegs for d in self.allocator.drives.values())
-        need = 4 * segs + 4 * total_psegs + 64 * 1024 + 2 * 1024 * len(self.lds_by_id)
-        n = math.ceil(need / self.units.pseg) + 1
-        # The current checkpoint copy counts: the first checkpoint of a pool that
-        # filled up before it took its PSEGs out of the reserve, and the next
-        # checkpoint gives them back.
-        held: dict[int, int] = {}
-        for d, psegs in (self.ckpt or {}).get("copies", []):
-            held[d] = held.get(d, 0) + len(psegs)
-        for d in self.quorum_ids:
-            ds = self.allocator.drives[d]
-            if ds.failed:
-                continue
-            if ds.free + held.get(d, 0) < n:
-                raise NoSpace(f"drive {d} cannot hold the metadata reserve for this size")
-        for d in self.quorum_ids:
-            self.allocator.set_reserve(d, n)
-
-    def fail_drive(self, index: int) -> None:
-        """Marks a drive failed: its RStores run degraded from now on."""
-        if index not in self.drives:
-            raise NotFound(f"no drive {index}")
-        self.drives[index].failed = True
-        self.allocator.drives[index].failed = True
-        self.journal.add({"t": "dfail", "d": index})
-        self.flush()
+        self.tx.checkpoint()
 
     def close(self) -> None:
         if self.closed:
             return
-        if not self.readonly and not all(d.failed for d in self.meta.quorum.values()):
-            self.checkpoint()
-        for d in self.drives.values():
-            d.close()
-        self.closed = True
+        try:
+            if not self.readonly and self.tx.failure() is None \
+                    and not all(d.failed for d in self.meta.quorum.values()):
+                self.tx.checkpoint()
+        except VsanError as e:
+            log.error("closing the pool: %s", e.message)
+        finally:
+            close_all(self.drives)
+            self.closed = True
 
-    # ---- introspection -------------------------------------------------------------
+    # ---- introspection ----------------------------------------------------------------
     def map_bytes(self) -> int:
         """RAM held by LMAPs and RSD tables."""
-        return (sum(ld.l2.nbytes() for ld in self.lds_by_id.values())
+        return (sum(ld.l2.nbytes() for ld in self.catalog.by_id.values())
                 + sum(t.nbytes() for t in self.space.tables.values()))
 
     def status(self) -> dict:
@@ -459,8 +428,12 @@ class Pool(PointInTimeCopies):
         for i, r in sorted(self.drive_recs.items()):
             ds = self.allocator.drives[i]
             drives.append({"index": i, "path": r["path"], "size": r["size"], "ldad": r["ldad"],
-                           "psegs": ds.npsegs, "free_psegs": ds.free, "failed": self.drives[i].failed,
-                           "quorum": i in self.quorum_ids})
+                           "psegs": ds.npsegs, "free_psegs": max(0, ds.free - ds.reserve),
+                           "failed": self.drives[i].failed, "quorum": i in self.quorum_ids,
+                           "state": ("failed: " + self.failed_drives.get(i, "failed"))
+                           if self.drives[i].failed else "ok"})
         return {"pool": self.pool_uuid, "units": u.to_dict(), "drives": drives,
-                "lds": [ld.info() for ld in self.lds_by_id.values()],
-                "free_bytes": self.allocator.free_psegs() * u.pseg}
+                "lds": [ld.info() for ld in self.catalog.by_id.values()],
+                "free_bytes": self.allocator.free_psegs() * u.pseg,
+                "state": "read-only: " + self.tx.failed if self.tx.failed
+                else ("degraded" if self.failed_drives else "ok")}

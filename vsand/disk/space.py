@@ -1,15 +1,17 @@
-"""Segment allocation on top of RStores; RStore lifecycle; member address lookup."""
+"""Segment allocation on top of RStores, RStore lifecycle, snapshot reservations,
+member address lookup."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from ..errors import NoSpace
-from ..mapping.lmap import RSD_MASK, RSD_SHIFT, SLOT_MASK, entry_rsd, entry_slot, make_entry
-from ..mapping.rsd import CHUNK, DEAD, RsdTable, pack_member, unpack_member
+from ..mapping.lmap import SLOTS, entry_rsd, entry_slot, make_entry, rsds, slots
+from ..mapping.rsd import RsdTable, member_drives, member_psegs, pack_member, unpack_member
 from ..physical.allocator import RAID_WIDTH
 
 MEMBER_CACHE_MAX = 1 << 16
+FULL = (1 << SLOTS) - 1      # free-slot mask of an RStore with every slot free
 
 
 class Space:
@@ -18,8 +20,9 @@ class Space:
         self.rio = rio
         self.journal = journal
         self.units = units
+        self.ops = None              # set by the pool: RStores change through ops.Ops
         self.tables: dict[tuple[int, str], RsdTable] = {}
-        # segments promised to reserved snapshots, not yet used, per (RAID type, LDAD):
+        # segments promised to reserved LDs, not yet used, per (RAID type, LDAD):
         # a RAID1 promise needs 8 PSEGs per RStore whatever RAID type allocates next
         self.reserve: dict[tuple[int, str], int] = {}
         self._members: dict[tuple[int, str, int], list[tuple[int, int]]] = {}
@@ -42,15 +45,12 @@ class Space:
             self._members[key] = m
         return m
 
+    def forget_members(self, t: RsdTable, idx: int) -> None:
+        self._members.pop((t.raid, t.ldad, idx), None)
+
     def expand(self, raid: int, stored: list[int]) -> list[tuple[int, int]]:
         q, p = self.units.quorum, self.units.pseg
-        out = []
-        for s in stored:
-            d, g = unpack_member(s)
-            out.append((d, q + g * p))
-            if raid == 1:
-                out.append((self.allocator.partner(d), q + g * p))
-        return out
+        return [(d, q + g * p) for d, g in self.physical(raid, stored)]
 
     def physical(self, raid: int, stored: list[int]) -> list[tuple[int, int]]:
         """(drive, PSEG) of every member, RAID1 partners included."""
@@ -62,11 +62,25 @@ class Space:
                 out.append((self.allocator.partner(d), g))
         return out
 
+    def physical_arrays(self, raid: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(drives, PSEGs) of every member of many RSD rows, RAID1 partners included."""
+        drives, psegs = member_drives(rows).ravel(), member_psegs(rows).ravel()
+        if raid == 1 and len(drives):
+            uniq = np.unique(drives)
+            partner = np.array([self.allocator.partner(d) for d in uniq.tolist()], dtype=np.int64)
+            drives = np.concatenate([drives, partner[np.searchsorted(uniq, drives)]])
+            psegs = np.concatenate([psegs, psegs])
+        return drives, psegs
+
+    def physical_rows(self, raid: int, rows: np.ndarray) -> list[tuple[int, int]]:
+        drives, psegs = self.physical_arrays(raid, rows)
+        return list(zip(drives.tolist(), psegs.tolist()))
+
     # ---- segments ----------------------------------------------------------------
     def alloc_segment(self, ld, use_reserve: bool = False) -> tuple[int, bool]:
         """(LMAP entry, fresh) for a new segment of ``ld``; ``fresh`` means its
         stripe already reads as zeros, so a partial write needs no zeroing first."""
-        t = self.table(ld.raid, ld.ldad)
+        t = ld.table
         idx = ld.open_rsd
         got = t.take_slot(idx) if idx is not None else None
         if got is None:
@@ -79,16 +93,78 @@ class Space:
         ld.open_rsd = idx
         return make_entry(idx, got[0]), got[1]
 
+    def new_rstore(self, t: RsdTable, use_reserve: bool = False) -> int:
+        if not use_reserve and self.reserve:
+            if self.allocator.free_psegs(t.ldad) - self.reserved_psegs(t.ldad) < RAID_WIDTH[t.raid]:
+                raise NoSpace("free space is reserved for snapshots")
+        placed = self.allocator.alloc_rstore(t.ldad, t.raid)
+        if t.raid == 1:
+            placed = placed[::2]
+        idx = self.ops.add_rstore(t, [pack_member(d, g) for d, g in placed])
+        # One hole punch per PSEG now spares one per member on each first write.
+        for d, off in self.members(t, idx):
+            self.rio.drives[d].zero(off, self.units.pseg)
+        t.mark_fresh(idx)
+        return idx
+
+    def free_segment(self, ld, e: int) -> None:
+        """The slot returns to its RStore only after the commit that unmaps it."""
+        self.journal.slots.append((ld.table, entry_rsd(e), entry_slot(e)))
+
+    def release_now(self, t: RsdTable, entries: np.ndarray) -> None:
+        """Slots that a durable record already unmapped (a delete, a shrink): free at
+        once, grouped per RStore, so 1 TiB costs numpy work, not a loop."""
+        e = np.asarray(entries, dtype=np.uint32)
+        if len(e):
+            self._put_slots(t, rsds(e), slots(e))
+
+    def release_committed(self, slots_: list, ids: list, bulk: list) -> None:
+        """After a commit: frees what that commit made unreferenced."""
+        for t, idx in ids:
+            t.release_id(idx)
+        for t, idx, slot in slots_:
+            if t.put_slot(idx, slot):
+                self.ops.drop_rstore(t, idx)
+        for t, idx, slot in bulk:
+            self._put_slots(t, idx, slot)
+
+    def _put_slots(self, t: RsdTable, idx: np.ndarray, slot: np.ndarray) -> None:
+        uniq, inv = np.unique(idx, return_inverse=True)
+        masks = np.zeros(len(uniq), dtype=np.int64)
+        np.bitwise_or.at(masks, inv, np.left_shift(1, slot))
+        fs = t.free_slots
+        full = []
+        for i, m in zip(uniq.tolist(), masks.tolist()):
+            m |= fs.get(i, 0)
+            fs[i] = m
+            if m == FULL:
+                full.append(i)
+        if len(full) < 64:
+            for i in full:
+                self.ops.drop_rstore(t, i)
+        elif full:
+            self.ops.drop_rstores(t, np.asarray(full, dtype=np.int64))
+
+    # ---- reservations ------------------------------------------------------------
     @property
     def reserve_segs(self) -> int:
         return sum(self.reserve.values())
 
-    def add_reserve(self, raid: int, ldad: str, segs: int) -> None:
-        n = max(0, self.reserve.get((raid, ldad), 0) + segs)
+    def promise(self, ld, segs: int) -> None:
+        """What is still reserved for ``ld`` becomes ``segs`` segments."""
+        old = getattr(ld, "reserve_left", 0)
+        ld.reserve_left = segs
+        key = (ld.raid, ld.ldad)
+        n = max(0, self.reserve.get(key, 0) + segs - old)
         if n:
-            self.reserve[(raid, ldad)] = n
+            self.reserve[key] = n
         else:
-            self.reserve.pop((raid, ldad), None)
+            self.reserve.pop(key, None)
+
+    def note_handover(self, ld) -> None:
+        """A reserved LD received one segment of its reservation."""
+        if ld.role.reserved and getattr(ld, "reserve_left", 0) > 0:
+            self.promise(ld, ld.reserve_left - 1)
 
     def reserved_psegs(self, ldad: str, extra: tuple[int, int] | None = None) -> int:
         """PSEGs the promises in ``ldad`` (plus ``extra`` = (RAID type, segments)) need."""
@@ -98,114 +174,11 @@ class Space:
         per = self.units.rstore_segments
         return sum(-(-n // per) * RAID_WIDTH[r] for r, n in segs.items())
 
-    def note_handover(self, snap) -> None:
-        """A reserved snapshot received one segment of its reservation."""
-        if snap.attrs.get("space") == "reserve" and getattr(snap, "reserve_left", 0) > 0:
-            snap.reserve_left -= 1
-            self.add_reserve(snap.raid, snap.ldad, -1)
-
-    def new_rstore(self, t: RsdTable, use_reserve: bool = False) -> int:
-        if not use_reserve and self.reserve_segs:
-            width = RAID_WIDTH[t.raid]
-            if self.allocator.free_psegs(t.ldad) - self.reserved_psegs(t.ldad) < width:
-                raise NoSpace("free space is reserved for snapshots")
-        placed = self.allocator.alloc_rstore(t.ldad, t.raid)
-        if t.raid == 1:
-            placed = placed[::2]
-        stored = [pack_member(d, g) for d, g in placed]
-        idx = t.add(stored)
-        # One hole punch per PSEG now spares one per member on each first write.
-        for d, off in self.members(t, idx):
-            self.rio.drives[d].zero(off, self.units.pseg)
-        t.mark_fresh(idx)
-        self.journal.add({"t": "rsa", "raid": t.raid, "ldad": t.ldad, "i": idx, "m": stored})
-        return idx
-
-    def free_segment(self, ld, e: int) -> None:
-        """The slot returns to its RStore only after the commit that unmaps it."""
-        self.journal.slots.append((self.table(ld.raid, ld.ldad), entry_rsd(e), entry_slot(e)))
-
-    def free_entries(self, ld, entries) -> None:
-        """Bulk free of many allocated entries (delete): parked, as arrays, until the
-        commit (``release_committed``), so 1 TiB costs numpy work, not a loop."""
-        e = np.asarray(entries, dtype=np.int64)
-        if len(e):
-            self.journal.bulk_slots.append((self.table(ld.raid, ld.ldad),
-                                            (e >> RSD_SHIFT) & RSD_MASK, e & SLOT_MASK))
-
-    def release_committed(self, nslots: int, nids: int, nbulk: int = 0) -> None:
-        """Called after a commit: frees what that commit made unreferenced."""
-        j = self.journal
-        for t, idx in j.rsd_ids[:nids]:
-            t.release_id(idx)
-        del j.rsd_ids[:nids]
-        for t, idx, slot in j.slots[:nslots]:
-            if t.put_slot(idx, slot):
-                self.drop_rstore(t, idx)
-        del j.slots[:nslots]
-        for t, idx, slot in j.bulk_slots[:nbulk]:
-            self._put_slots(t, idx, slot)
-        del j.bulk_slots[:nbulk]
-
-    def _put_slots(self, t: RsdTable, idx: np.ndarray, slot: np.ndarray) -> None:
-        """``put_slot`` for many (RSD index, slot) pairs, grouped per RStore."""
-        uniq, inv = np.unique(idx, return_inverse=True)
-        masks = np.zeros(len(uniq), dtype=np.int64)
-        np.bitwise_or.at(masks, inv, np.left_shift(1, slot))
-        fs = t.free_slots
-        full = []
-        for i, m in zip(uniq.tolist(), masks.tolist()):
-            m |= fs.get(i, 0)
-            fs[i] = m
-            if m == 0xFF:
-                full.append(i)
-        if len(full) < 64:
-            for i in full:
-                self.drop_rstore(t, i)
-        elif full:
-            self._drop_rstores(t, np.asarray(full, dtype=np.int64))
-
-    def _drop_rstores(self, t: RsdTable, idx: np.ndarray) -> None:
-        """``drop_rstore`` for many RStores of one table: one "rsr" record for all."""
-        rows = np.empty((len(idx), t.width), dtype=np.uint32)
-        chunk = idx // CHUNK
-        for c in np.unique(chunk).tolist():
-            sel = chunk == c
-            r = idx[sel] % CHUNK
-            rows[sel] = t.chunks[c][r]
-            t.chunks[c][r] = DEAD
-        key = (t.raid, t.ldad)
-        for i in idx.tolist():
-            t.free_slots.pop(i, None)
-            t.fresh.pop(i, None)
-            self._members.pop((*key, i), None)
-        drives = (rows >> 24).astype(np.int64).ravel()
-        psegs = (rows & 0xFFFFFF).astype(np.int64).ravel()
-        if t.raid == 1:
-            partner = {d: self.allocator.partner(d) for d in np.unique(drives).tolist()}
-            drives = np.concatenate([drives, np.array([partner[d] for d in drives.tolist()],
-                                                      dtype=np.int64)])
-            psegs = np.concatenate([psegs, psegs])
-        self.allocator.pending.extend(zip(drives.tolist(), psegs.tolist()))
-        self.journal.rsd_ids.extend((t, i) for i in idx.tolist())
-        self.journal.add({"t": "rsr", "raid": t.raid, "ldad": t.ldad,
-                          "is": idx.astype(np.uint32).tobytes()})
-
-    def drop_rstore(self, t: RsdTable, idx: int) -> None:
-        """An RStore with no used slot goes back to the pool (durable at next commit)."""
-        stored = t.remove(idx)
-        self._members.pop((t.raid, t.ldad, idx), None)
-        for d, g in self.physical(t.raid, stored):
-            self.allocator.free_later(d, g)
-        self.journal.rsd_ids.append((t, idx))
-        self.journal.add({"t": "rsr", "raid": t.raid, "ldad": t.ldad, "i": idx})
-
     def check_room(self, ldad: str, raid: int, segments: int) -> None:
         """Raises NoSpace unless ``segments`` more segments could be allocated now."""
         t = self.table(raid, ldad)
         free_slots = sum(bin(m).count("1") for m in t.free_slots.values())
         need = max(0, segments - free_slots)
         rstores = -(-need // self.units.rstore_segments)
-        width = RAID_WIDTH[raid]
-        if rstores * width > self.allocator.free_psegs(ldad):
+        if rstores * RAID_WIDTH[raid] > self.allocator.free_psegs(ldad):
             raise NoSpace(f"not enough free space in LDAD {ldad!r} for {segments} MiB of RAID{raid}")

@@ -1,4 +1,4 @@
-"""LMAP entries and the per-LD L2MAP.
+"""LMAP entries and the per-LD L2MAP. The entry layout is known only here.
 
 One uint32 per 1 MiB segment (4 bytes per mapped MiB):
 
@@ -12,6 +12,11 @@ An L2MAP is a list with one LMAP (a numpy array of ``lmap_segments`` entries) pe
 2 GiB of address space, created on first use, so an unwritten LD costs nothing.
 An absent LMAP reads as ``fill`` everywhere: share bits only (a snapshot of an
 unwritten region shares it without materialising any LMAP).
+
+Read caches of a sharing chain (disk/sharing.py) need to know when an entry
+changes: while ``gens`` is a list (shared by every LD of the chain), every change
+made here counts one in ``gens[LMAP index]``. Entries are changed only through
+``set``, ``put`` and ``install``; bulk edits of a whole chain reset the caches.
 """
 
 from __future__ import annotations
@@ -27,12 +32,15 @@ ALLOCATED = 1 << STATE_SHIFT
 STATE_MASK = 0x3 << STATE_SHIFT
 SP = 1 << 30
 SS = 1 << 31
+SHARED = SP | SS
+DATA_MASK = 0xFFFFFFFF & ~SHARED          # everything but the share bits
 REF_MASK = (RSD_MASK << RSD_SHIFT) | SLOT_MASK
 MAX_RSD = RSD_MASK + 1
+SLOTS = 1 << SLOT_BITS
 
 
 def make_entry(rsd: int, slot: int) -> int:
-    assert 0 <= rsd < MAX_RSD and 0 <= slot < 8
+    assert 0 <= rsd < MAX_RSD and 0 <= slot < SLOTS
     return ALLOCATED | (rsd << RSD_SHIFT) | slot
 
 
@@ -44,7 +52,40 @@ def entry_slot(e: int) -> int:
     return e & SLOT_MASK
 
 
+# ---- the same in bulk, over arrays of entries ----------------------------------------
+def rsds(es: np.ndarray) -> np.ndarray:
+    return ((es >> RSD_SHIFT) & RSD_MASK).astype(np.int64)
+
+
+def slots(es: np.ndarray) -> np.ndarray:
+    return (es & SLOT_MASK).astype(np.int64)
+
+
+def slot_keys(es: np.ndarray) -> np.ndarray:
+    """One integer per (RSD index, slot): ``rsd * SLOTS + slot``."""
+    return rsds(es) * SLOTS + slots(es)
+
+
+def key_rsd(key: int) -> int:
+    return key // SLOTS
+
+
+def key_slot(key: int) -> int:
+    return key % SLOTS
+
+
+def owned(es: np.ndarray) -> np.ndarray:
+    """Mask of entries that hold data (allocated)."""
+    return (es & STATE_MASK) == ALLOCATED
+
+
+def unknown_state(es: np.ndarray) -> np.ndarray:
+    return ((es & STATE_MASK) != 0) & ((es & STATE_MASK) != ALLOCATED)
+
+
 class L2map:
+    gens: list[int] | None = None
+
     def __init__(self, nsegs: int, lmap_segments: int):
         assert lmap_segments & (lmap_segments - 1) == 0, "LMAP size must be a power of two"
         self.per = lmap_segments
@@ -58,6 +99,7 @@ class L2map:
 
     def resize(self, nsegs: int) -> None:
         """Grows or shrinks the address space; entries past the end must already be clear."""
+        assert self.gens is None or nsegs == self.nsegs, "an LD in a sharing chain is never resized"
         n = -(-nsegs // self.per)
         del self.lmaps[n:]
         del self.views[n:]
@@ -73,12 +115,31 @@ class L2map:
 
     def set(self, k: int, e: int) -> None:
         li = k >> self.shift
+        g = self.gens
+        if g is not None:
+            g[li] += 1
         v = self.views[li]
         if v is None:
             if e == self.fill:
                 return
             v = self.ensure(li)
         v[k & self.mask] = e
+
+    def put(self, lo: int, arr: np.ndarray, sparse: bool = False) -> None:
+        """Stores entries lo..lo+len(arr) (inside one LMAP). An absent LMAP is made
+        present, because the fill that stands for it may change next and these
+        entries must not change with it; ``sparse`` keeps it absent when every entry
+        equals the fill."""
+        li = lo >> self.shift
+        if self.lmaps[li] is None:
+            if sparse and not np.any(arr != self.fill):
+                return
+            self.ensure(li)
+        g = self.gens
+        if g is not None:
+            g[li] += 1
+        o = lo & self.mask
+        self.lmaps[li][o:o + len(arr)] = arr
 
     def ensure(self, li: int) -> memoryview:
         if self.lmaps[li] is None:
@@ -90,8 +151,17 @@ class L2map:
 
     def install(self, li: int, arr: np.ndarray) -> None:
         assert arr.dtype == np.uint32 and len(arr) == self.per
+        g = self.gens
+        if g is not None:
+            g[li] += 1
         self.lmaps[li] = arr
         self.views[li] = memoryview(arr)
+
+    def clear(self) -> None:
+        """Every entry unallocated and unshared (an LD that lost its data)."""
+        self.fill = 0
+        self.lmaps = [None] * len(self.lmaps)
+        self.views = [None] * len(self.views)
 
     def entries(self, start: int, stop: int) -> np.ndarray:
         """Copy of entries [start, stop) as one array (``fill`` where no LMAP exists)."""
@@ -105,6 +175,12 @@ class L2map:
                 out[k - start:hi - start] = lm[(k & self.mask):(k & self.mask) + hi - k]
             k = hi
         return out
+
+    def ranges(self):
+        """(lo, hi) segment ranges of each LMAP index, in order."""
+        per, n = self.per, self.nsegs
+        for li in range(-(-n // per)):
+            yield li * per, min(n, (li + 1) * per)
 
     def items(self):
         """Yields (LMAP index, array) for every LMAP that exists."""
@@ -122,6 +198,10 @@ class L2map:
         if not ks:
             return np.zeros(0, np.int64), np.zeros(0, np.uint32)
         return np.concatenate(ks).astype(np.int64), np.concatenate(es)
+
+    def count(self, bits: int) -> int:
+        """Entries with any of ``bits`` set, over the whole address space."""
+        return sum(int(np.count_nonzero(self.entries(lo, hi) & bits)) for lo, hi in self.ranges())
 
     def nbytes(self) -> int:
         return sum(lm.nbytes for _, lm in self.items())

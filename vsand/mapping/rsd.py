@@ -29,6 +29,15 @@ def unpack_member(m: int) -> tuple[int, int]:
     return m >> 24, m & 0xFFFFFF
 
 
+def member_drives(rows: np.ndarray) -> np.ndarray:
+    """Drive index of every stored member in ``rows``, in bulk."""
+    return (rows >> 24).astype(np.int64)
+
+
+def member_psegs(rows: np.ndarray) -> np.ndarray:
+    return (rows & 0xFFFFFF).astype(np.int64)
+
+
 class RsdTable:
     def __init__(self, raid: int, ldad: str):
         self.raid = raid
@@ -60,6 +69,41 @@ class RsdTable:
         self._row(idx)[:] = members
         self.free_slots[idx] = 0xFF
         return idx
+
+    def set_member(self, idx: int, col: int, member: int) -> int:
+        """Replaces stored member ``col`` of a live RStore; returns the old one."""
+        assert self.alive(idx), f"RSD {idx} is not alive"
+        row = self._row(idx)
+        old = int(row[col])
+        row[col] = member
+        return old
+
+    def rows(self, idx: np.ndarray) -> np.ndarray:
+        """The stored members of many RStores at once, one row each."""
+        out = np.empty((len(idx), self.width), dtype=np.uint32)
+        chunk = idx // CHUNK
+        for c in np.unique(chunk).tolist():
+            sel = chunk == c
+            out[sel] = self.chunks[c][idx[sel] % CHUNK]
+        return out
+
+    def remove_many(self, idx: np.ndarray) -> np.ndarray:
+        """``remove`` for many RStores; returns their rows."""
+        rows = self.rows(idx)
+        chunk = idx // CHUNK
+        for c in np.unique(chunk).tolist():
+            self.chunks[c][idx[chunk == c] % CHUNK] = DEAD
+        for i in idx.tolist():
+            self.free_slots.pop(i, None)
+            self.fresh.pop(i, None)
+        return rows
+
+    def live_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """(indices, rows) of every live RStore."""
+        live = self.live_indices()
+        if not len(live):
+            return live, np.zeros((0, self.width), np.uint32)
+        return live, np.concatenate(self.chunks)[: self.count][live]
 
     def mark_fresh(self, idx: int) -> None:
         """The RStore's PSEGs were just zeroed: its free slots need no zeroing."""

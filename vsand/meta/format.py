@@ -5,13 +5,20 @@ Quorum space at the start of every drive (sizes from ``Units``):
     0         label           4 KiB   struct LABEL, crc32 over the bytes before it
     64 KiB    superblock A    256 KiB struct SB_HEAD + msgpack body
     320 KiB   superblock B    256 KiB (generation g goes to slot g % 2)
-    1 MiB     metadata log    up to the end of the quorum space:
-                              records struct REC_HEAD + msgpack payload, back to back
+    1 MiB     metadata log    up to the end of the quorum space: commits back to back,
+                              each struct COMMIT_HEAD + a msgpack list of records
     quorum    PSEG 0, PSEG 1, ...
 
 Checkpoint blobs live in PSEGs (mirrored on the quorum drives) and start with
 struct CKPT_HEAD. Every header carries a crc32 so that a torn or stale write is
 recognised and ignored rather than trusted.
+
+A commit is the unit of atomicity: its records are applied on replay only when
+the whole commit is there. Commits are numbered and chained: each header carries
+the crc of the commit before it (for the first commit after a checkpoint, the
+``log_salt`` its superblock names), so bytes left in the log by an older or a
+torn commit can never pass for the next one, even where an overwrite left part
+of them behind.
 """
 
 from __future__ import annotations
@@ -27,9 +34,9 @@ from ..errors import Corrupt
 
 LABEL_MAGIC = b"VSANDLBL"
 SB_MAGIC = b"VSANDSUP"
-REC_MAGIC = b"VLOG"
+COMMIT_MAGIC = b"VCMT"
 CKPT_MAGIC = b"VSANDCKP"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 LABEL_OFF = 0
 LABEL_SIZE = 4096
@@ -41,14 +48,15 @@ LOG_OFF = 1024 * 1024
 LABEL = struct.Struct("<8sI16s16sIIQQI")
 # magic, generation, body length, crc of body
 SB_HEAD = struct.Struct("<8sQII")
-# magic, payload length, sequence number, crc of (length, seq, payload)
-REC_HEAD = struct.Struct("<4sIQI")
+# magic, payload length, commit number, chain (crc of the commit before), crc of
+# (length, number, chain, payload)
+COMMIT_HEAD = struct.Struct("<4sIQII")
 # magic, checkpoint sequence, body length, crc of body
 CKPT_HEAD = struct.Struct("<8sQQI")
 
 assert LABEL.size == 72
 assert SB_HEAD.size == 24
-assert REC_HEAD.size == 20
+assert COMMIT_HEAD.size == 24
 assert CKPT_HEAD.size == 28
 assert LABEL.size <= LABEL_SIZE <= SB_SLOT_OFF[0]
 assert SB_SLOT_OFF[1] + SB_SLOT_SIZE <= LOG_OFF
@@ -100,38 +108,56 @@ def unpack_superblock(buf: bytes) -> tuple[int, dict] | None:
     payload = bytes(buf[SB_HEAD.size: SB_HEAD.size + n])
     if len(payload) != n or zlib.crc32(payload) != crc:
         return None
-    return gen, msgpack.unpackb(payload, raw=False, strict_map_key=False)
+    try:
+        body = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+    except ValueError:
+        return None
+    return (gen, body) if isinstance(body, dict) else None
 
 
-def pack_record(seq: int, rec: dict) -> bytes:
-    payload = msgpack.packb(rec, use_bin_type=True)
-    crc = zlib.crc32(payload, zlib.crc32(struct.pack("<IQ", len(payload), seq)))
-    return REC_HEAD.pack(REC_MAGIC, len(payload), seq, crc) + payload
+def _commit_crc(n: int, seq: int, chain: int, payload) -> int:
+    return zlib.crc32(payload, zlib.crc32(struct.pack("<IQI", n, seq, chain)))
 
 
-def scan_records(buf, first_seq: int, off: int = 0):
-    """Parses the valid record chain in ``buf`` from ``off``.
+def pack_commit(seq: int, chain: int, records: list[dict]) -> tuple[bytes, int]:
+    """(bytes of commit ``seq`` chained to ``chain``, its crc = the next one's chain)."""
+    payload = msgpack.packb(records, use_bin_type=True)
+    crc = _commit_crc(len(payload), seq, chain, payload)
+    return COMMIT_HEAD.pack(COMMIT_MAGIC, len(payload), seq, chain, crc) + payload, crc
 
-    Returns (records, end offset, more) where ``more`` says the chain may go on past
-    the end of ``buf`` (a header or payload is cut by the buffer's end). The chain
-    ends at the first header that is torn, stale (wrong sequence) or fails its
-    checksum: those bytes were never acknowledged as committed.
+
+def scan_commits(buf, seq: int, chain: int, off: int = 0):
+    """Parses the valid chain of commits in ``buf`` from ``off``, the first one
+    numbered ``seq`` and chained to ``chain``.
+
+    Returns (commits, end offset, chain after the last, more) where each commit is
+    its list of records and ``more`` says the chain may go on past the end of
+    ``buf`` (a header or payload is cut by the buffer's end). The chain ends at the
+    first commit that is torn, stale (wrong number or chain) or fails its checksum:
+    it was never acknowledged as durable, and none of its records apply.
     """
-    mv, seq, out = memoryview(buf), first_seq, []
+    mv, out = memoryview(buf), []
     while True:
-        if off + REC_HEAD.size > len(mv):
-            return out, off, True
-        magic, n, s, crc = REC_HEAD.unpack_from(mv, off)
-        if magic != REC_MAGIC or s != seq:
-            return out, off, False
-        if off + REC_HEAD.size + n > len(mv):
-            return out, off, True
-        payload = mv[off + REC_HEAD.size: off + REC_HEAD.size + n]
-        if zlib.crc32(payload, zlib.crc32(struct.pack("<IQ", n, s))) != crc:
-            return out, off, False
-        out.append(msgpack.unpackb(payload, raw=False, strict_map_key=False))
-        off += REC_HEAD.size + n
+        if off + COMMIT_HEAD.size > len(mv):
+            return out, off, chain, True
+        magic, n, s, prev, crc = COMMIT_HEAD.unpack_from(mv, off)
+        if magic != COMMIT_MAGIC or s != seq or prev != chain:
+            return out, off, chain, False
+        if off + COMMIT_HEAD.size + n > len(mv):
+            return out, off, chain, True
+        payload = mv[off + COMMIT_HEAD.size: off + COMMIT_HEAD.size + n]
+        if _commit_crc(n, s, prev, payload) != crc:
+            return out, off, chain, False
+        try:
+            records = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+        except ValueError:      # a valid checksum over bytes we did not write: stop here
+            return out, off, chain, False
+        if not isinstance(records, list):
+            return out, off, chain, False
+        out.append(records)
+        off += COMMIT_HEAD.size + n
         seq += 1
+        chain = crc
 
 
 def pack_checkpoint(seq: int, body: dict) -> bytes:
@@ -155,4 +181,10 @@ def unpack_checkpoint(buf: bytes, seq: int) -> dict:
     payload = bytes(buf[CKPT_HEAD.size: CKPT_HEAD.size + n])
     if len(payload) != n or zlib.crc32(payload) != crc:
         raise Corrupt("checkpoint: checksum mismatch")
-    return msgpack.unpackb(payload, raw=False, strict_map_key=False)
+    try:
+        body = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+    except ValueError as e:
+        raise Corrupt(f"checkpoint: cannot be decoded ({e})") from None
+    if not isinstance(body, dict):
+        raise Corrupt("checkpoint: not a checkpoint body")
+    return body

@@ -3,18 +3,28 @@
 Works on any objects with ``pread/pwrite/fsync/failed`` (the physical layer's
 drives) so that this layer imports nothing above it.
 
-Durability steps, in order (each a write then fsync on every live quorum drive):
-- log commit: append the batch after the last record;
+Durability steps, in order (each a write then fsync on every live quorum drive,
+one drive after the other):
+- commit: append one commit unit after the last one (format.py: all or nothing);
 - checkpoint: write the blob into PSEGs nobody references, then a superblock of
-  generation g+1 pointing at it and saying where the log restarts; only then is
-  the old blob's space released and the log rewritten from its start.
+  generation g+1 pointing at it and naming where the log restarts (its first
+  commit number and the salt it chains to); only then is the old blob's space
+  released and the log rewritten from its start.
 A crash between any two steps leaves the previous superblock, checkpoint and log
-intact, and recovery finds the newest complete set.
+intact, and recovery finds the newest complete set: the newest valid superblock
+on any drive, and the longest chain of whole commits on any quorum copy.
+
+A write that fails leaves the copies in a state nobody can know (a commit may be
+on some copies, or torn on one): the store then refuses further appends until a
+new superblock (a checkpoint) has superseded the log.
 """
 
 from __future__ import annotations
 
-from ..errors import Corrupt
+import secrets
+
+from ..errors import Corrupt, IOFailure
+from ..faults import crashpoint
 from . import format as fmt
 
 
@@ -29,11 +39,14 @@ class MetaStore:
         self.gen = 0
         self.next_seq = 1
         self.log_off = 0
+        self.salt = 0                   # what the log's first commit chains to
+        self.chain = 0                  # what the next commit chains to
+        self.stale = False              # a log write failed: append refused until reset_log
 
     def _live(self):
         live = [d for d in self.quorum.values() if not d.failed]
         if not live:
-            raise Corrupt("no live quorum drive left")
+            raise IOFailure("no live quorum drive left: the pool's metadata cannot be written")
         return live
 
     # ---- superblock --------------------------------------------------------------
@@ -44,7 +57,10 @@ class MetaStore:
             if d.failed:
                 continue
             for off in fmt.SB_SLOT_OFF:
-                got = fmt.unpack_superblock(d.pread(off, fmt.SB_SLOT_SIZE))
+                try:
+                    got = fmt.unpack_superblock(d.pread(off, fmt.SB_SLOT_SIZE))
+                except IOFailure:
+                    continue        # an unreadable copy is one copy fewer, not the end
                 if got and (best is None or got[0] > best[0]):
                     best = got
         return best
@@ -54,8 +70,14 @@ class MetaStore:
         write_superblock left it on some drives only); the caller must rewrite it, or
         losing the drives that have it rolls the pool back to an older generation."""
         for d in self._live():
-            gens = [got[0] for got in (fmt.unpack_superblock(d.pread(off, fmt.SB_SLOT_SIZE))
-                                       for off in fmt.SB_SLOT_OFF) if got]
+            gens = []
+            for off in fmt.SB_SLOT_OFF:
+                try:
+                    got = fmt.unpack_superblock(d.pread(off, fmt.SB_SLOT_SIZE))
+                except IOFailure:
+                    got = None
+                if got:
+                    gens.append(got[0])
             if self.gen not in gens:
                 return True
         return False
@@ -64,66 +86,101 @@ class MetaStore:
         self.gen += 1
         blob = fmt.pack_superblock(self.gen, body)
         off = fmt.SB_SLOT_OFF[self.gen % 2]
-        from ..faults import crashpoint
         for i, d in enumerate(self._live()):
             d.pwrite(off, blob)
             d.fsync()
             if i == 0:
                 crashpoint("superblock.after_first_copy")
 
+    def write_superblock_each(self, body: dict) -> int:
+        """Best effort: the superblock on every live quorum drive that takes it;
+        returns how many did. For recording trouble, never for a commit."""
+        self.gen += 1
+        blob = fmt.pack_superblock(self.gen, body)
+        off = fmt.SB_SLOT_OFF[self.gen % 2]
+        ok = 0
+        for d in self.quorum.values():
+            if d.failed:
+                continue
+            try:
+                d.pwrite(off, blob)
+                d.fsync()
+                ok += 1
+            except IOFailure:
+                pass
+        return ok
+
     # ---- log ---------------------------------------------------------------------
     def log_free(self) -> int:
         return self.log_size - self.log_off
 
-    def encode(self, records: list[dict]) -> bytes:
-        out, seq = [], self.next_seq
-        for r in records:
-            out.append(fmt.pack_record(seq, r))
-            seq += 1
-        return b"".join(out)
-
     def append(self, records: list[dict]) -> None:
+        """One commit of ``records``, durable on every live quorum copy when this
+        returns. LogFull when it does not fit (nothing written); IOFailure when a
+        copy failed (the log is then stale until the next checkpoint)."""
         if not records:
             return
-        blob = self.encode(records)
+        if self.stale:
+            raise IOFailure("metadata log not rewritten since a failed write")
+        blob, crc = fmt.pack_commit(self.next_seq, self.chain, records)
         if len(blob) > self.log_free():
             raise LogFull(len(blob))
-        from ..faults import crashpoint
-        for i, d in enumerate(self._live()):
-            d.pwrite(fmt.LOG_OFF + self.log_off, blob)
-            d.fsync()
-            if i == 0:
-                crashpoint("log.after_first_copy")
+        live = self._live()
+        try:
+            for i, d in enumerate(live):
+                d.pwrite(fmt.LOG_OFF + self.log_off, blob)
+                if i == 0:
+                    crashpoint("log.before_first_sync")
+                d.fsync()
+                if i == 0:
+                    crashpoint("log.after_first_copy")
+        except IOFailure:
+            self.stale = True
+            raise
         self.log_off += len(blob)
-        self.next_seq += len(records)
+        self.next_seq += 1
+        self.chain = crc
 
-    def replay(self, first_seq: int) -> list[dict]:
-        """The longest valid record chain among the quorum copies. Reads only as far
-        as the chain goes, so start-up follows the log's length."""
-        best: list[dict] = []
-        best_end = 0
+    def replay(self, first_seq: int, salt: int) -> list[list[dict]]:
+        """The longest chain of whole commits among the quorum copies. Reads only as
+        far as the chain goes, so start-up follows the log's length."""
+        best: list[list[dict]] = []
+        best_end, best_chain = 0, salt
         for d in self.quorum.values():
             if d.failed:
                 continue
-            recs, end, buf = [], 0, b""
-            while True:
-                k = min(max(len(buf), 1 << 20), self.log_size - len(buf))
-                if k > 0:
-                    buf += d.pread(fmt.LOG_OFF + len(buf), k)
-                got, end, more = fmt.scan_records(buf, first_seq + len(recs), end)
-                recs += got
-                if not more or len(buf) >= self.log_size:
-                    break
-            if len(recs) > len(best):
-                best, best_end = recs, end
+            commits, end, chain, buf = [], 0, salt, b""
+            try:
+                while True:
+                    k = min(max(len(buf), 1 << 20), self.log_size - len(buf))
+                    if k > 0:
+                        buf += d.pread(fmt.LOG_OFF + len(buf), k)
+                    got, end, chain, more = fmt.scan_commits(buf, first_seq + len(commits), chain, end)
+                    commits += got
+                    if not more or len(buf) >= self.log_size:
+                        break
+            except IOFailure:
+                pass                    # what was read before the error still counts
+            if len(commits) > len(best):
+                best, best_end, best_chain = commits, end, chain
         self.next_seq = first_seq + len(best)
         self.log_off = best_end
+        self.salt = salt
+        self.chain = best_chain
         return best
 
-    def reset_log(self) -> None:
-        """After a superblock names a new checkpoint, the log restarts at its start;
-        stale records there have smaller sequence numbers and end every replay."""
+    def reset_log(self, first_seq: int, salt: int) -> None:
+        """After a superblock names a new checkpoint, the log restarts at its start
+        with commit ``first_seq`` chained to ``salt``; whatever older bytes are
+        there fail the chain and end every replay."""
         self.log_off = 0
+        self.next_seq = first_seq
+        self.salt = self.chain = salt
+        self.stale = False
+
+    @staticmethod
+    def new_salt() -> int:
+        return secrets.randbits(32)
 
     # ---- checkpoint blobs --------------------------------------------------------
     @staticmethod
@@ -145,4 +202,6 @@ class MetaStore:
             k = min(pseg, left)
             parts.append(drive.pread(off, k))
             left -= k
+        if sum(len(p) for p in parts) < length:
+            raise Corrupt("checkpoint: shorter than its superblock says")
         return b"".join(parts)

@@ -82,7 +82,9 @@ class Allocator:
         return list(self.rss)
 
     def usable(self, d: DriveSpace) -> int:
-        return 0 if d.failed else d.free - d.reserve
+        """Free PSEGs data may take: never negative, though a metadata reserve that
+        grew after the drive filled may exceed what is free."""
+        return 0 if d.failed else max(0, d.free - d.reserve)
 
     def free_psegs(self, ldad: str | None = None) -> int:
         return sum(self.usable(d) for d in self.drives.values()

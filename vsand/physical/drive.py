@@ -11,6 +11,7 @@ import stat
 import struct
 
 from ..errors import IOFailure, InvalidArgument
+from . import lock as locks
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
@@ -34,16 +35,28 @@ class Drive:
         self._can_punch = True
 
     @classmethod
-    def open(cls, path: str, create_size: int | None = None) -> "Drive":
-        """Opens ``path``; a missing image file is created sparse with ``create_size``."""
+    def open(cls, path: str, create_size: int | None = None, lock: str | None = locks.EXCLUSIVE) -> "Drive":
+        """Opens ``path``; a missing image file is created sparse with ``create_size``.
+        ``lock``: exclusive (a pool owner), shared (the offline checker) or None;
+        Busy, naming the holder, when another process holds it."""
         if not os.path.exists(path):
             if create_size is None:
                 raise InvalidArgument(f"drive {path} does not exist")
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            os.ftruncate(fd, create_size)
         else:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            except OSError as e:
+                raise IOFailure(f"drive {path}: {e.strerror}") from None
+        if lock is not None:
+            try:
+                locks.take(fd, f"drive {path}", lock)
+            except BaseException:
+                os.close(fd)
+                raise
+        if create_size is not None and os.fstat(fd).st_size == 0:
+            os.ftruncate(fd, create_size)
         st = os.fstat(fd)
         is_block = stat.S_ISBLK(st.st_mode)
         if is_block:
@@ -124,20 +137,21 @@ class Drive:
 
 
 class MissingDrive:
-    """Stands in for a drive the pool expects but cannot open: always failed."""
+    """Stands in for a drive the pool expects but cannot use (missing, short,
+    foreign): always failed; ``why`` says which."""
 
     is_block = False
 
-    def __init__(self, path: str, size: int):
-        self.path, self.size, self.failed, self.fd = path, size, True, -1
+    def __init__(self, path: str, size: int, why: str = "missing"):
+        self.path, self.size, self.failed, self.fd, self.why = path, size, True, -1, why
 
     def pread(self, off, n):
-        raise IOFailure(f"drive {self.path} is missing")
+        raise IOFailure(f"drive {self.path} is {self.why}")
 
     pwrite = zero = readinto = pread
 
     def fsync(self):
-        raise IOFailure(f"drive {self.path} is missing")
+        raise IOFailure(f"drive {self.path} is {self.why}")
 
     def close(self):
         pass

@@ -92,13 +92,13 @@ class NbdConnection(asyncio.BufferedProtocol):
                 self._process()
         except Exception:   # never let one client's bytes take the daemon down
             log.exception("connection %s: internal error, closing", self.peer)
-            self._abort()
+            self.abort()
 
     # ---- handshake -----------------------------------------------------------------
     def _timeout(self):
         if self.reader is None and not self.closed:
             log.info("connection %s: handshake timed out", self.peer)
-            self._abort()
+            self.abort()
 
     def _handshake(self, data: bytes) -> None:
         out, outcome = self.hs.receive(data)
@@ -131,7 +131,7 @@ class NbdConnection(asyncio.BufferedProtocol):
             log.info("connection %s: %s; closing", self.peer, e)
             if out:
                 self.transport.writelines(out)
-            self._abort()
+            self.abort()
             return
         if out and not self.closed:
             self.transport.writelines(out)
@@ -231,7 +231,7 @@ class NbdConnection(asyncio.BufferedProtocol):
         if self.disconnecting and not self.waiting:
             self.transport.close()
 
-    def _abort(self) -> None:
+    def abort(self) -> None:
         if self.transport is not None and not self.closed:
             self.transport.abort()
 

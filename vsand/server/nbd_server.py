@@ -36,6 +36,18 @@ class NbdServer:
     def device(self, name: str):
         return self.exports.lookup(name)[1]
 
+    # ---- per export ------------------------------------------------------------------
+    def count(self, name: str) -> int:
+        """Connections serving export ``name``."""
+        return sum(1 for c in self.connections if c.export is not None and c.export.name == name)
+
+    def disconnect(self, name: str) -> int:
+        """Drops every connection to export ``name`` (it is being deleted)."""
+        gone = [c for c in self.connections if c.export is not None and c.export.name == name]
+        for c in gone:
+            c.abort()
+        return len(gone)
+
     # ---- listeners -----------------------------------------------------------------
     def _factory(self):
         return NbdConnection(self)
@@ -76,6 +88,6 @@ class NbdServer:
         while self.connections and loop.time() < deadline:
             await asyncio.sleep(0.01)
         for conn in list(self.connections):
-            conn._abort()
+            conn.abort()
         for srv in self.servers:
             await srv.wait_closed()

@@ -156,11 +156,14 @@ class TaskRunner:
             c.cancel()
         await asyncio.gather(*coros, return_exceptions=True)
         self.coros.clear()
-        for t in self.tasks.values():
-            if t.active:
-                self.pool.save_task(t.record())
-        self.pool.flush()
         self.throttle.stop()
+        try:
+            for t in self.tasks.values():
+                if t.active:
+                    self.pool.save_task(t.record())
+            self.pool.flush()
+        except VsanError as e:          # e.g. a pool turned read-only: nothing more to save
+            log.error("tasks: cannot record their state at stop: %s", e.message)
 
     # ---- running ----------------------------------------------------------------------
     def _schedule(self) -> None:

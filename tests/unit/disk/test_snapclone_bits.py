@@ -25,7 +25,9 @@ from poolkit import make_pool
 from test_snapclone_model import reservation_problems, run_to_done, seed_problems
 from test_snapshot_model import accounting_problems, crash_reopen, fill_pool, pattern
 
-from vsand.disk import snapclone
+from vsand.disk import sharing, snapclone
+from vsand.disk.ops import reservation  # noqa: E402
+from vsand.disk.role import Role  # noqa: E402
 from vsand.disk.check import check_paths, check_pool
 from vsand.disk.pool import Pool
 from vsand.errors import InvalidArgument, NotFound
@@ -138,7 +140,7 @@ def test_fig13_bgcopy_keeps_seed_then_write_to_ld(tmp_path, mode):
     assert_reads(pool, want)
     clean(pool)
     steps = run_to_done(pool, "C0")
-    assert c0.pred is None and c0.succ is None and c0.attrs["clone"] == "independent"
+    assert c0.pred is None and c0.succ is None and c0.role is Role.CLONE
     assert [x.name for x in pool.chain("LD")] == ["S0", "S1", "LD"]
     assert_reads(pool, want)
     # in scaling mode the leave phase copied what eager mode copied at write time
@@ -178,7 +180,7 @@ def test_fig14_no_predecessor_clears_ld_sp(tmp_path):
     run_to_done(pool, "C0")
     assert all(not sp(ld, k) for k in range(4)) and not ld.l2.fill & SP
     assert ld.pred is None and c0.pred is None and c0.succ is None
-    assert pool.space.reserve_segs == 0 and "space" not in c0.attrs
+    assert pool.space.reserve_segs == 0 and "space" not in c0.info()
     assert c0.read(0, 4 * MiB) == data + bytes(SEG)
     assert [owns(c0, k) for k in range(4)] == [True, True, True, False]
     ld.write(0, b"after")                       # no CFW any more: C0 is independent
@@ -195,14 +197,14 @@ def test_fig14_with_predecessor_ld_sp_becomes_c0_sp(tmp_path, monkeypatch, mode)
     ld.write(0, b"changed")                      # a seeded segment changes
     want["LD"][0:7] = b"changed"
     seen = {}
-    real = snapclone.detach
+    real = sharing.detach
 
     def spy(c):
         seen["c_sp"] = [sp(c, k) for k in range(4)]
         seen["x_sp"] = [sp(c.succ, k) for k in range(4)]
         real(c)
         seen["after"] = [sp(ld, k) for k in range(4)]
-    monkeypatch.setattr(snapclone, "detach", spy)
+    monkeypatch.setattr(sharing, "detach", spy)
     run_to_done(pool, "C0")
     assert seen["after"] == seen["c_sp"], seen
     # S1 now reads through LD exactly where LD.Sp is set
@@ -460,19 +462,19 @@ def test_restart_mid_copy_then_finish(tmp_path, crash):
     pool = crash_reopen(pool, paths) if crash else (pool.close(), Pool.open(paths))[1]
     assert pool.settings.get("snapclone") == "scaling" and not pool.bgcopy_state
     c = pool.get("c")
-    assert c.attrs["clone"] == "copying" and c.reserve_left == snapclone.copy_need(c)
+    assert c.role.copying and c.reserve_left == reservation(c)
     for name, w in want.items():
         assert pool.get(name).read(0, 8 * MiB) == w
     clean(pool)
     pool.get("lun").write(2 * SEG, b"more")
     want["lun"] = pool.get("lun").read(0, 8 * MiB)
     run_to_done(pool, "c", budget=2)
-    assert c.pred is None and c.succ is None and c.attrs["clone"] == "independent"
+    assert c.pred is None and c.succ is None and c.role is Role.CLONE
     for name, w in want.items():
         assert pool.get(name).read(0, 8 * MiB) == w
     clean(pool)
     pool = crash_reopen(pool, paths) if crash else (pool.close(), Pool.open(paths))[1]
-    assert pool.get("c").attrs["clone"] == "independent" and pool.get("c").pred is None
+    assert pool.get("c").role is Role.CLONE and pool.get("c").pred is None
     for name, w in want.items():
         assert pool.get(name).read(0, 8 * MiB) == w
     clean(pool)
@@ -501,14 +503,14 @@ def test_mode_setting_is_durable_and_checked(tmp_path):
         snapclone.check_mode("fast")
     assert snapclone.check_mode("scaling") == "scaling"
     pool, paths = make_pool(tmp_path)
-    assert snapclone.mode(pool) == snapclone.DEFAULT_MODE
+    assert snapclone.mode(pool.settings) == snapclone.DEFAULT_MODE
     pool.set_setting("snapclone", "scaling")
     pool = crash_reopen(pool, paths)
-    assert snapclone.mode(pool) == "scaling"
+    assert snapclone.mode(pool.settings) == "scaling"
     pool.checkpoint()
     pool.close()
     pool = Pool.open(paths)
-    assert snapclone.mode(pool) == "scaling"
+    assert snapclone.mode(pool.settings) == "scaling"
     pool.close()
 
 

@@ -28,30 +28,62 @@ def test_superblock_slot_validation():
     assert fmt.unpack_superblock(bytes(len(blob))) is None   # never written
 
 
-@given(st.lists(st.dictionaries(st.text(max_size=4), st.integers(0, 2**40), max_size=4), max_size=20),
-       st.integers(1, 2**40))
+def chain_of_commits(commits, seq, salt):
+    """The bytes of ``commits`` (lists of records) as a log from ``seq``, chained to ``salt``."""
+    out, chain = [], salt
+    for i, recs in enumerate(commits):
+        blob, chain = fmt.pack_commit(seq + i, chain, recs)
+        out.append(blob)
+    return out
+
+
+@given(st.lists(st.lists(st.dictionaries(st.text(max_size=4), st.integers(0, 2**40), max_size=4),
+                         max_size=5), max_size=10),
+       st.integers(1, 2**40), st.integers(0, 2**32 - 1))
 @settings(max_examples=100, deadline=None)
-def test_record_chain_round_trip(recs, seq):
-    blob = b"".join(fmt.pack_record(seq + i, r) for i, r in enumerate(recs))
-    got, end, more = fmt.scan_records(blob + bytes(64), seq)
-    assert got == recs and end == len(blob) and not more
+def test_commit_chain_round_trip(commits, seq, salt):
+    blob = b"".join(chain_of_commits(commits, seq, salt))
+    got, end, _chain, more = fmt.scan_commits(blob + bytes(64), seq, salt)
+    assert got == commits and end == len(blob) and not more
 
 
-def test_record_chain_stops_at_torn_stale_or_corrupt_record():
-    recs = [{"i": i, "pad": b"x" * 100} for i in range(5)]
-    blob = b"".join(fmt.pack_record(10 + i, r) for i, r in enumerate(recs))
-    one = len(fmt.pack_record(10, recs[0]))
-    # torn in the middle of the 4th record: more data might follow in a larger read
-    got, end, more = fmt.scan_records(blob[: 3 * one + 30], 10)
-    assert got == recs[:3] and end == 3 * one and more
+def test_commit_chain_stops_at_torn_stale_corrupt_or_unchained_commit():
+    commits = [[{"i": i, "pad": b"x" * 100}, {"j": i}] for i in range(5)]
+    parts = chain_of_commits(commits, 10, 77)
+    blob = b"".join(parts)
+    one = len(parts[0])
+    # torn in the middle of the 4th commit: none of its records, and a larger read may go on
+    got, end, _, more = fmt.scan_commits(blob[: 3 * one + 30], 10, 77)
+    assert got == commits[:3] and end == 3 * one and more
+    # a torn commit loses all its records, not a prefix of them
+    for cut in range(2 * one + 1, 3 * one):
+        got, end, _, _ = fmt.scan_commits(blob[:cut] + bytes(3 * one - cut) + blob[3 * one:], 10, 77)
+        assert got == commits[:2] and end == 2 * one
     # a corrupted payload ends the chain for good
     bad = bytearray(blob)
     bad[2 * one + 25] ^= 0xFF
-    got, end, more = fmt.scan_records(bytes(bad), 10)
-    assert got == recs[:2] and not more
-    # stale records from an older log epoch (lower sequence) are not replayed
-    got, _, more = fmt.scan_records(blob, 11)
+    got, end, _, more = fmt.scan_commits(bytes(bad), 10, 77)
+    assert got == commits[:2] and not more
+    # stale commits from an older log epoch (lower number) are not replayed
+    got, _, _, more = fmt.scan_commits(blob, 11, 77)
     assert got == [] and not more
+    # a log that restarted with another salt does not accept these bytes
+    got, _, _, more = fmt.scan_commits(blob, 10, 78)
+    assert got == [] and not more
+
+
+def test_left_over_bytes_of_an_older_commit_never_pass_for_the_next():
+    """A short commit written over the start of a longer torn one leaves that one's
+    tail behind; even a whole commit in that tail with the right number is refused,
+    because it chains to the torn commit, not to the one now before it."""
+    salt = 5
+    c1, crc1 = fmt.pack_commit(1, salt, [{"t": "old", "pad": b"y" * 50}])
+    c2, _ = fmt.pack_commit(2, crc1, [{"t": "old2"}])
+    n1, _ = fmt.pack_commit(1, salt, [{"t": "new"}])
+    log = bytearray(c1 + c2)
+    log[: len(n1)] = n1
+    got, end, _, _ = fmt.scan_commits(bytes(log[: len(n1)]) + bytes(len(c1) - len(n1)) + c2, 1, salt)
+    assert got == [[{"t": "new"}]] and end == len(n1)
 
 
 def test_checkpoint_round_trip_and_mismatch():

@@ -1,0 +1,131 @@
+"""Control operations (schema.py): one method per op, run on the event loop.
+
+Each handler validates what the pool does not, calls one pool operation and
+returns plain data. A request runs between two NBD requests (the loop runs one
+thing at a time), which is the quiesce a snapshot needs.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..disk import snapclone
+from ..errors import InvalidArgument
+from ..tasks import BGCOPY
+from ..tasks.runner import check_rate
+from .schema import POOL_SETTINGS
+
+# pool.set keys (schema.POOL_SETTINGS) -> (the pool's record key, effective value)
+POOL_KEYS = {"snapclone_mode": (snapclone.SETTING, lambda pool: snapclone.mode(pool.settings))}
+
+
+class Handlers:
+    def __init__(self, pool, nbd, tasks, cfg):
+        """``nbd``: the NBD server (connections, disconnect); ``tasks``: the task runner."""
+        self.pool = pool
+        self.nbd = nbd
+        self.tasks = tasks
+        self.cfg = cfg
+
+    def status(self):
+        st = self.pool.status()
+        return {"pool": st["pool"], "state": st["state"], "drives": len(st["drives"]),
+                "failed_drives": sum(d["failed"] for d in st["drives"]),
+                "capacity": sum(d["psegs"] for d in st["drives"]) * self.pool.units.pseg,
+                "free": st["free_bytes"], "luns": len(st["lds"]),
+                "connections": len(self.nbd.connections),
+                "tasks_running": sum(t.state == "running" for t in self.tasks.tasks.values()),
+                "tasks_queued": sum(t.state == "queued" for t in self.tasks.tasks.values()),
+                "nbd_socket": self.cfg.nbd_socket, "listen": self.cfg.listen,
+                "pid": os.getpid()}
+
+    def lun_create(self, name, size, raid=5, thick=False, ldad="default"):
+        return self.pool.create_ld(name, size, raid=raid, ldad=ldad, thick=thick).info()
+
+    def lun_list(self):
+        return [ld.info() for ld in sorted(self.pool.lds.values(), key=lambda x: x.name)]
+
+    def lun_show(self, name):
+        info = self.pool.get(name).info()
+        info["connections"] = self.nbd.count(name)
+        return info
+
+    def lun_resize(self, name, size):
+        self.pool.resize_ld(name, size)
+        return self.pool.get(name).info()
+
+    def lun_delete(self, name):
+        self.pool.get(name)
+        self.tasks.cancel_target(name, f"{name} was deleted")
+        self.nbd.disconnect(name)        # nobody keeps writing into a deleted LUN
+        self.pool.delete_ld(name)
+        return {"deleted": name}
+
+    def snapshot_create(self, source, name, reserve=False):
+        return self.pool.snapshot(source, name, reserve=reserve).info()
+
+    def snapshot_delete(self, name):
+        return self.lun_delete(name)
+
+    def tree(self, name):
+        out = []
+        for ld in self.pool.chain(name):
+            owned, shared = ld.share_counts()
+            info = ld.info()
+            out.append({"name": ld.name, "owned": owned, "shared": shared,
+                        "allocated": owned * self.pool.units.segment,
+                        "space": info.get("space", "lun"), "invalid": ld.invalid,
+                        "state": info["state"]})
+        return out
+
+    def lun_set(self, name, read_only=None):
+        if read_only is None:
+            raise InvalidArgument("nothing to set (use --read-only on|off)")
+        self.pool.set_attrs(name, read_only=read_only)
+        return self.pool.get(name).info()
+
+    def drive_list(self):
+        return self.pool.status()["drives"]
+
+    # ---- snapclones and background tasks ------------------------------------------------
+    def snapclone_create(self, source, name, rate=None):
+        check_rate(rate)          # refuse before anything is created
+        info = self.pool.snapclone(source, name).info()
+        info["task"] = self.tasks.start(BGCOPY, name, rate).id
+        return info
+
+    def snapclone_copy(self, name, rate=None):
+        """A new copy task for a snapclone still in its tree (e.g. after a cancel)."""
+        if self.pool.clone_state(name).get("done"):
+            raise InvalidArgument(f"{name} is not a dependent snapclone: nothing to copy")
+        return self.tasks.start(BGCOPY, name, rate).info(self.tasks.clock())
+
+    def task_list(self):
+        return self.tasks.list_tasks()
+
+    def task_show(self, id):
+        return self.tasks.show(id)
+
+    def task_cancel(self, id):
+        self.tasks.cancel(id)
+        return self.tasks.show(id)
+
+    def task_set(self, id, rate):
+        self.tasks.set_rate(id, rate)
+        return self.tasks.show(id)
+
+    def pool_get(self):
+        settings = self.pool.settings
+        return {"settings": {k: value(self.pool) for k, (_, value) in POOL_KEYS.items()},
+                "defaults": sorted(k for k, (key, _) in POOL_KEYS.items() if key not in settings),
+                "choices": {k: list(v) for k, v in POOL_SETTINGS.items()},
+                "tasks": {"rate_mib": self.cfg.task_rate_mib,
+                          "latency_guard": self.cfg.task_latency_guard}}
+
+    def pool_set(self, key, value):
+        if key not in POOL_SETTINGS:
+            raise InvalidArgument(f"unknown pool setting {key!r} (known: {', '.join(sorted(POOL_SETTINGS))})")
+        if value not in POOL_SETTINGS[key]:
+            raise InvalidArgument(f"{key} must be one of {', '.join(POOL_SETTINGS[key])}, not {value!r}")
+        self.pool.set_setting(POOL_KEYS[key][0], value)
+        return self.pool_get()

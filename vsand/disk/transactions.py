@@ -1,0 +1,255 @@
+"""Transactions (DESIGN.md §9): commits, checkpoints, write intents, and what a
+failed metadata write does to the pool.
+
+A commit is one unit in the metadata log (meta/format.py): the journal's records
+(ops.py) plus, for a catalog operation, that operation's record. Steps: fsync the
+data drives, append the unit to every quorum copy; only then is the journal
+forgotten and what it freed released. The superblock and checkpoint are rewritten
+when the log is half full, on close, and whenever the log's state is in doubt.
+
+A failed metadata write leaves the copies in a state nobody knows (a commit may
+be whole on one copy and torn on the next). The pool then rewrites its metadata
+from memory at once (a checkpoint: new blob, new superblock generation, a new
+log); if that works, memory and disk agree again and only the operation that
+hit the error failed (a catalog operation was never applied; a plain commit is
+durable through the checkpoint). If it fails too, the pool turns read-only:
+``needs_check`` goes to whatever superblock copies still take it, every change is
+refused with PoolReadOnly, reads go on, and the next start checks the pool.
+Nothing is ever appended to a log whose state is in doubt, so a later commit can
+never make the pool unopenable. A failed data sync changes no metadata: the
+commit fails, the journal stays, the next commit tries again.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from ..errors import IOFailure, NoSpace, PoolReadOnly, VsanError
+from ..faults import crashpoint
+from ..meta import format as fmt
+from ..meta.store import LogFull, MetaStore
+from . import recovery
+
+log = logging.getLogger("vsand.pool")
+
+CHECKPOINT_AT = 0.5   # fraction of the log area in use that triggers a checkpoint
+
+
+class Transactions:
+    def __init__(self, pool, meta: MetaStore, sb: dict):
+        self.pool = pool
+        self.meta = meta
+        self.ckpt: dict | None = sb.get("ckpt")
+        self.log_start = (sb.get("log_seq", 1), sb.get("log_salt", 0))
+        self.needs_check: str | None = sb.get("needs_check")
+        self.dirty: set[tuple[tuple[int, str], int]] = set()   # RStores with a write intent
+        self.failed: str | None = None
+        self.orphans: list = []        # checkpoint PSEGs a failed superblock write may name
+        self.commits = 0
+
+    # ---- state ----------------------------------------------------------------------
+    def failure(self) -> PoolReadOnly | None:
+        if self.failed is None:
+            return None
+        return PoolReadOnly(f"pool is read-only: {self.failed}; restart vsand, which checks the pool")
+
+    def writable(self) -> None:
+        err = self.failure()
+        if err is not None:
+            raise err
+
+    def superblock(self, ckpt: dict | None, log_seq: int, salt: int,
+                   needs_check: str | None = None) -> dict:
+        p = self.pool
+        body = {"ver": fmt.FORMAT_VERSION, "pool": p.pool_uuid, "units": p.units.to_dict(),
+                "drives": [p.drive_recs[i] for i in sorted(p.drive_recs)],
+                "rss": p.allocator.rss, "quorum": p.quorum_ids, "ckpt": ckpt,
+                "log_seq": log_seq, "log_salt": salt}
+        if needs_check:
+            body["needs_check"] = needs_check
+        return body
+
+    # ---- commit ---------------------------------------------------------------------
+    def commit(self, extra: dict | None = None) -> None:
+        """Makes every change so far durable, with ``extra`` (a catalog operation's
+        record, not yet applied) last. Raises when that is not done; ``extra`` is
+        then not on disk and must not be applied."""
+        self.writable()
+        pool, j, alloc = self.pool, self.pool.journal, self.pool.allocator
+        if extra is None and j.empty() and not alloc.pending:
+            pool.sync_data()
+            return
+        records, mark = j.build(pool.catalog.by_id)
+        if self.dirty:
+            records.append({"t": "r5c"})
+        if extra is not None:
+            records.append(extra)
+        npsegs = len(alloc.pending)
+        pool.sync_data()                 # raises with nothing written
+        crashpoint("commit.after_data_sync")
+        try:
+            self.meta.append(records)
+        except LogFull:
+            self.checkpoint()            # everything but ``extra``: memory has not got it
+            if extra is not None:
+                self._append([extra], "commit")
+            return
+        except IOFailure as e:
+            self._rewrite(e, "metadata commit")
+            if extra is not None:
+                raise IOFailure(f"metadata commit failed ({e.message}); the operation was not "
+                                f"done") from None
+            return                       # the checkpoint made it all durable
+        self.dirty.clear()
+        self._release(j.committed(mark), npsegs)
+        self.commits += 1
+        if extra is None:
+            self.checkpoint_if_due()
+
+    def checkpoint_if_due(self) -> None:
+        """Checkpoints when the log is half full. After a catalog operation this runs
+        once the operation is applied, or the checkpoint would miss it."""
+        if self.meta.log_off > self.meta.log_size * CHECKPOINT_AT:
+            self.checkpoint()
+
+    def intend(self, table, idx: int) -> None:
+        """Write intent: a redundant RStore is marked dirty durably before its first
+        write since the last commit, so start-up resyncs it if we crash mid-write."""
+        if table.raid == 0:
+            return
+        key = ((table.raid, table.ldad), idx)
+        if key in self.dirty:
+            return
+        self.writable()
+        self._append([{"t": "r5d", "raid": table.raid, "ldad": table.ldad, "i": idx}], "write intent")
+        self.dirty.add(key)
+
+    def _append(self, records: list[dict], what: str) -> None:
+        """Appends records that must be durable now. After a failed write the
+        metadata is rewritten and the append tried once more; a second failure
+        turns the pool read-only."""
+        try:
+            self.meta.append(records)
+            return
+        except LogFull:
+            self.checkpoint()
+        except IOFailure as e:
+            self._rewrite(e, what)
+        try:
+            self.meta.append(records)
+        except (LogFull, IOFailure) as e:
+            self.fail(f"{what} failed twice ({e})")
+            raise self.failure() from None
+
+    def _release(self, freed, npsegs: int) -> None:
+        self.pool.allocator.release_pending(npsegs)
+        self.pool.space.release_committed(*freed)
+
+    # ---- checkpoint -----------------------------------------------------------------
+    def checkpoint(self) -> None:
+        self.writable()
+        try:
+            self.checkpoint_now()
+        except VsanError as e:
+            self._rewrite(e, "checkpoint")
+
+    def checkpoint_now(self) -> None:
+        """Writes all of memory as a new checkpoint and superblock; the log restarts.
+        Raises (memory unchanged) when it cannot."""
+        pool, j = self.pool, self.pool.journal
+        _, mark = j.build({})
+        npsegs = len(pool.allocator.pending)
+        pool.sync_data()
+        seq, salt = self.meta.next_seq, MetaStore.new_salt()
+        blob = fmt.pack_checkpoint(seq, recovery.checkpoint_body(pool, seq))
+        p, q = pool.units.pseg, pool.units.quorum
+        n = max(1, math.ceil(len(blob) / p))
+        copies = []
+        try:
+            for d in pool.quorum_ids:
+                if not pool.drives[d].failed:
+                    psegs = pool.allocator.alloc_meta(d, n)
+                    copies.append([d, psegs])
+                    MetaStore.write_blob(pool.drives[d], [q + g * p for g in psegs], p, blob)
+        except VsanError:
+            for d, psegs in copies:      # no superblock names them: free at once
+                for g in psegs:
+                    pool.allocator.free_now(d, g)
+            raise
+        crashpoint("checkpoint.before_superblock")
+        new = {"seq": seq, "len": len(blob), "copies": copies}
+        try:
+            self.meta.write_superblock(self.superblock(new, seq, salt))
+        except VsanError:
+            self.orphans += copies       # a copy may name them: never reuse before restart
+            raise
+        crashpoint("checkpoint.after_superblock")
+        self.meta.reset_log(seq, salt)
+        self.log_start = (seq, salt)
+        self.needs_check = None
+        old, self.ckpt = self.ckpt, new
+        for d, psegs in (old["copies"] if old else []) + self.orphans:
+            for g in psegs:
+                pool.allocator.free_now(d, g)
+        self.orphans = []
+        self.dirty.clear()
+        self._release(j.committed(mark), npsegs)
+
+    # ---- failure --------------------------------------------------------------------
+    def _rewrite(self, err: VsanError, what: str) -> None:
+        """``what`` failed with ``err`` and the metadata on disk is in doubt: rewrite it
+        whole from memory (twice at most), or turn the pool read-only and raise."""
+        log.warning("%s failed: %s; rewriting the pool's metadata from memory", what, err.message)
+        last = err
+        for _ in range(2):
+            try:
+                self.checkpoint_now()
+                log.warning("metadata rewritten after the failed %s; the pool goes on", what)
+                return
+            except VsanError as e:
+                last = e
+        self.fail(f"{what} failed ({err.message}) and rewriting the metadata failed too "
+                  f"({last.message})")
+        raise self.failure() from None
+
+    def fail(self, why: str) -> None:
+        """Turns the pool read-only and tries to leave ``needs_check`` on disk."""
+        if self.failed is not None:
+            return
+        self.failed = why
+        log.error("the pool turns read-only: %s", why)
+        seq, salt = self.log_start
+        try:
+            n = self.meta.write_superblock_each(self.superblock(self.ckpt, seq, salt, why))
+        except VsanError:
+            n = 0
+        if not n:
+            log.error("needs_check could not be written to any quorum drive")
+        for ld in self.pool.catalog.by_id.values():
+            ld.refresh()
+
+    # ---- the metadata reserve ---------------------------------------------------------
+    def ensure_meta_reserve(self, extra: int = 0) -> None:
+        """Keeps enough PSEGs on each quorum drive for the next checkpoint, so a full
+        pool can still commit. ``extra`` segments are about to be added to LDs."""
+        pool = self.pool
+        alloc = pool.allocator
+        segs = extra + pool.catalog.total_segments()
+        total_psegs = sum(d.npsegs for d in alloc.drives.values())
+        need = 4 * segs + 4 * total_psegs + 64 * 1024 + 2 * 1024 * len(pool.catalog)
+        n = math.ceil(need / pool.units.pseg) + 1
+        # The current checkpoint copy counts: the first checkpoint of a pool that
+        # filled up before it took its PSEGs out of the reserve, and the next
+        # checkpoint gives them back.
+        held: dict[int, int] = {}
+        for d, psegs in (self.ckpt or {}).get("copies", []):
+            held[d] = held.get(d, 0) + len(psegs)
+        for d in pool.quorum_ids:
+            ds = alloc.drives[d]
+            if ds.failed:
+                continue
+            if ds.free + held.get(d, 0) < n:
+                raise NoSpace(f"drive {d} cannot hold the metadata reserve for this size")
+        for d in pool.quorum_ids:
+            alloc.set_reserve(d, n)
