@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # Debian packages the interop tests drive (real NBD clients, fio, FUSE, filesystems)
 # and the kernel-client test's QEMU guest (tests/kernel).
 DEB_PKGS := libnbd-bin python3-libnbd nbdkit nbdfuse nbd-client qemu-utils fio fuse3 e2fsprogs \
-            qemu-system-x86 socat busybox-static cpio
+            qemu-system-x86 socat busybox-static cpio strace
 
 .PHONY: run test venv deps bench check clean
 

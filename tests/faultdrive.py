@@ -29,7 +29,7 @@ class Rule:
     lo: int = 0
     hi: int = 1 << 62
     nth: int = 1
-    action: str = "eio"        # "eio" or "tear"
+    action: str = "eio"        # "eio", "tear" (a prefix reaches the drive) or "tear_tail" (the rest does)
     keep: int = 0              # tear: bytes of the pwrite that reach the drive
     seen: int = 0
     fired: bool = False
@@ -40,6 +40,8 @@ class Faults:
         self.rules: list[Rule] = []
         self.calls: list[tuple[str, str, int, int]] = []   # (call, path, offset, length)
         self.dead = False
+        self.record: tuple[int, int] | None = None          # keep the bytes of pwrites in this region
+        self.written: list[tuple[str, int, bytes]] = []     # (path, offset, data) of those
 
     def add(self, call: str, path: str | None = None, region: tuple[int, int] | None = None,
             nth: int = 1, action: str = "eio", keep: int = 0) -> Rule:
@@ -61,10 +63,12 @@ class Faults:
         d.faults = self
         return d
 
-    def hit(self, call: str, drive: "FaultDrive", off: int, n: int) -> Rule | None:
+    def hit(self, call: str, drive: "FaultDrive", off: int, n: int, data=None) -> Rule | None:
         if self.dead:
             raise PowerCut("I/O after the power cut")
         self.calls.append((call, drive.path, off, n))
+        if data is not None and self.record and off < self.record[1] and off + n > self.record[0]:
+            self.written.append((drive.path, off, bytes(data)))
         for r in self.rules:
             if r.fired or r.call != call or (r.path is not None and r.path != drive.path):
                 continue
@@ -91,13 +95,17 @@ class FaultDrive(Drive):
         Drive.readinto(self, off, buf)
 
     def pwrite(self, off, data):
-        r = self.faults.hit("pwrite", self, off, len(data))
+        r = self.faults.hit("pwrite", self, off, len(data), data)
         if r is None:
             return Drive.pwrite(self, off, data)
-        if r.action == "tear":
-            Drive.pwrite(self, off, memoryview(data)[:r.keep])
+        if r.action in ("tear", "tear_tail"):
+            mv = memoryview(data).cast("B")
+            if r.action == "tear":
+                Drive.pwrite(self, off, mv[:r.keep])
+            elif r.keep < len(mv):
+                Drive.pwrite(self, off + r.keep, mv[r.keep:])
             self.faults.dead = True
-            raise PowerCut(f"power cut inside a write to {self.path}@{off} after {r.keep} bytes")
+            raise PowerCut(f"power cut inside a write to {self.path}@{off} ({r.action} at {r.keep})")
         raise IOFailure(f"write {self.path}@{off}: injected EIO")
 
     def zero(self, off, n):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import signal
 import socket
@@ -78,10 +79,18 @@ def test_sigterm_drains_and_data_survives_restart(tmp_path):
     ops += ["-c", "aio_flush"]
     run(["qemu-io", "-f", "raw", "-t", "none", *ops, d.uri("keep")])
     # unflushed writes from a second client, then SIGTERM while it is connected
-    p = subprocess.Popen(["qemu-io", "-f", "raw", "-t", "writeback",
+    need("stdbuf")
+    p = subprocess.Popen(["stdbuf", "-oL", "qemu-io", "-f", "raw", "-t", "writeback",
                           "-c", "write -P 0x77 200M 4M", "-c", "sleep 3000", d.uri("keep")],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    time.sleep(1.5)
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # SIGTERM once the write is answered (qemu-io prints "wrote" then), not after a time
+    out, deadline = b"", time.monotonic() + 60
+    while b"wrote 4194304/4194304" not in out:
+        left = deadline - time.monotonic()
+        assert left > 0 and select.select([p.stdout], [], [], left)[0], f"no reply to the write: {out!r}"
+        got = os.read(p.stdout.fileno(), 65536)
+        assert got, f"qemu-io ended before its write was answered: {out!r}"
+        out += got
     assert d.stop() == 0, d.read_log()
     p.wait(30)
     assert "stopped cleanly" in d.read_log()

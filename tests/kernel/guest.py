@@ -150,13 +150,17 @@ class GuestResult:
 
 
 def boot(k: Kernel, initrd: str, nbd_socket: str, export: str, scenario: str = "full",
-         timeout: float = 110) -> GuestResult:
+         timeout: float = 110, socat_delay: int = 0) -> GuestResult:
     """Boot the guest against the daemon listening on ``nbd_socket`` and run
-    ``scenario`` (see guest_init.sh) on ``export``. The guest powers itself off."""
+    ``scenario`` (see guest_init.sh) on ``export``. The guest powers itself off.
+    ``socat_delay`` starts the guest's socat that many seconds late (the guest must
+    wait for its listener, not race it)."""
+    append = (f"console=ttyS0 quiet panic=-1 vsand.export={export} vsand.scenario={scenario}"
+              + (f" vsand.socat_delay={socat_delay}" if socat_delay else ""))
     cmd = [QEMU, "-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "2", "-m", "1024",
            "-nic", "none", "-display", "none", "-monitor", "none", "-serial", "stdio",
            "-no-reboot", "-kernel", k.vmlinuz, "-initrd", initrd,
-           "-append", f"console=ttyS0 quiet panic=-1 vsand.export={export} vsand.scenario={scenario}",
+           "-append", append,
            "-device", "virtio-serial-pci",
            "-chardev", f"socket,id=nbd,path={nbd_socket},reconnect=1",
            "-device", "virtserialport,chardev=nbd,name=org.nbd.0"]

@@ -23,6 +23,7 @@ for arg in $(cat /proc/cmdline); do
     case $arg in
         vsand.export=*) EXPORT=${arg#vsand.export=} ;;
         vsand.scenario=*) SCENARIO=${arg#vsand.scenario=} ;;
+        vsand.socat_delay=*) SOCAT_DELAY=${arg#vsand.socat_delay=} ;;
     esac
 done
 
@@ -45,7 +46,22 @@ done
 [ -n "$PORT" ] || fail "no virtio port org.nbd.0"
 DBG=/sys/kernel/debug/virtio-ports/$PORT
 # nodelay: without it every reply waits ~40 ms for Nagle and delayed ACK.
-socat TCP-LISTEN:10809,bind=127.0.0.1,reuseaddr,nodelay,fork OPEN:/dev/$PORT &
+# vsand.socat_delay=N (seconds) starts socat late, so the host can prove that
+# wait_listener below waits for the listener rather than racing it.
+(sleep ${SOCAT_DELAY:-0}; exec socat TCP-LISTEN:10809,bind=127.0.0.1,reuseaddr,nodelay,fork \
+    OPEN:/dev/$PORT) &
+
+# socat runs in the background: nbd-client must not connect before it listens
+# (on a busy host it did, 0.1 s after socat was started: "Connection refused").
+# /proc/net/tcp lists 127.0.0.1:10809 as 0100007F:2A39, state 0A is LISTEN.
+wait_listener() {
+    for i in $(seq 300); do
+        awk '$2 == "0100007F:2A39" && $4 == "0A" { found = 1 } END { exit !found }' \
+            /proc/net/tcp && return 0
+        usleep 100000
+    done
+    return 1
+}
 
 # QEMU's socket chardev reconnects 1 s after the daemon closes it; an nbd-client started
 # before that would talk to nothing.
@@ -60,6 +76,7 @@ wait_host() {
 connect() {
     step connect
     wait_host 1 || fail "host side never connected"
+    wait_listener || fail "socat never listened on 127.0.0.1:10809"
     run nbd-client 127.0.0.1 10809 /dev/nbd0 -N "$EXPORT" -b 4096 -t 30
     [ "$(blockdev --getsize64 /dev/nbd0)" -gt 0 ] || fail "/dev/nbd0 has no size"
 }

@@ -61,7 +61,9 @@ def test_kernel_client_ext4_fio_reconnect_and_snapshot(kit, tmp_path):
         d.ctl("snapshot.create", source="kern", name="kern-snap")
         run(["qemu-io", "-f", "raw", "-t", "writeback", "-c", "write -P 0xab 0 256M",
              "-c", "flush", d.uri("kern")])
-        r = guest.boot(k, initrd, d.sock, "kern-snap", "verify")
+        # socat_delay: the guest starts socat 2 s late, as a busy machine once did; it
+        # must wait for the listener instead of getting "Connection refused".
+        r = guest.boot(k, initrd, d.sock, "kern-snap", "verify", socat_delay=2)
         assert r.passed, f"snapshot session failed at {r.step}: {r.detail}\n{r}"
         run(["qemu-io", "-f", "raw", "-c", "read -P 0xab 0 256M", d.uri("kern")])
         quiet_log(d)

@@ -91,8 +91,13 @@ def _assemble(paths, drive_factory, opened) -> Assembly:
         i = r["i"]
         hit = by_uuid.pop(r["uuid"], None)
         if hit is None:
-            drives[i] = MissingDrive(r["path"], r["size"], "missing")
-            lost[i] = f"missing at start-up (expected at {r['path']})"
+            other = next((s for s in strangers if s.startswith(r["path"] + ": ")), None)
+            if other is not None:      # its path holds something else now
+                drives[i] = MissingDrive(r["path"], r["size"], "foreign")
+                lost[i] = f"replaced by a foreign drive ({other})"
+            else:
+                drives[i] = MissingDrive(r["path"], r["size"], "missing")
+                lost[i] = f"missing at start-up (expected at {r['path']})"
             continue
         p, d, lab = hit
         if lab.index != i or lab.pseg != sb["units"]["pseg"] or lab.quorum != sb["units"]["quorum"]:

@@ -145,6 +145,8 @@ def _ldr(pool, rec, live):
 def _lda(pool, rec, live):
     ld = pool.catalog.by_id[rec["id"]]
     ld.attrs.update(rec.get("attrs", {}))
+    for k in rec.get("drop", ()):
+        ld.attrs.pop(k, None)
     if "name" in rec:
         pool.catalog.rename(ld, rec["name"])
     ld.refresh()

@@ -151,8 +151,9 @@ class Pool:
             recovery.load_checkpoint(self, self._read_checkpoint(ck))
             for d, psegs in ck["copies"]:
                 self.allocator.mark_used(d, psegs)
-        commits = self.meta.replay(sb["log_seq"], sb.get("log_salt", 0))
+        commits = self.meta.replay(sb["log_seq"], sb.get("log_salt", 0), sb.get("log_end"))
         self.replayed = recovery.replay(self, commits, sb["log_seq"])
+        unfinished = [] if self.readonly else recovery.drop_unfinished(self)
         recovery.derive_free(self)
         lost = {i: why for i, why in asm.lost.items() if i not in self.failed_drives}
         before = health.unreadable(self, set(self.failed_drives))
@@ -164,7 +165,7 @@ class Pool:
             return
         newly = {n: c for n, c in self.degraded.items() if c > before.get(n, 0)}
         if newly and not accept_loss:
-            raise Degraded("cannot start: " + "; ".join(f"drive {i} is {why}" for i, why in lost.items())
+            raise Degraded("; ".join(f"drive {i} is {why}" for i, why in lost.items())
                            + "; no redundancy covers what it holds for "
                            + ", ".join(f"{n} ({c} MiB)" for n, c in sorted(newly.items()))
                            + ". Reconnect the drive, or start with --accept-data-loss to serve "
@@ -183,7 +184,7 @@ class Pool:
                     self.rio.resync(t.raid, members, slot)
         self.tx.ensure_meta_reserve()
         checked = self._check_if_needed()
-        if commits or self.tx.dirty or lost or checked or self.meta.superblock_missing():
+        if commits or self.tx.dirty or lost or checked or unfinished or self.meta.superblock_missing():
             self.tx.dirty.clear()
             self.tx.checkpoint()
 
@@ -251,12 +252,19 @@ class Pool:
         if thick:
             self.space.check_room(ldad, raid, segs)
         self.tx.ensure_meta_reserve(extra=segs)
+        attrs = dict(attrs or {})
+        if thick:
+            # Allocating takes its own commit: until the flag is cleared, a start-up
+            # removes the LD, so a thick create cut short leaves nothing behind.
+            attrs["creating"] = True
         ld = self.ops.execute({"t": "ldc", "id": self.catalog.next_id, "name": name, "size": size,
-                               "raid": raid, "ldad": ldad, "role": "lun", "attrs": dict(attrs or {})})
+                               "raid": raid, "ldad": ldad, "role": "lun", "attrs": attrs})
         if thick:
             try:
                 self._allocate_all(ld)
                 self.flush()
+                crashpoint("create.before_done")
+                self.ops.execute({"t": "lda", "id": ld.id, "drop": ["creating"]})
             except VsanError:
                 # check_room counts PSEGs, not placements (RAID5 needs 5 drives with
                 # room): a failed create must not leave a half-allocated LD behind.

@@ -8,6 +8,8 @@ functions that made the changes at run time.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from ..errors import Corrupt, VsanError
@@ -15,6 +17,8 @@ from ..mapping.lmap import SLOTS, owned, rsds, slots
 from .ld import LogicalDisk
 from .ops import REPLAY, reservation
 from .role import Role
+
+log = logging.getLogger("vsand.pool")
 
 
 def checkpoint_body(pool, seq: int) -> dict:
@@ -74,6 +78,18 @@ def replay(pool, commits: list[list[dict]], first_seq: int) -> int:
                               f"applied ({type(e).__name__}: {e})") from None
             n += 1
     return n
+
+
+def drop_unfinished(pool) -> list[str]:
+    """LDs whose creation did not finish before the crash (a thick create's
+    allocation): nobody was told they exist, so they go, as if never created."""
+    gone = []
+    for ld in list(pool.catalog.by_id.values()):
+        if ld.attrs.get("creating"):
+            log.warning("removing %s: its creation did not finish before the last stop", ld.name)
+            REPLAY["ldd"](pool, {"t": "ldd", "id": ld.id}, False)
+            gone.append(ld.name)
+    return gone
 
 
 def restore_reservations(pool) -> None:

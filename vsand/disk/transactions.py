@@ -60,7 +60,7 @@ class Transactions:
             raise err
 
     def superblock(self, ckpt: dict | None, log_seq: int, salt: int,
-                   needs_check: str | None = None) -> dict:
+                   needs_check: str | None = None, log_end: int | None = None) -> dict:
         p = self.pool
         body = {"ver": fmt.FORMAT_VERSION, "pool": p.pool_uuid, "units": p.units.to_dict(),
                 "drives": [p.drive_recs[i] for i in sorted(p.drive_recs)],
@@ -68,6 +68,8 @@ class Transactions:
                 "log_seq": log_seq, "log_salt": salt}
         if needs_check:
             body["needs_check"] = needs_check
+        if log_end is not None:
+            body["log_end"] = log_end
         return body
 
     # ---- commit ---------------------------------------------------------------------
@@ -220,8 +222,12 @@ class Transactions:
         self.failed = why
         log.error("the pool turns read-only: %s", why)
         seq, salt = self.log_start
+        # ``log_end``: replay stops before the commit that failed. A write reported
+        # as failed may still have reached the drive, and the operation it carried
+        # was reported as not done: it must not come back at the next start.
         try:
-            n = self.meta.write_superblock_each(self.superblock(self.ckpt, seq, salt, why))
+            n = self.meta.write_superblock_each(self.superblock(self.ckpt, seq, salt, why,
+                                                                self.meta.next_seq))
         except VsanError:
             n = 0
         if not n:

@@ -126,7 +126,7 @@ def pack_commit(seq: int, chain: int, records: list[dict]) -> tuple[bytes, int]:
     return COMMIT_HEAD.pack(COMMIT_MAGIC, len(payload), seq, chain, crc) + payload, crc
 
 
-def scan_commits(buf, seq: int, chain: int, off: int = 0):
+def scan_commits(buf, seq: int, chain: int, off: int = 0, limit: int | None = None):
     """Parses the valid chain of commits in ``buf`` from ``off``, the first one
     numbered ``seq`` and chained to ``chain``.
 
@@ -134,10 +134,11 @@ def scan_commits(buf, seq: int, chain: int, off: int = 0):
     its list of records and ``more`` says the chain may go on past the end of
     ``buf`` (a header or payload is cut by the buffer's end). The chain ends at the
     first commit that is torn, stale (wrong number or chain) or fails its checksum:
-    it was never acknowledged as durable, and none of its records apply.
+    it was never acknowledged as durable, and none of its records apply. At most
+    ``limit`` commits are taken when it is given.
     """
     mv, out = memoryview(buf), []
-    while True:
+    while limit is None or len(out) < limit:
         if off + COMMIT_HEAD.size > len(mv):
             return out, off, chain, True
         magic, n, s, prev, crc = COMMIT_HEAD.unpack_from(mv, off)
@@ -158,6 +159,7 @@ def scan_commits(buf, seq: int, chain: int, off: int = 0):
         off += COMMIT_HEAD.size + n
         seq += 1
         chain = crc
+    return out, off, chain, False
 
 
 def pack_checkpoint(seq: int, body: dict) -> bytes:

@@ -141,28 +141,30 @@ class MetaStore:
         self.next_seq += 1
         self.chain = crc
 
-    def replay(self, first_seq: int, salt: int) -> list[list[dict]]:
-        """The longest chain of whole commits among the quorum copies. Reads only as
-        far as the chain goes, so start-up follows the log's length."""
+    def replay(self, first_seq: int, salt: int, end: int | None = None) -> list[list[dict]]:
+        """The longest chain of whole commits among the quorum copies, numbered below
+        ``end`` when given. Reads only as far as the chain goes, so start-up follows
+        the log's length."""
         best: list[list[dict]] = []
         best_end, best_chain = 0, salt
         for d in self.quorum.values():
             if d.failed:
                 continue
-            commits, end, chain, buf = [], 0, salt, b""
+            commits, off, chain, buf = [], 0, salt, b""
             try:
-                while True:
+                while end is None or first_seq + len(commits) < end:
                     k = min(max(len(buf), 1 << 20), self.log_size - len(buf))
                     if k > 0:
                         buf += d.pread(fmt.LOG_OFF + len(buf), k)
-                    got, end, chain, more = fmt.scan_commits(buf, first_seq + len(commits), chain, end)
+                    limit = None if end is None else end - first_seq - len(commits)
+                    got, off, chain, more = fmt.scan_commits(buf, first_seq + len(commits), chain, off, limit)
                     commits += got
                     if not more or len(buf) >= self.log_size:
                         break
             except IOFailure:
                 pass                    # what was read before the error still counts
             if len(commits) > len(best):
-                best, best_end, best_chain = commits, end, chain
+                best, best_end, best_chain = commits, off, chain
         self.next_seq = first_seq + len(best)
         self.log_off = best_end
         self.salt = salt

@@ -33,7 +33,10 @@ class Committer:
             self.flush()
             self.commits += 1
         except Exception as e:     # answered as an error to each waiter; the daemon lives on
-            log.exception("commit failed")
+            if hasattr(e, "message"):          # a storage error: its message says it all
+                log.error("commit failed: %s", e.message)
+            else:
+                log.exception("commit failed")
             err = e
         for conn, reply in waiters:
             conn.committed(reply, err)
