@@ -14,9 +14,9 @@ from . import faults
 from .config import Config, load
 from .control.handlers import Handlers
 from .control.server import ControlServer
+from .disk.assembly import has_label
 from .disk.pool import Pool
 from .errors import HalfCreated, VsanError
-from .meta import format as fmt
 from .nbd.handshake import Export
 from .physical.lock import StateDirLock
 from .server.nbd_server import NbdServer
@@ -54,14 +54,6 @@ def inherited_sockets() -> list[tuple[str, socket.socket]]:
     return out
 
 
-def has_label(path: str) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return f.read(len(fmt.LABEL_MAGIC)) == fmt.LABEL_MAGIC
-    except FileNotFoundError:
-        return False
-
-
 def open_pool(cfg: Config) -> Pool:
     """The pool of ``cfg``: opened, or formatted when its drives carry no pool yet.
     Drives whose pool creation never completed (labels, no superblock) held
@@ -76,7 +68,7 @@ def open_pool(cfg: Config) -> Pool:
         specs = [(os.path.join(cfg.state_dir, "drives", f"drive-{i:02d}.img"), cfg.drive_size, "default")
                  for i in range(cfg.drives)]
         paths = sorted(glob.glob(os.path.join(cfg.state_dir, "drives", "*.img")))
-        if not paths:
+        if not any(has_label(p) for p in paths):      # none, or a creation that wrote no label
             log.info("creating pool: %d sparse drives of %s under %s/drives",
                      cfg.drives, format_size(cfg.drive_size), cfg.state_dir)
             return Pool.create(specs)

@@ -27,5 +27,8 @@ def render(drives: list) -> str:
         rows.append([d.get("index", "-"), d.get("path", "-"), size(d.get("size")), use,
                      f"{free}/{total}", d.get("ldad", "-"),
                      "FAILED" if d.get("failed") else "ok", "yes" if d.get("quorum") else ""])
-    return table(["INDEX", "PATH", "SIZE", "USED", "FREE PSEGS", "LDAD", "STATE", "QUORUM"], rows,
-                 right=(0, 2, 3, 4))
+    out = table(["INDEX", "PATH", "SIZE", "USED", "FREE PSEGS", "LDAD", "STATE", "QUORUM"], rows,
+                right=(0, 2, 3, 4))
+    why = [f"drive {d.get('index')}: {d['state']}" for d in drives
+           if d.get("failed") and str(d.get("state", "")).startswith("failed")]
+    return "\n".join([out, *why])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from .ctl import kv, on_off, size, size_arg, table, usage_error, yes_no
 
 SIZE_HELP = "size in bytes or with a binary suffix: 4096, 512M, 4G, 1T"
-KNOWN = {"id", "name", "size", "raid", "ldad", "allocated", "read_only", "connections"}
+KNOWN = {"id", "name", "size", "raid", "ldad", "allocated", "read_only", "connections", "state"}
 
 
 def register(sub, common) -> None:
@@ -100,16 +100,17 @@ def render_list(luns: list) -> str:
         return "no LUNs"
     rows = [[i.get("name"), size(i.get("size")), allocated(i), f"RAID{i.get('raid')}",
              "ro" if i.get("read_only") else "rw", i.get("ldad", "-"),
-             kind(i)]
+             kind(i), str(i.get("state", "ok")).upper() if i.get("state", "ok") != "ok" else "ok"]
             for i in luns]
-    return table(["NAME", "SIZE", "ALLOCATED", "RAID", "MODE", "LDAD", "KIND"], rows, right=(1,))
+    return table(["NAME", "SIZE", "ALLOCATED", "RAID", "MODE", "LDAD", "KIND", "STATE"], rows, right=(1,))
 
 
 def render_one(i: dict) -> str:
     rows = [("name", i.get("name")), ("id", i.get("id", "-")),
             ("size", f"{size(i.get('size'))} ({i.get('size')} bytes)"),
             ("allocated", allocated(i)), ("raid", f"RAID{i.get('raid')}"),
-            ("ldad", i.get("ldad", "-")), ("read-only", yes_no(i.get("read_only")))]
+            ("ldad", i.get("ldad", "-")), ("read-only", yes_no(i.get("read_only"))),
+            ("state", i.get("state", "ok"))]
     if "connections" in i:
         rows.append(("connections", i["connections"]))
     rows += [(k.replace("_", "-"), v) for k, v in sorted(i.items()) if k not in KNOWN]

@@ -22,6 +22,7 @@ def render(st: dict) -> str:
     failed = st.get("failed_drives", 0)
     return kv([
         ("pool", st.get("pool", "-")),
+        ("state", st.get("state", "ok")),
         ("daemon pid", st.get("pid", "-")),
         ("drives", f"{st.get('drives', 0)}" + (f" ({failed} FAILED)" if failed else " (all ok)")),
         ("capacity", size(cap)),

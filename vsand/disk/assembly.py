@@ -121,6 +121,15 @@ def _assemble(paths, drive_factory, opened) -> Assembly:
     return Assembly(sb, gen, drives, lost, strangers)
 
 
+def has_label(path: str) -> bool:
+    """Whether ``path`` starts with a vsand label's magic (any pool's)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(fmt.LABEL_MAGIC)) == fmt.LABEL_MAGIC
+    except FileNotFoundError:
+        return False
+
+
 def close_all(drives: dict) -> None:
     for d in drives.values():
         try:

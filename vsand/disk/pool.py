@@ -20,6 +20,7 @@ import numpy as np
 from ..errors import Corrupt, Degraded, InvalidArgument, NoSpace, NotFound, VsanError
 from ..faults import crashpoint
 from ..mapping.lmap import entry_rsd, entry_slot, owned
+from ..mapping.rsd import MAX_PSEGS
 from ..meta import format as fmt
 from ..meta.store import MetaStore
 from ..physical import lock
@@ -36,6 +37,7 @@ from .ops import Ops
 from .role import created_as
 from .space import Space
 from .transactions import Transactions
+from .verify import check_pool
 
 log = logging.getLogger("vsand.pool")
 
@@ -100,7 +102,7 @@ class Pool:
                 d.pwrite(fmt.LABEL_OFF, fmt.pack_label(lab))
                 d.fsync()
                 recs.append({"i": i, "uuid": str(lab.drive_uuid), "path": os.path.abspath(path),
-                             "size": d.size, "npsegs": min(npsegs, 1 << 24), "ldad": ldad})
+                             "size": d.size, "npsegs": min(npsegs, MAX_PSEGS), "ldad": ldad})
             ldads: dict[str, list[int]] = {}
             for r in recs:
                 ldads.setdefault(r["ldad"], []).append(r["i"])
@@ -135,7 +137,7 @@ class Pool:
             pool.meta.gen = asm.gen
             pool.readonly = readonly
             pool.strangers = asm.strangers
-            pool._recover(asm, accept_loss)
+            pool.recover(asm, accept_loss)
             return pool
         except VsanError:
             close_all(asm.drives)
@@ -144,7 +146,9 @@ class Pool:
             close_all(asm.drives)
             raise Corrupt(f"pool metadata cannot be loaded: {type(e).__name__}: {e}") from None
 
-    def _recover(self, asm, accept_loss: bool) -> None:
+    def recover(self, asm, accept_loss: bool) -> None:
+        """Loads the checkpoint, replays the log and settles what this start found
+        about the drives; ``open`` calls it once, on a new Pool."""
         sb = asm.sb
         ck = self.tx.ckpt
         if ck:
@@ -194,7 +198,6 @@ class Pool:
         why = self.tx.needs_check
         if not why:
             return False
-        from .check import check_pool       # the checker opens pools itself
         problems = check_pool(self)
         if problems:
             raise Corrupt(f"the pool was marked needs_check ({why}) and the check found "

@@ -54,7 +54,15 @@ def load_checkpoint(pool, body: dict) -> None:
     for d in body["lds"]:
         if d.get("pred") is not None:
             ld, p = pool.catalog.by_id[d["id"]], pool.catalog.by_id[d["pred"]]
+            if p.succ is not None or p is ld:
+                raise Corrupt(f"checkpoint: LD {ld.name} cannot follow {p.name} in a sharing chain")
             ld.pred, p.succ = p, ld
+    for ld in pool.catalog.by_id.values():      # every chain ends: no cycle
+        x, n = ld, 0
+        while x.pred is not None:
+            x, n = x.pred, n + 1
+            if n > len(pool.catalog):
+                raise Corrupt(f"checkpoint: the sharing chain of LD {ld.name} is a cycle")
     pool.catalog.next_id = max(pool.catalog.next_id, body["next_ld"])
     for i, why in body["failed"].items():
         if int(i) in pool.drives:

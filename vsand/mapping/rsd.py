@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 STORED_WIDTH = {0: 4, 1: 4, 5: 5}
+MAX_PSEGS = 1 << 24          # PSEG numbers a member can name: 32 TiB per drive
 DEAD = 0xFFFFFFFF
 CHUNK = 16384
 
