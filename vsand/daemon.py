@@ -209,3 +209,6 @@ def main(argv: list[str] | None = None) -> int:
     except VsanError as e:
         log.error("cannot start: %s", e.message)
         return 1
+    except OSError as e:            # the state directory or a socket path the OS refuses
+        log.error("cannot start: %s%s", e.strerror or e, f": {e.filename}" if e.filename else "")
+        return 1
