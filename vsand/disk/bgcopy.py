@@ -165,6 +165,7 @@ def plan(pool, c, budget: int) -> Plan | dict:
     the clone left its tree during planning."""
     if not c.role.copying:
         return {"copied": 0, "bytes": 0, "remaining": 0, "done": True, "phase": "done"}
+    pool.tx.writable()
     st = pool.bgcopy_state.setdefault(c.id, {"cursor": 0, "left": None})
     if st["left"] is None:
         st["left"] = snapclone.shared_left(c)
