@@ -217,7 +217,7 @@ def test_cancel_then_copy_again(daemon, src):
     assert f"task {tid} has already finished (cancelled)" in r.stderr
     assert js(daemon, "lun", "show", "c-slow")["clone"] == "copying"      # still dependent
     row = next(ln for ln in vsanctl(daemon, "lun", "list").stdout.splitlines() if ln.startswith("c-slow "))
-    assert row.endswith(f"snapclone of {src} (copying)")
+    assert row.endswith(f"snapclone of {src} (copying)  copying")     # KIND, STATE
     again = js(daemon, "snapclone", "copy", "c-slow", "--rate", "1")
     assert again["id"] > tid and again["target"] == "c-slow" and again["state"] in ("queued", "running")
     r = vsanctl(daemon, "snapclone", "copy", "c-slow", rc=1)               # one copy at a time

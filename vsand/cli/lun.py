@@ -95,12 +95,18 @@ def kind(i: dict) -> str:
     return "lun"
 
 
+def state(i: dict) -> str:
+    """ok, copying (a snapclone), INVALID, or read-only (pool): capitals want attention."""
+    s = str(i.get("state", "ok"))
+    return s.upper() if s == "invalid" else s
+
+
 def render_list(luns: list) -> str:
     if not luns:
         return "no LUNs"
     rows = [[i.get("name"), size(i.get("size")), allocated(i), f"RAID{i.get('raid')}",
              "ro" if i.get("read_only") else "rw", i.get("ldad", "-"),
-             kind(i), str(i.get("state", "ok")).upper() if i.get("state", "ok") != "ok" else "ok"]
+             kind(i), state(i)]
             for i in luns]
     return table(["NAME", "SIZE", "ALLOCATED", "RAID", "MODE", "LDAD", "KIND", "STATE"], rows, right=(1,))
 
