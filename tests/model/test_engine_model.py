@@ -32,16 +32,26 @@ import tempfile
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from commit_faults import (  # noqa: E402
+    PERSISTENT,
+    Faults,
+    SyncWatch,
+    arm_persistent,
+    assert_read_only,
+    kill_now,
+    reopen_after_read_only,
+    run_one_shot,
+)
 from engine_invariants import assert_invariants  # noqa: E402
 
 from vsand.disk.check import check_pool  # noqa: E402
 from vsand.disk.pool import Pool  # noqa: E402
-from vsand.errors import Exists, InvalidArgument, NoSpace, NotFound, OutOfRange  # noqa: E402
+from vsand.errors import Exists, InvalidArgument, NoSpace, NotFound, OutOfRange, PoolReadOnly  # noqa: E402
 from vsand.mapping.lmap import entry_rsd  # noqa: E402
 from vsand.units import MiB, Units  # noqa: E402
 
@@ -54,9 +64,10 @@ MAX_MIB = 20
 
 # ---- helpers ------------------------------------------------------------------------
 def make_pool(tmp: str, ndrives: int = 8, size: int = 160 * MiB,
-              units: Units = UNITS) -> tuple[Pool, list[str]]:
+              units: Units = UNITS, drive_factory=None) -> tuple[Pool, list[str]]:
     paths = [os.path.join(tmp, f"d{i}.img") for i in range(ndrives)]
-    pool = Pool.create([(p, size, "default") for p in paths], units)
+    kw = {} if drive_factory is None else {"drive_factory": drive_factory}
+    pool = Pool.create([(p, size, "default") for p in paths], units, **kw)
     return pool, paths
 
 
@@ -66,14 +77,14 @@ def pattern(seed: int, n: int) -> bytes:
     return b.tobytes()
 
 
-def crash_reopen(pool: Pool, paths: list[str]) -> Pool:
+def crash_reopen(pool: Pool, paths: list[str], drive_factory=None) -> Pool:
     """Flush (so the contract says everything is durable), then abandon the pool
     object without close/checkpoint and recover from what is on disk."""
     pool.flush()
     for d in pool.drives.values():
         d.close()
     pool.closed = True  # the abandoned object must not checkpoint if someone closes it
-    return Pool.open(paths)
+    return Pool.open(paths, drive_factory=drive_factory)
 
 
 def clean_reopen(pool: Pool, paths: list[str]) -> Pool:
@@ -165,7 +176,9 @@ class EngineMachine(RuleBasedStateMachine):
         # LMAPs of 2-4 segments (a pool-creation setting) make small LDs span many
         # LMAPs: L2MAP growth/shrink and whole-LMAP log records get exercised.
         units = Units(quorum=8 * MiB, lmap_segments=lmap_segments)
-        pool, self.paths = make_pool(self.tmp, units=units)
+        self.faults = Faults()         # every pool's drives: the commit fault rule arms them
+        self.syncs = SyncWatch()
+        pool, self.paths = make_pool(self.tmp, units=units, drive_factory=self.faults.open)
         self._set_pool(pool)
         self.model: dict[str, bytearray] = {}
         self.raid: dict[str, int] = {}
@@ -184,7 +197,12 @@ class EngineMachine(RuleBasedStateMachine):
     def _set_pool(self, pool: Pool) -> None:
         if self.small_log:
             pool.meta.log_size = min(pool.meta.log_size, max(pool.meta.log_off + 4096, 12 * 1024))
+        self.syncs.watch(pool)
+        self.faults.calls.clear()
         self.pool = pool
+
+    def _open(self) -> Pool:
+        return Pool.open(self.paths, drive_factory=self.faults.open)
 
     def _data(self, n: int) -> bytes:
         self.seed += 1
@@ -314,7 +332,7 @@ class EngineMachine(RuleBasedStateMachine):
     def restart(self):
         """Clean shutdown (checkpoint) and start-up."""
         self.pool.close()
-        self._set_pool(Pool.open(self.paths))
+        self._set_pool(self._open())
         self._committed()
         assert check_pool(self.pool) == []
 
@@ -324,7 +342,7 @@ class EngineMachine(RuleBasedStateMachine):
         """Abandon the pool without close (kill -9), flushed first or not, and recover
         (checkpoint + log replay) from what is on the drives."""
         if flushed:  # everything must be there
-            self._set_pool(crash_reopen(self.pool, self.paths))
+            self._set_pool(crash_reopen(self.pool, self.paths, self.faults.open))
         else:
             self._crash_unflushed()
         self._committed()
@@ -336,7 +354,7 @@ class EngineMachine(RuleBasedStateMachine):
         for d in self.pool.drives.values():
             d.close()
         self.pool.closed = True
-        self._set_pool(Pool.open(self.paths))
+        self._set_pool(self._open())
         assert sorted(self.pool.lds) == sorted(self.model)
         for name, m in self.model.items():
             got = self.pool.get(name).read(0, len(m))
@@ -347,6 +365,87 @@ class EngineMachine(RuleBasedStateMachine):
                     raise AssertionError(f"after a crash LD {name} segment {k} holds content it never had "
                                          f"since the last commit: {first_diff(a, bytes(b))}")
             self.model[name] = bytearray(got)
+
+    # -- commit failures (DESIGN.md §9; commit_faults.py) ----------------------------------
+    @rule(data=st.data())
+    def commit_fails(self, data):
+        """One metadata I/O of a quorum drive fails (EIO) under an operation that
+        commits (a thick create takes three commits): what returned is done, what
+        raised IOFailure is not, the pool stays writable, and a kill -9 right after
+        finds the same pool. Sometimes instead every write to one quorum drive fails:
+        the pool turns read-only, and a restart without the fault checks it and finds
+        what was flushed before."""
+        self.faults.calls.clear()
+        if data.draw(PERSISTENT, label="persistent"):
+            self._commit_fails_persistent(data)
+            return
+        mirrored = [n for n in sorted(self.model) if self.raid[n] != 0]
+        ops = ["flush", "checkpoint"] + ["create"] * (len(self.model) < len(NAMES)) \
+            + ["write"] * bool(mirrored) + ["resize", "delete"] * bool(self.model)
+        op = data.draw(st.sampled_from(ops), label="op")
+        if op == "write":
+            self.pool.checkpoint()       # no RStore is marked dirty: the write needs an intent
+            self._committed()
+
+        def run():
+            if op in ("flush", "checkpoint"):
+                self.commit(op)
+            elif op == "create":
+                self.create(data, data.draw(st.sampled_from([0, 1, 5]), label="raid"),
+                            data.draw(st.integers(1, 16), label="mib"),
+                            data.draw(st.sampled_from([False, False, True]), label="thick"), False)
+            elif op == "write":
+                name = data.draw(st.sampled_from(mirrored), label="ld")
+                k = data.draw(st.integers(0, len(self.model[name]) // SEG - 1), label="segment")
+                so = data.draw(st.integers(0, SEG - 1), label="offset in segment")
+                n = data.draw(st.integers(1, SEG - so), label="length")
+                buf = self._data(n)
+                self.pool.get(name).write(k * SEG + so, buf)
+                self._modify(name, k * SEG + so, buf)
+            elif op == "resize":
+                self.resize(data, data.draw(st.integers(-4, 4).filter(bool), label="delta"))
+            else:
+                self.delete(data)
+        run_one_shot(self, data, op, run, catalog=op in ("create", "resize", "delete"),
+                     writes_data=op == "write")
+        assert_same(self.pool, self.model, f"after a failed commit ({op})")
+        assert_invariants(self.pool)
+        assert check_pool(self.pool) == []
+        # kill -9 now (commit_faults.kill_now)
+        self._set_pool(kill_now(self.pool, self.paths, self.faults))
+        self._committed()
+        assert check_pool(self.pool) == []
+
+    def _commit_fails_persistent(self, data):
+        self.pool.flush()                # what is durable is the model
+        self._committed()
+        drive = data.draw(st.sampled_from(sorted(self.pool.quorum_ids)), label="quorum drive")
+        arm_persistent(self.faults, self.pool, drive, data.draw(st.booleans(), label="blobs too"))
+        ops = ["create"] if len(self.model) < len(NAMES) else []
+        if self.model:
+            ops += ["delete", "resize"]
+        op = data.draw(st.sampled_from(ops), label="op")
+        with pytest.raises(PoolReadOnly):
+            if op == "create":
+                name = data.draw(st.sampled_from([n for n in NAMES if n not in self.model]), label="name")
+                self.pool.create_ld(name, MiB, raid=data.draw(st.sampled_from([0, 1, 5]), label="raid"))
+            elif op == "delete":
+                self.pool.delete_ld(self._pick(data))
+            else:
+                name = self._pick(data)
+                size = len(self.model[name])
+                self.pool.resize_ld(name, size + MiB if size < MAX_MIB * MiB else size - MiB)
+        event(f"commit fault: persistent, {op}")
+        assert_read_only(self.pool, sorted(self.model), "probe")
+        assert_same(self.pool, self.model, "read-only")     # reads go on
+        self._set_pool(reopen_after_read_only(self.pool, self.paths, self.faults,
+                                              data.draw(st.booleans(), label="clean close")))
+        assert_same(self.pool, self.model, f"after the read-only run (the {op} that failed)")
+        assert check_pool(self.pool) == []
+        if self.model:                   # writable again
+            self._write(data)
+            self.pool.flush()
+            self._committed()
 
     # -- after every step ---------------------------------------------------------------
     @invariant()

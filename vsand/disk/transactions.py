@@ -34,6 +34,7 @@ from . import recovery
 log = logging.getLogger("vsand.pool")
 
 CHECKPOINT_AT = 0.5   # fraction of the log area in use that triggers a checkpoint
+COPIES_RESERVED = 3    # checkpoint copies the metadata reserve holds (ensure_meta_reserve)
 
 
 class Transactions:
@@ -237,14 +238,18 @@ class Transactions:
 
     # ---- the metadata reserve ---------------------------------------------------------
     def ensure_meta_reserve(self, extra: int = 0) -> None:
-        """Keeps enough PSEGs on each quorum drive for the next checkpoint, so a full
-        pool can still commit. ``extra`` segments are about to be added to LDs."""
+        """Keeps enough PSEGs on each quorum drive for the next checkpoint and its
+        rewrites, so a full pool can still commit and survive a failed commit. ``extra`` segments are about to be added to LDs."""
         pool = self.pool
         alloc = pool.allocator
         segs = extra + pool.catalog.total_segments()
         total_psegs = sum(d.npsegs for d in alloc.drives.values())
         need = 4 * segs + 4 * total_psegs + 64 * 1024 + 2 * 1024 * len(pool.catalog)
-        n = math.ceil(need / pool.units.pseg) + 1
+        # Room for three copies beside the current one: a checkpoint whose superblock
+        # write fails leaves its copy named by a slot that may have reached the drive
+        # (an orphan, kept until the next good checkpoint), and the rewrite that
+        # follows is tried twice: a full pool must still get through both.
+        n = COPIES_RESERVED * (math.ceil(need / pool.units.pseg) + 1)
         # The current checkpoint copy counts: the first checkpoint of a pool that
         # filled up before it took its PSEGs out of the reserve, and the next
         # checkpoint gives them back.
