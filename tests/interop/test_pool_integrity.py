@@ -178,6 +178,22 @@ def assert_check(state, want: int, stranger: str | None = None) -> None:
         assert any(ln.startswith("not a drive of this pool: ") and stranger in ln for ln in lines), out
 
 
+def still_serving(d, inodes: dict, ref: tuple, tmp_path, seed: int) -> tuple:
+    """The first daemon is untouched by a refused second one: the same socket files,
+    its control socket answers, NBD serves the flushed data (``ref``) and takes a new
+    image, which is returned."""
+    for p, ino in inodes.items():
+        assert os.stat(p).st_ino == ino, f"{p} was replaced"
+    assert d.alive(), d.read_log()
+    assert d.ctl("status")["pid"] == d.proc.pid
+    assert digest(d, "keep") == ref[1]
+    new = ref_image(tmp_path, seed)
+    put(d, "keep", new)
+    assert digest(d, "keep") == new[1]
+    healthy(d)
+    return new
+
+
 # ---- 1. exclusive access ------------------------------------------------------------------
 def test_second_daemon_on_the_same_state_dir_is_refused(tmp_path):
     need("nbdcopy")
@@ -195,19 +211,9 @@ def test_second_daemon_on_the_same_state_dir_is_refused(tmp_path):
         assert "cannot start: state directory" in out and str(state) in out, out
         assert f"is in use by pid {d.proc.pid} (" in out, out
 
-        # the first daemon is untouched: same socket files, its control socket answers,
-        # NBD serves the flushed data and takes a new round trip
-        for p, ino in inodes.items():
-            assert os.stat(p).st_ino == ino, f"{p} was replaced"
-        assert d.alive(), d.read_log()
-        assert d.ctl("status")["pid"] == d.proc.pid
         with open(state / "vsand.lock") as f:
             assert f.read().strip() == str(d.proc.pid)
-        assert digest(d, "keep") == ref1[1]
-        ref2 = ref_image(tmp_path, 2)
-        put(d, "keep", ref2)
-        assert digest(d, "keep") == ref2[1]
-        healthy(d)
+        ref2 = still_serving(d, inodes, ref1, tmp_path, 2)
     finally:
         assert d.stop() == 0, d.read_log()
     # once the first one is gone, the next starts normally and has every flushed byte
@@ -240,15 +246,7 @@ def test_second_daemon_on_the_same_drives_is_refused(tmp_path):
         assert m, out
         assert m.group(1) in paths and int(m.group(2)) == d.proc.pid, out
 
-        for p, ino in inodes.items():
-            assert os.stat(p).st_ino == ino, f"{p} was replaced"
-        assert d.alive(), d.read_log()
-        assert d.ctl("status")["pid"] == d.proc.pid
-        assert digest(d, "keep") == ref1[1]
-        ref2 = ref_image(tmp_path, 4)
-        put(d, "keep", ref2)
-        assert digest(d, "keep") == ref2[1]
-        healthy(d)
+        ref2 = still_serving(d, inodes, ref1, tmp_path, 4)
     finally:
         assert d.stop() == 0, d.read_log()
 
