@@ -136,6 +136,8 @@ class LogicalDisk:
     # ---- read --------------------------------------------------------------------
     def read(self, off: int, n: int) -> bytes:
         self._check(off, n)
+        if not n:          # off == size is a valid empty range: there is no segment there
+            return b""
         pool = self.pool
         seg = self.seg
         k, so = divmod(off, seg)

@@ -1,9 +1,15 @@
 """Transmission phase, sans-IO: request framing in, reply framing out.
 
 ``RequestReader`` owns the receive buffer so that an asyncio BufferedProtocol can
-``recv_into`` it directly and every complete request in it is handled in one go;
-WRITE payloads are handed out as memoryviews into that buffer (valid until the
-next ``get_buffer``), so payload bytes are never copied before they reach storage.
+``recv_into`` it directly; WRITE payloads are handed out as memoryviews into that
+buffer (valid until the next ``get_buffer``), so payload bytes are never copied
+before they reach storage.
+
+Memory follows what is in flight, not what a client announces: an idle reader
+keeps a small buffer, and a WRITE payload larger than ``PIECE`` is handed out in
+pieces of at most ``PIECE`` bytes as they arrive (the first as ``CMD_WRITE``, the
+rest as ``WRITE_CONT`` items carrying the request's offset and length), so a
+header promising 64 MiB followed by one byte costs one piece, not 64 MiB.
 """
 
 from __future__ import annotations
@@ -17,8 +23,10 @@ SIMPLE = struct.Struct(">IIQ")        # magic, error, cookie
 CHUNK = struct.Struct(">IHHQI")       # magic, flags, type, cookie, payload length
 assert REQ.size == 28 and SIMPLE.size == 16 and CHUNK.size == 20
 
-_BUF = 4 << 20
-_MIN_ROOM = 256 << 10
+SMALL = 64 << 10        # an idle connection's receive buffer
+PIECE = 4 << 20         # WRITE payloads beyond this arrive in pieces
+_ROOM = 16 << 10        # free room below which the buffer is renewed before a recv
+WRITE_CONT = 0x10000    # not a u16: an item that continues the current WRITE
 
 
 class ProtocolError(Exception):
@@ -28,25 +36,25 @@ class ProtocolError(Exception):
 class RequestReader:
     def __init__(self, max_payload: int = C.MAX_ACCEPTED):
         self.max_payload = max_payload
-        self.buf = bytearray(_BUF)
+        self.buf = bytearray(SMALL)
         self.start = 0
         self.end = 0
-        self.skip = 0   # bytes of an oversized WRITE payload still to discard
+        self.skip = 0      # bytes of a WRITE payload still to discard
+        self.left = 0      # bytes of the current WRITE payload still to hand out
+        self.cur = None    # (flags, cookie, offset, length) of that WRITE
+        self.busy = False  # something arrived since the last trim()
 
     # -- filling ---------------------------------------------------------------------
     def get_buffer(self, sizehint: int = -1) -> memoryview:
         if self.start == self.end:
             self.start = self.end = 0
-        elif len(self.buf) - self.end < _MIN_ROOM:
-            # Keep the partial request; a new buffer so no exported view is disturbed.
-            need = max(_BUF, (self.end - self.start) + _MIN_ROOM)
-            nb = bytearray(need)
-            nb[: self.end - self.start] = self.buf[self.start: self.end]
-            self.buf, self.end, self.start = nb, self.end - self.start, 0
+        elif len(self.buf) - self.end < _ROOM:
+            self._renew(len(self.buf))
         return memoryview(self.buf)[self.end:]
 
     def buffer_updated(self, n: int) -> None:
         self.end += n
+        self.busy = True
 
     def feed(self, data: bytes) -> None:
         while data:
@@ -59,12 +67,32 @@ class RequestReader:
     def pending(self) -> int:
         return self.end - self.start
 
+    def trim(self) -> None:
+        """Gives a grown buffer back once nothing arrived since the last call and
+        nothing is buffered (called from a timer: a busy connection keeps its size)."""
+        if not self.busy and self.start == self.end and len(self.buf) > SMALL:
+            self.buf, self.start, self.end = bytearray(SMALL), 0, 0
+        self.busy = False
+
+    def _renew(self, size: int) -> None:
+        # A new buffer, never a resize: a memoryview handed out may still be in use.
+        n = self.end - self.start
+        nb = bytearray(max(size, n + _ROOM))
+        nb[:n] = self.buf[self.start:self.end]
+        self.buf, self.end, self.start = nb, n, 0
+
+    def discard_write(self) -> None:
+        """The rest of the current WRITE payload is thrown away as it arrives."""
+        self.skip += self.left
+        self.left, self.cur = 0, None
+
     # -- framing -------------------------------------------------------------------
     def requests(self):
         """Yields (cmd, flags, cookie, offset, length, payload) for each complete
-        request. ``payload`` is a memoryview for WRITE, None otherwise (and None for
-        a WRITE whose payload is over the limit: it is discarded as it arrives)."""
-        buf, unpack = self.buf, REQ.unpack_from
+        request, or piece of one. ``payload`` is a memoryview for WRITE and
+        WRITE_CONT, None otherwise (and None for a WRITE whose payload is over the
+        limit: it is discarded as it arrives)."""
+        unpack = REQ.unpack_from
         while True:
             if self.skip:
                 k = min(self.skip, self.end - self.start)
@@ -72,34 +100,50 @@ class RequestReader:
                 self.skip -= k
                 if self.skip:
                     return
+            if self.left:
+                item = self._piece(WRITE_CONT)
+                if item is None:
+                    return
+                yield item
+                continue
             if self.end - self.start < 28:
                 return
-            magic, flags, cmd, cookie, offset, length = unpack(buf, self.start)
+            magic, flags, cmd, cookie, offset, length = unpack(self.buf, self.start)
             if magic != C.REQUEST_MAGIC:
                 raise ProtocolError(f"bad request magic {magic:#x}")
-            if cmd == C.CMD_WRITE:
-                if length > self.max_payload:
-                    self.start += 28
-                    self.skip = length
-                    yield cmd, flags, cookie, offset, length, None
-                    continue
-                total = 28 + length
-                if self.end - self.start < total:
-                    if len(buf) - self.start < total:
-                        self._grow(total)
-                        buf = self.buf
-                    return
-                p = self.start + 28
-                self.start += total
-                yield cmd, flags, cookie, offset, length, memoryview(buf)[p:p + length]
-            else:
+            if cmd != C.CMD_WRITE:
                 self.start += 28
                 yield cmd, flags, cookie, offset, length, None
+                continue
+            if length > self.max_payload:
+                self.start += 28
+                self.skip = length
+                yield cmd, flags, cookie, offset, length, None
+                continue
+            need = 28 + min(length, PIECE)
+            if self.end - self.start < need:
+                if len(self.buf) - self.start < need:
+                    self._renew(need + _ROOM)
+                return
+            self.start += 28
+            self.left, self.cur = length, (flags, cookie, offset, length)
+            yield self._piece(C.CMD_WRITE)
 
-    def _grow(self, total: int) -> None:
-        nb = bytearray(max(total + _MIN_ROOM, _BUF))
-        nb[: self.end - self.start] = self.buf[self.start: self.end]
-        self.buf, self.end, self.start = nb, self.end - self.start, 0
+    def _piece(self, cmd: int):
+        """The next piece of the current WRITE payload, or None until enough of it
+        arrived: all that is left when it fits in one piece, else PIECE bytes."""
+        want = min(self.left, PIECE)
+        if self.end - self.start < want:
+            if len(self.buf) - self.start < want:
+                self._renew(want + _ROOM)
+            return None
+        p = self.start
+        self.start += want
+        self.left -= want
+        flags, cookie, offset, length = self.cur
+        if not self.left:
+            self.cur = None
+        return cmd, flags, cookie, offset, length, memoryview(self.buf)[p:p + want]
 
 
 # ---- request validation (protocol rules only; storage errors come later) ----------

@@ -1,10 +1,16 @@
 """One NBD client connection on asyncio (a BufferedProtocol).
 
-Every complete request in a receive buffer is handled in one pass and the
-replies go out with one ``writelines``. Storage calls are synchronous (page-cache
-I/O); FLUSH and FUA replies wait for the server's group commit, which makes one
-commit serve every connection waiting at that moment. A client that disappears
-only ever loses its own connection: every write checks ``closed`` first.
+Requests are handled one at a time, in arrival order, while the client takes its
+replies: once more than ``WRITE_HIGH`` bytes of replies wait in the transport, the
+connection stops handling requests and stops reading until they drain, so a
+client that does not read only ever holds about ``WRITE_HIGH + READ_PIECE`` bytes
+of replies and one WRITE piece (wire.PIECE) of requests. A READ larger than
+``READ_PIECE`` is read and sent piece by piece as the client takes it. Storage
+calls are synchronous (page-cache I/O); FLUSH and FUA replies wait for the
+server's group commit, which makes one commit serve every connection waiting at
+that moment. Replies to everything before a DISC or a framing error are sent
+before the connection closes. A client that disappears only ever loses its own
+connection: every write checks ``closed`` first.
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ from ..nbd.handshake import Closed, Handshake, Negotiated
 
 log = logging.getLogger("vsand.server")
 HANDSHAKE_TIMEOUT = 60.0
-WRITE_HIGH = 16 << 20   # a booting guest may leave the greeting unread for seconds
+WRITE_HIGH = 2 << 20    # reply bytes queued before the connection stops taking requests
+WRITE_LOW = 512 << 10
+READ_PIECE = 1 << 20    # larger READs are read and sent in pieces of this size
 
 
 def nbd_errno(exc: BaseException) -> int:
@@ -48,6 +56,11 @@ class NbdConnection(asyncio.BufferedProtocol):
         self.meta: dict[int, str] = {}
         self.waiting = 0          # replies parked for a commit
         self.disconnecting = False
+        self.paused = False       # the client is not taking its replies
+        self.stream = None        # a READ being sent in pieces: [cookie, flags, next offset, end]
+        self.held: list = []      # commit replies that wait for the end of that READ
+        self.wnext = 0            # where the next WRITE_CONT piece goes
+        self.werr = None          # the current WRITE failed: reply once its payload is gone
         self._timer = None
         self.peer = "?"
 
@@ -56,9 +69,9 @@ class NbdConnection(asyncio.BufferedProtocol):
         self.transport = transport
         self.peer = str(transport.get_extra_info("peername") or "unix")
         self.server.connections.add(self)
-        # Backpressure stops reading requests when this much reply data is queued:
-        # high enough for a deep queue of large reads, bounded per connection.
-        transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_HIGH // 4)
+        # Backpressure: past this much queued reply data no request is handled
+        # and nothing more is read (see the module doc).
+        transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
         transport.write(Handshake.greeting())
         self._timer = asyncio.get_running_loop().call_later(HANDSHAKE_TIMEOUT, self._timeout)
 
@@ -69,11 +82,20 @@ class NbdConnection(asyncio.BufferedProtocol):
             self._timer.cancel()
 
     def pause_writing(self):
-        self.transport.pause_reading()    # backpressure: stop taking requests
+        self.paused = True
+        self.transport.pause_reading()
 
     def resume_writing(self):
-        if not self.closed:
-            self.transport.resume_reading()
+        self.paused = False
+        if self.closed:
+            return
+        self.transport.resume_reading()
+        if self.reader is not None:
+            try:
+                self._process()
+            except Exception:
+                log.exception("connection %s: internal error, closing", self.peer)
+                self.abort()
 
     def eof_received(self):
         return False
@@ -123,22 +145,49 @@ class NbdConnection(asyncio.BufferedProtocol):
     def _process(self) -> None:
         out: list = []
         try:
-            for req in self.reader.requests():
-                if self.disconnecting:
-                    break
-                self._request(out, *req)
+            if self.stream is not None:
+                self._stream(out)
+            if self.stream is None:
+                self._requests(out)
         except wire.ProtocolError as e:
             log.info("connection %s: %s; closing", self.peer, e)
-            if out:
-                self.transport.writelines(out)
-            self.abort()
+            self._send(out)
+            self.disconnecting = True
+            self._close_when_answered()
             return
+        self._send(out)
+        if self.disconnecting:
+            self._close_when_answered()
+
+    def _requests(self, out: list) -> None:
+        """Handles requests until none is complete, the client stops taking replies,
+        a READ is left half sent, or a DISC."""
+        it = self.reader.requests()
+        while not (self.paused or self.disconnecting or self.stream is not None or self.closed):
+            req = next(it, None)
+            if req is None:
+                return
+            self._request(out, *req)
+            if self.stream is not None:
+                self._stream(out)
+            if len(out) > 64:             # let the transport see it (and pause us)
+                self._send(out)
+
+    def _send(self, out: list) -> None:
         if out and not self.closed:
             self.transport.writelines(out)
-        if self.disconnecting and not self.waiting:
-            self.transport.close()
+        out.clear()
+
+    def _close_when_answered(self) -> None:
+        if not self.closed:
+            self.transport.pause_reading()    # nothing after a DISC is read
+        if not self.waiting and self.stream is None and not self.closed:
+            self.transport.close()        # sends what is queued first
 
     def _request(self, out, cmd, flags, cookie, off, length, payload) -> None:
+        if cmd == wire.WRITE_CONT:
+            self._write_piece(out, flags, cookie, length, payload)
+            return
         self.server.requests += 1       # background tasks pace themselves by this
         dev = self.dev
         err, msg = wire.check(cmd, flags, off, length, dev.size, self.tflags, bool(self.meta))
@@ -148,15 +197,19 @@ class NbdConnection(asyncio.BufferedProtocol):
             self.disconnecting = True       # DISC gets no reply
             return
         if err:
+            if cmd == C.CMD_WRITE and payload is not None:
+                self.reader.discard_write()
             out.append(wire.error_reply(cookie, err, msg, self.structured))
+            return
+        if cmd == C.CMD_WRITE:
+            self.wnext, self.werr = off, None
+            self._write_piece(out, flags, cookie, length, payload)
             return
         try:
             if cmd == C.CMD_READ:
                 self._read(out, flags, cookie, off, length)
                 return
-            if cmd == C.CMD_WRITE:
-                dev.write(off, payload)
-            elif cmd == C.CMD_FLUSH:
+            if cmd == C.CMD_FLUSH:
                 self._after_commit(wire.simple(cookie))
                 return
             elif cmd == C.CMD_TRIM:
@@ -170,6 +223,28 @@ class NbdConnection(asyncio.BufferedProtocol):
         except Exception as e:
             self._storage_error(out, cookie, e)
             return
+        self._done(out, cmd, flags, cookie)
+
+    def _write_piece(self, out, flags, cookie, length, payload) -> None:
+        """One piece of a WRITE's payload; the reply goes after the last one."""
+        last = self.reader.left == 0
+        try:
+            self.dev.write(self.wnext, payload)
+            self.wnext += len(payload)
+        except Exception as e:
+            self.werr = e
+            if not last:
+                self.reader.discard_write()
+                last = True
+        if not last:
+            return
+        if self.werr is not None:
+            err, self.werr = self.werr, None
+            self._storage_error(out, cookie, err)
+        else:
+            self._done(out, C.CMD_WRITE, flags, cookie)
+
+    def _done(self, out, cmd, flags, cookie) -> None:
         if flags & C.CMD_FLAG_FUA and cmd in wire.WRITES:
             self._after_commit(wire.simple(cookie))
         else:
@@ -177,16 +252,19 @@ class NbdConnection(asyncio.BufferedProtocol):
 
     def _read(self, out, flags, cookie, off, length) -> None:
         dev = self.dev
+        if length > READ_PIECE:
+            self._start_stream(flags, cookie, off, length)
+            return
         if not self.structured:
             data = dev.read(off, length)      # errors raise before any header is queued
             out.append(wire.simple(cookie))
             out.append(data)
             return
-        if flags & C.CMD_FLAG_DF or length == 0:
-            data = dev.read(off, length) if length else b""
-            if not length:
-                out.append(wire.done_chunk(cookie))
-                return
+        if not length:
+            out.append(wire.done_chunk(cookie))
+            return
+        if flags & C.CMD_FLAG_DF:
+            data = dev.read(off, length)
             out.append(wire.data_chunk_head(cookie, off, length))
             out.append(data)
             return
@@ -198,6 +276,60 @@ class NbdConnection(asyncio.BufferedProtocol):
             else:
                 out.append(wire.data_chunk_head(cookie, o, n, i == last))
                 out.append(data)
+
+    def _start_stream(self, flags, cookie, off, length) -> None:
+        """A large READ becomes a list of runs [offset, end, data?] sent by _stream:
+        one run for a simple or DF reply, else one per extent (holes cost nothing)."""
+        if not self.structured or flags & C.CMD_FLAG_DF:
+            runs = [[off, off + length, True]]
+        else:
+            runs, pos = [], off
+            for n, alloc in self.dev.extents(off, length):
+                runs.append([pos, pos + n, alloc])
+                pos += n
+        self.stream = [cookie, runs, 0]         # cookie, runs, bytes of the current run sent
+
+    def _stream(self, out) -> None:
+        """Sends the READ in ``self.stream`` while the client takes it: a data run is
+        one reply header (simple, or one OFFSET_DATA chunk) followed by its bytes a
+        piece at a time. An error before a run's header is an error reply (chunk);
+        after it, the protocol leaves only closing the connection."""
+        cookie, runs, _ = self.stream
+        while runs and not self.paused and not self.closed:
+            start, end, data = runs[0]
+            last = len(runs) == 1
+            if not data:
+                out.append(wire.hole_chunk(cookie, start, end - start, last))
+                runs.pop(0)
+                continue
+            sent = self.stream[2]
+            n = min(READ_PIECE, end - start - sent)
+            try:
+                piece = self.dev.read(start + sent, n)
+            except Exception as e:
+                if sent:
+                    log.error("connection %s: read failed after its reply began (%s); closing",
+                              self.peer, e)
+                    self._send(out)
+                    self.abort()
+                    return
+                self._storage_error(out, cookie, e)
+                runs.clear()
+                break
+            if not sent:
+                out.append(wire.simple(cookie) if not self.structured
+                           else wire.data_chunk_head(cookie, start, end - start, last))
+            out.append(piece)
+            self.stream[2] = sent + n
+            if self.stream[2] == end - start:
+                runs.pop(0)
+                self.stream[2] = 0
+            self._send(out)
+        if runs:
+            return
+        self.stream = None
+        out.extend(self.held)
+        self.held.clear()
 
     def _block_status(self, flags, cookie, off, length) -> bytes:
         extents = [(n, 0 if alloc else C.STATE_HOLE | C.STATE_ZERO)
@@ -227,9 +359,12 @@ class NbdConnection(asyncio.BufferedProtocol):
         if err is not None:
             cookie = int.from_bytes(reply[8:16], "big")
             reply = wire.error_reply(cookie, nbd_errno(err), str(err)[:200], self.structured)
+        if self.stream is not None:       # never inside the bytes of a READ being sent
+            self.held.append(reply)
+            return
         self.transport.write(reply)
-        if self.disconnecting and not self.waiting:
-            self.transport.close()
+        if self.disconnecting:
+            self._close_when_answered()
 
     def abort(self) -> None:
         if self.transport is not None and not self.closed:
@@ -240,5 +375,7 @@ class NbdConnection(asyncio.BufferedProtocol):
         if self.closed:
             return
         self.disconnecting = True
-        if self.reader is None or not self.waiting:
+        if self.reader is None:
             self.transport.close()
+        else:
+            self._close_when_answered()

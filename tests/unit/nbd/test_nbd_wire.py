@@ -119,19 +119,56 @@ def test_payload_views_of_one_pass_stay_valid():
         == expected * 3
 
 
-def test_large_write_grows_buffer_and_reassembles():
-    payload = bytes(range(256)) * (40 * 1024)        # 10 MiB > the 4 MiB initial buffer
-    data = req(C.CMD_READ, 1, 0, 4096) + req(C.CMD_WRITE, 2, 0, len(payload), 0, payload) \
+def test_large_write_arrives_in_pieces_and_the_buffer_stays_bounded():
+    """A 10 MiB WRITE is handed out as a CMD_WRITE piece and WRITE_CONT pieces of at
+    most PIECE bytes that reassemble to the payload; the receive buffer never grows
+    past a piece and some room, whatever the client announced."""
+    payload = bytes(range(256)) * (40 * 1024)        # 10 MiB
+    data = req(C.CMD_READ, 1, 0, 4096) + req(C.CMD_WRITE, 2, 512, len(payload), 0, payload) \
         + req(C.CMD_FLUSH, 3)
     r = RequestReader()
-    got = []
+    got, biggest = [], 0
     step = 1_000_003
     for i in range(0, len(data), step):
         r.feed(data[i:i + step])
+        biggest = max(biggest, len(r.buf))
         got += drain(r)
-    assert [g[:5] for g in got] == [(C.CMD_READ, 0, 1, 0, 4096), (C.CMD_WRITE, 0, 2, 0, len(payload)),
-                                    (C.CMD_FLUSH, 0, 3, 0, 0)]
-    assert got[1][5] == payload
+    assert got[0][:5] == (C.CMD_READ, 0, 1, 0, 4096) and got[-1][:5] == (C.CMD_FLUSH, 0, 3, 0, 0)
+    pieces = got[1:-1]
+    assert [p[0] for p in pieces] == [C.CMD_WRITE] + [wire.WRITE_CONT] * (len(pieces) - 1)
+    assert all(p[1:5] == (0, 2, 512, len(payload)) for p in pieces)
+    assert all(len(p[5]) <= wire.PIECE for p in pieces) and len(pieces) == 3
+    assert b"".join(p[5] for p in pieces) == payload
+    assert biggest <= wire.PIECE + 2 * step, biggest
+
+
+def test_a_promised_payload_costs_one_piece():
+    """A header announcing 64 MiB followed by one byte: the buffer holds one piece."""
+    r = RequestReader()
+    r.feed(req(C.CMD_WRITE, 1, 0, 64 << 20) + b"x")
+    assert drain(r) == []
+    assert len(r.buf) <= wire.PIECE + (256 << 10)
+
+
+def test_discard_write_drops_the_rest_of_the_payload():
+    payload = b"a" * (wire.PIECE + 10)
+    r = RequestReader()
+    r.feed(req(C.CMD_WRITE, 1, 0, len(payload), 0, payload) + req(C.CMD_READ, 2, 0, 1))
+    first = next(r.requests())
+    assert first[0] == C.CMD_WRITE and len(first[5]) == wire.PIECE
+    r.discard_write()
+    assert drain(r) == [(C.CMD_READ, 0, 2, 0, 1, None)]
+
+
+def test_trim_gives_a_grown_buffer_back_only_when_idle():
+    r = RequestReader()
+    r.feed(req(C.CMD_WRITE, 1, 0, 1 << 20, 0, bytes(1 << 20)))
+    drain(r)
+    assert len(r.buf) > wire.SMALL
+    r.trim()                      # data arrived since the last trim: kept
+    assert len(r.buf) > wire.SMALL
+    r.trim()
+    assert len(r.buf) == wire.SMALL
 
 
 @pytest.mark.parametrize("cut", [1, 27, 28, 29, 150, 228, 229, 250])

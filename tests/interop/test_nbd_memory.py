@@ -1,0 +1,183 @@
+"""Memory per client and the protocol edges of closing, against the REAL daemon
+(issue 11, finding list: 4 MiB per idle connection, 64 MiB promised by a WRITE
+header, READs pipelined by a client that never reads its replies, replies lost
+after a DISC or a framing error, a zero-length READ at the end of the export).
+
+Memory is the daemon's RSS from /proc (what an operator sees). The bounds are
+what the design promises per connection (server/connection.py: WRITE_HIGH +
+READ_PIECE of replies, one wire.PIECE of a WRITE) with room for the allocator; the
+findings they replace were 4 MiB per idle client, 66 MB per promised WRITE and
+1.05 GB for 16 pipelined READs of 64 MiB."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import pytest
+
+from test_nbd_bad_input import LUN, LUN_SIZE, Conn, healthy  # healthy() uses that LUN
+from vsand.nbd import constants as C
+
+MiB = 1 << 20
+
+
+def rss(daemon) -> int:
+    with open(f"/proc/{daemon.proc.pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.fixture(scope="module")
+def d(daemon):
+    daemon.ctl("lun.create", name=LUN, size=LUN_SIZE, raid=5)
+    # bytes to read back: the replies below must carry them, not just their length
+    c = Conn(daemon).negotiate(LUN)
+    c.write(0, PATTERN, C.CMD_FLAG_FUA)
+    c.close()
+    return daemon
+
+
+PATTERN = bytes(range(251)) * (4 * MiB // 251) + bytes(4 * MiB % 251)
+
+
+def round_trips(daemon, n: int = 20) -> None:
+    """Another client is served while the others misbehave; every round trip also
+    lets the daemon's loop run the misbehaving connections as far as they go."""
+    c = Conn(daemon).negotiate(LUN)
+    for i in range(n):
+        assert c.read(i * 4096, 4096) == PATTERN[i * 4096:(i + 1) * 4096]
+    c.close()
+
+
+def recv_all(c: Conn) -> bytes:
+    buf = bytearray()
+    c.s.settimeout(30)
+    while True:
+        got = c.s.recv(4 << 20)
+        if not got:
+            return bytes(buf)
+        buf += got
+
+
+# ---- replies before DISC or a framing error ---------------------------------------------------
+@pytest.mark.parametrize("structured", [False, True])
+@pytest.mark.parametrize("after", ["disc+zeros", "bad magic"])
+@pytest.mark.parametrize("n", [MiB, 3 * MiB + 5])      # one piece, and a READ sent in pieces
+def test_replies_before_a_disc_or_a_framing_error_are_delivered(d, structured, after, n):
+    c = Conn(d).negotiate(LUN, structured=structured)
+    read = struct.pack(">IHHQQI", C.REQUEST_MAGIC, C.CMD_FLAG_DF if structured else 0,
+                       C.CMD_READ, 77, 0, n)
+    write = struct.pack(">IHHQQI", C.REQUEST_MAGIC, 0, C.CMD_WRITE, 78, 8 * MiB, 5) + b"hello"
+    if after == "disc+zeros":
+        tail = struct.pack(">IHHQQI", C.REQUEST_MAGIC, 0, C.CMD_DISC, 79, 0, 0) + bytes(28)
+    else:
+        tail = struct.pack(">IHHQQI", 0x25609514, 0, C.CMD_READ, 80, 0, 512)
+    c.send(read + write + tail)
+    got = recv_all(c)
+    if structured:
+        head = struct.pack(">IHHQI", C.STRUCTURED_REPLY_MAGIC, C.REPLY_FLAG_DONE,
+                           C.REPLY_TYPE_OFFSET_DATA, 77, 8 + n) + bytes(8)
+        want = head + PATTERN[:n]
+    else:
+        want = struct.pack(">IIQ", C.SIMPLE_REPLY_MAGIC, 0, 77) + PATTERN[:n]
+    want += struct.pack(">IIQ", C.SIMPLE_REPLY_MAGIC, 0, 78)    # a WRITE's reply is simple
+    assert len(got) == len(want), f"{len(got)} of {len(want)} reply bytes delivered"
+    assert got == want
+    c.close()
+    c = Conn(d).negotiate(LUN)
+    assert c.read(8 * MiB, 5) == b"hello"
+    c.close()
+    healthy(d)
+
+
+# ---- a zero-length READ at the end of every size class ---------------------------------------------
+@pytest.mark.parametrize("size_mib", [1, 2047, 2048, 2049, 4096])   # an LMAP is 2048 segments
+def test_zero_length_read_at_the_end(d, size_mib):
+    name = f"end{size_mib}"
+    d.ctl("lun.create", name=name, size=size_mib * MiB, raid=0)
+    try:
+        for structured in (False, True):
+            c = Conn(d).negotiate(name, structured=structured)
+            assert c.size == size_mib * MiB
+            for off in (c.size, c.size - 1, 0):
+                ck = c.request(C.CMD_READ, off, 0)
+                assert c.reply_errno(ck) == 0, (structured, off)
+            assert c.read(c.size - 1, 1) == b"\0"
+            c.close()
+    finally:
+        d.ctl("lun.delete", name=name)
+    log = d.read_log()
+    assert "Traceback" not in log and "IndexError" not in log, log
+    healthy(d)
+
+
+# ---- memory ----------------------------------------------------------------------------------------
+def test_idle_connections_cost_little(d):
+    """500 clients that finished the handshake and send nothing: under 100 MiB in
+    all (the finding: 2.0 GiB, a 4 MiB buffer each)."""
+    round_trips(d)
+    before = rss(d)
+    conns = []
+    try:
+        for i in range(500):
+            conns.append(Conn(d, "unix" if i % 2 else "tcp").negotiate(LUN))
+        round_trips(d)
+        grown = rss(d) - before
+        assert d.ctl("status")["connections"] >= 500
+    finally:
+        for c in conns:
+            c.close()
+    print(f"500 idle clients: RSS +{grown / MiB:.1f} MiB ({grown // 500} bytes each)")
+    assert grown < 100 * MiB, f"500 idle clients grew the daemon's RSS by {grown / MiB:.0f} MiB"
+    healthy(d)
+
+
+def test_promised_write_payloads_cost_one_piece(d):
+    """10 WRITE headers declaring 64 MiB followed by one byte (the finding: 658 MB)."""
+    round_trips(d)
+    before = rss(d)
+    conns = [Conn(d).negotiate(LUN) for _ in range(10)]
+    try:
+        for c in conns:
+            c.send(struct.pack(">IHHQQI", C.REQUEST_MAGIC, 0, C.CMD_WRITE, 1, 0, 64 * MiB) + b"x")
+        round_trips(d)
+        grown = rss(d) - before
+    finally:
+        for c in conns:
+            c.close()
+    print(f"10 promised 64 MiB writes: RSS +{grown / MiB:.1f} MiB")
+    assert grown < 10 * 6 * MiB, f"10 promised writes grew the daemon's RSS by {grown / MiB:.0f} MiB"
+    healthy(d)
+
+
+@pytest.mark.parametrize("clients", [1, 100])
+def test_pipelined_reads_of_a_client_that_does_not_read(d, clients):
+    """Clients each pipeline 16 READs of 64 MiB and never read a reply (the finding:
+    1.05 GB for one such client). Each may hold about WRITE_HIGH + READ_PIECE of
+    replies; other clients are served meanwhile; the daemon lives on."""
+    round_trips(d)
+    before = rss(d)
+    conns = []
+    try:
+        for i in range(clients):
+            c = Conn(d, "unix" if i % 2 else "tcp").negotiate(LUN)
+            # the smallest receive buffer the kernel allows: the daemon's replies back up at once
+            c.s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            c.send(b"".join(struct.pack(">IHHQQI", C.REQUEST_MAGIC, 0, C.CMD_READ, k, 0, 64 * MiB)
+                            for k in range(16)))
+            conns.append(c)
+        round_trips(d, 50)
+        grown = rss(d) - before
+        assert d.alive()
+    finally:
+        for c in conns:
+            c.close(rst=True)
+    per = grown / clients
+    print(f"{clients} clients x 16 pipelined 64 MiB READs, unread: RSS +{grown / MiB:.1f} MiB "
+          f"({per / MiB:.2f} MiB each)")
+    assert grown < clients * 5 * MiB + 16 * MiB, \
+        f"{clients} non-reading clients grew the daemon's RSS by {grown / MiB:.0f} MiB"
+    healthy(d)
