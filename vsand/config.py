@@ -24,6 +24,8 @@ class Config:
     task_rate_mib: int = 0                # [tasks] rate_mib: background copy limit, 0 = unlimited
     task_latency_guard: bool = True       # [tasks] latency_guard: yield to NBD traffic
     accept_data_loss: bool = False        # start although a lost drive held unprotected data
+    max_connections: int = 1000           # NBD connections at once; more are refused (ERR_POLICY)
+    idle_timeout: int = 0                 # seconds without a request before a connection is closed; 0 = never
 
     def finish(self) -> "Config":
         self.state_dir = os.path.abspath(self.state_dir)
@@ -59,15 +61,26 @@ def _size(text) -> int:
     return n
 
 
-def _rate(text) -> int:
+def _count(text, unit: str = "") -> int:
     try:
         if isinstance(text, bool) or isinstance(text, float) and not text.is_integer():
             raise ValueError
         n = int(text)
     except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"not a whole number of MiB/s: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not a whole number{' of ' + unit if unit else ''}: {text!r}") from None
     if n < 0:
-        raise argparse.ArgumentTypeError(f"rate must be >= 0 MiB/s (0 = unlimited), not {text!r}")
+        raise argparse.ArgumentTypeError(f"must be >= 0{' ' + unit if unit else ''}, not {text!r}")
+    return n
+
+
+def _rate(text) -> int:
+    return _count(text, "MiB/s")
+
+
+def _positive(text) -> int:
+    n = _count(text)
+    if n == 0:
+        raise argparse.ArgumentTypeError("must be at least 1")
     return n
 
 
@@ -83,7 +96,7 @@ def _on_off(text) -> bool:
 
 
 CHECK = {"drive_size": _size, "task_rate_mib": _rate, "task_latency_guard": _on_off,
-         "accept_data_loss": _on_off}
+         "accept_data_loss": _on_off, "max_connections": _positive, "idle_timeout": _count}
 
 
 def _flatten(data: dict, where: str) -> dict:
@@ -125,6 +138,11 @@ def load(argv: list[str] | None = None) -> Config:
                     help="start even when a missing, short or foreign drive holds data that no "
                          "redundancy covers (those segments then fail with EIO); without it such "
                          "a start is refused with the reason")
+    ap.add_argument("--max-connections", type=_positive, metavar="N",
+                    help="NBD connections at once (default 1000); more are refused with ERR_POLICY")
+    ap.add_argument("--idle-timeout", type=_count, metavar="SECONDS",
+                    help="close an NBD connection that sent no request for this long "
+                         "(default 0: never; kernel and QEMU clients stay idle for the life of a mount)")
     args = ap.parse_args(argv)
     cfg = Config()
     if args.config:

@@ -109,6 +109,14 @@ def test_bad_config_and_unopenable_pool_fail_cleanly(tmp_path):
     bad.write_text('state_dir = "x"\nno_such_key = 1\n')
     r = run(VSAND + ["--config", str(bad)], check=False, cwd=ROOT)
     assert r.returncode == 2 and "unknown keys" in r.stderr
+    for flag, value, says in (("--max-connections", "0", "must be at least 1"),
+                              ("--max-connections", "many", "not a whole number: 'many'"),
+                              ("--idle-timeout", "-5", "must be >= 0, not '-5'")):
+        r = run(VSAND + [flag, value], check=False, cwd=ROOT)
+        assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, r.stderr
+    bad.write_text('max_connections = 0\n')
+    r = run(VSAND + ["--config", str(bad)], check=False, cwd=ROOT)
+    assert r.returncode == 2 and "max_connections" in r.stderr and "at least 1" in r.stderr, r.stderr
     junk = tmp_path / "junk.img"
     junk.write_bytes(b"VSANDLBL" + bytes(100000))
     r = run(VSAND + ["--state-dir", str(tmp_path / "s"), "--drive", str(junk), "--listen", "none"],

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 
 import pytest
 
@@ -181,3 +182,55 @@ def test_pipelined_reads_of_a_client_that_does_not_read(d, clients):
     assert grown < clients * 5 * MiB + 16 * MiB, \
         f"{clients} non-reading clients grew the daemon's RSS by {grown / MiB:.0f} MiB"
     healthy(d)
+
+
+# ---- a cap on connections, an idle timeout ---------------------------------------------------------
+def test_connection_cap_refuses_with_err_policy(tmp_path):
+    from daemonkit import Daemon
+    d = Daemon(tmp_path / "s", drives=5, drive_size="256M", extra=["--max-connections", "3"]).start()
+    try:
+        d.ctl("lun.create", name=LUN, size=16 * MiB, raid=0)
+        first = [Conn(d, t).negotiate(LUN) for t in ("unix", "tcp", "unix")]
+        for transport in ("unix", "tcp"):
+            c = Conn(d, transport)
+            c.greeting()
+            c.send(struct.pack(">I", 3))
+            name = LUN.encode()
+            c.option(C.OPT_GO, struct.pack(">I", len(name)) + name + b"\0\0")
+            got = c.opt_final(C.OPT_GO)
+            assert got == [(C.REP_ERR_POLICY, b"too many connections (the limit is 3)")], got
+            c.option(C.OPT_ABORT)
+            assert c.closed_by_server()
+        for c in first:                     # the three were never disturbed
+            c.write(0, b"fine")
+            assert c.read(0, 4) == b"fine"
+        first.pop().close()
+        deadline = time.monotonic() + 30
+        while d.ctl("status")["connections"] > 2:    # the daemon saw the close
+            assert time.monotonic() < deadline, d.ctl("status")
+        late = Conn(d, "tcp").negotiate(LUN)  # a slot is free again
+        assert late.read(0, 4) == b"fine"
+        late.close()
+        for c in first:
+            c.close()
+        assert "refused: too many connections (the limit is 3)" in d.read_log()
+    finally:
+        assert d.stop() == 0, d.read_log()
+
+
+def test_idle_timeout_closes_only_idle_connections(tmp_path):
+    from daemonkit import Daemon
+    d = Daemon(tmp_path / "s", drives=5, drive_size="256M", extra=["--idle-timeout", "1"]).start()
+    try:
+        d.ctl("lun.create", name=LUN, size=16 * MiB, raid=0)
+        idle = Conn(d, "tcp").negotiate(LUN)
+        assert idle.closed_by_server(timeout=30), "an idle connection was not closed"
+        assert "idle for 1s, closing" in d.read_log()
+        # a connection that keeps sending is not closed; the first request after the
+        # handshake of a new one is served whatever the timeout
+        busy = Conn(d, "unix").negotiate(LUN)
+        busy.write(0, b"x" * 4096, C.CMD_FLAG_FUA)
+        assert busy.read(0, 4096) == b"x" * 4096
+        busy.close()
+    finally:
+        assert d.stop() == 0, d.read_log()

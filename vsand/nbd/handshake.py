@@ -73,6 +73,7 @@ class Handshake:
     lookup: Callable[[str], Export | None]
     listing: Callable[[], list[Export]]
     shutting_down: Callable[[], bool] = lambda: False
+    refused: str | None = None     # server policy (too many connections): every option is refused
     buf: bytearray = field(default_factory=bytearray)
     state: str = "flags"
     no_zeroes: bool = False
@@ -122,6 +123,10 @@ class Handshake:
             return reply(opt, C.REP_ACK), Closed("client sent ABORT")
         if self.shutting_down():
             return error(opt, C.REP_ERR_SHUTDOWN, "server is shutting down"), None
+        if self.refused is not None:
+            if opt == C.OPT_EXPORT_NAME:      # no error reply exists for it: close
+                return b"", Closed(self.refused)
+            return error(opt, C.REP_ERR_POLICY, self.refused), None
         try:
             if opt == C.OPT_EXPORT_NAME:
                 return self._export_name(data)

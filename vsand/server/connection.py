@@ -47,7 +47,7 @@ class NbdConnection(asyncio.BufferedProtocol):
         self.transport = None
         self.closed = False
         self.hs = Handshake(server.lookup_export, server.list_exports, lambda: server.stopping)
-        self._hsbuf = bytearray(65536)
+        self._hsbuf = bytearray(16384)   # options longer than this arrive over several recvs
         self.reader: wire.RequestReader | None = None
         self.dev = None
         self.export = None
@@ -61,6 +61,7 @@ class NbdConnection(asyncio.BufferedProtocol):
         self.held: list = []      # commit replies that wait for the end of that READ
         self.wnext = 0            # where the next WRITE_CONT piece goes
         self.werr = None          # the current WRITE failed: reply once its payload is gone
+        self.last = 0.0           # loop time of the last bytes received
         self._timer = None
         self.peer = "?"
 
@@ -68,6 +69,10 @@ class NbdConnection(asyncio.BufferedProtocol):
     def connection_made(self, transport):
         self.transport = transport
         self.peer = str(transport.get_extra_info("peername") or "unix")
+        why = self.server.refusal()
+        if why is not None:
+            log.warning("connection %s refused: %s", self.peer, why)
+            self.hs.refused = why
         self.server.connections.add(self)
         # Backpressure: past this much queued reply data no request is handled
         # and nothing more is read (see the module doc).
@@ -106,6 +111,7 @@ class NbdConnection(asyncio.BufferedProtocol):
         return memoryview(self._hsbuf)
 
     def buffer_updated(self, nbytes):
+        self.last = asyncio.get_running_loop().time()
         try:
             if self.reader is None:
                 self._handshake(bytes(self._hsbuf[:nbytes]))
@@ -115,6 +121,18 @@ class NbdConnection(asyncio.BufferedProtocol):
         except Exception:   # never let one client's bytes take the daemon down
             log.exception("connection %s: internal error, closing", self.peer)
             self.abort()
+
+    # ---- what the server's sweep looks at -----------------------------------------------
+    def idle_since(self, now: float) -> float:
+        """Seconds since the client last sent anything, 0 while a request of it is in
+        progress (or before the handshake ended: the handshake has its own timeout)."""
+        if self.reader is None or self.waiting or self.stream is not None or self.reader.pending():
+            return 0.0
+        return now - self.last
+
+    def trim(self) -> None:
+        if self.reader is not None:
+            self.reader.trim()
 
     # ---- handshake -----------------------------------------------------------------
     def _timeout(self):
@@ -131,6 +149,7 @@ class NbdConnection(asyncio.BufferedProtocol):
             self.transport.close()     # sends what is buffered first
         elif isinstance(outcome, Negotiated):
             self._timer.cancel()
+            self._hsbuf = None
             self.export = outcome.export
             self.dev = self.server.device(outcome.export.name)
             self.tflags = outcome.flags

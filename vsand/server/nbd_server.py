@@ -14,11 +14,17 @@ from .connection import NbdConnection
 log = logging.getLogger("vsand.server")
 
 
+SWEEP = 2.0      # seconds between looks at idle connections
+
+
 class NbdServer:
-    def __init__(self, exports):
+    def __init__(self, exports, max_connections: int = 1000, idle_timeout: float = 0):
         """``exports``: lookup(name) -> (Export, BlockDevice) | None, listing() ->
-        [Export], flush() (see blockdev.Exports)."""
+        [Export], flush() (see blockdev.Exports). ``idle_timeout`` 0: never."""
         self.exports = exports
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self._sweeper = None
         self.connections: set[NbdConnection] = set()
         self.stopping = False
         self.committer = Committer(exports.flush)
@@ -48,8 +54,28 @@ class NbdServer:
             c.abort()
         return len(gone)
 
+    def refusal(self) -> str | None:
+        """Why a new connection is refused, or None."""
+        if len(self.connections) >= self.max_connections:
+            return f"too many connections (the limit is {self.max_connections})"
+        return None
+
+    def _sweep(self) -> None:
+        """Gives idle connections' grown buffers back and closes those idle past
+        the timeout."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for c in list(self.connections):
+            c.trim()
+            if self.idle_timeout and c.idle_since(now) > self.idle_timeout:
+                log.info("connection %s: idle for %ds, closing", c.peer, self.idle_timeout)
+                c.shutdown()
+        self._sweeper = loop.call_later(SWEEP, self._sweep)
+
     # ---- listeners -----------------------------------------------------------------
     def _factory(self):
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().call_later(SWEEP, self._sweep)
         return NbdConnection(self)
 
     async def listen_unix(self, path: str) -> None:
@@ -79,6 +105,8 @@ class NbdServer:
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop accepting, let every connection finish what it has in flight, close."""
         self.stopping = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for srv in self.servers:
             srv.close()
         for conn in list(self.connections):

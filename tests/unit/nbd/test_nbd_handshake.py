@@ -173,6 +173,19 @@ def test_shutting_down_answers_err_shutdown():
         assert payload  # human-readable message
 
 
+def test_refused_connection_answers_err_policy_and_closes_on_export_name():
+    hs = started(refused="too many connections (the limit is 3)")
+    for o, data in ((C.OPT_LIST, b""), (C.OPT_GO, info_go(b"disk")), (C.OPT_INFO, info_go(b"disk")),
+                    (C.OPT_STRUCTURED_REPLY, b"")):
+        payload = expect_single(hs, o, data, C.REP_ERR_POLICY)
+        assert payload == b"too many connections (the limit is 3)"
+    out, outcome = hs.receive(opt(C.OPT_EXPORT_NAME, b"disk"))
+    assert out == b"" and isinstance(outcome, Closed) and "too many" in outcome.reason
+    hs = started(refused="no")
+    out, outcome = hs.receive(opt(C.OPT_ABORT))
+    assert out == rep(C.OPT_ABORT, C.REP_ACK) and isinstance(outcome, Closed)
+
+
 # ---- LIST --------------------------------------------------------------------------------
 def test_list_one_server_reply_per_export_then_ack():
     hs = started()
