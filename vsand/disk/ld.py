@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from ..errors import IOFailure, OutOfRange, ReadOnly
 from ..mapping.lmap import ALLOCATED, SHARED, SP, SS, L2map, entry_rsd, entry_slot
+from ..physical.readjob import ReadJob
 from .cfw import unshare
 from .role import Role
 from .sharing import resolve_range, start_chain_cache
@@ -157,6 +158,28 @@ class LogicalDisk:
                                    entry_slot(e), so, mv[pos:pos + m])
             pos += m
         return buf
+
+    def read_job(self, off: int, n: int) -> ReadJob | None:
+        """The read of [off, off+n) resolved now, its drive I/O to run later (maybe
+        in another thread; see physical/readjob.py), fenced so that nothing it
+        resolved is reused before ``done``. None when a piece needs recovery from
+        redundancy: then ``read`` does it."""
+        self._check(off, n)
+        pool = self.pool
+        pieces: list = []
+        holes = False
+        pos = 0
+        for k, so, m in self._pieces(off, n):
+            e = self._entry(k)
+            if not e & ALLOCATED:
+                holes = True
+            elif not pool.rio.plan(self.raid, pool.space.members(self.table, entry_rsd(e)),
+                                   entry_slot(e), so, m, pos, pieces):
+                return None
+            pos += m
+        fence = pool.space.fence
+        token = fence.begin()
+        return ReadJob(n, pieces, holes, lambda: fence.end(token))
 
     # ---- write -------------------------------------------------------------------
     def write(self, off: int, data) -> None:

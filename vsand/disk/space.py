@@ -9,6 +9,7 @@ from ..errors import NoSpace
 from ..mapping.lmap import SLOTS, entry_rsd, entry_slot, make_entry, rsds, slots
 from ..mapping.rsd import RsdTable, member_drives, member_psegs, pack_member, unpack_member
 from ..physical.allocator import RAID_WIDTH
+from .fence import ReadFence
 
 MEMBER_CACHE_MAX = 1 << 16
 FULL = (1 << SLOTS) - 1      # free-slot mask of an RStore with every slot free
@@ -21,6 +22,7 @@ class Space:
         self.journal = journal
         self.units = units
         self.ops = None              # set by the pool: RStores change through ops.Ops
+        self.fence = ReadFence()     # frees wait for the reads running off the loop
         self.tables: dict[tuple[int, str], RsdTable] = {}
         # segments promised to reserved LDs, not yet used, per (RAID type, LDAD):
         # a RAID1 promise needs 8 PSEGs per RStore whatever RAID type allocates next
@@ -112,14 +114,19 @@ class Space:
         self.journal.slots.append((ld.table, entry_rsd(e), entry_slot(e)))
 
     def release_now(self, t: RsdTable, entries: np.ndarray) -> None:
-        """Slots that a durable record already unmapped (a delete, a shrink): free at
-        once, grouped per RStore, so 1 TiB costs numpy work, not a loop."""
+        """Slots that a durable record already unmapped (a delete, a shrink): free
+        once no read that may have resolved them runs, grouped per RStore, so 1 TiB
+        costs numpy work, not a loop."""
         e = np.asarray(entries, dtype=np.uint32)
         if len(e):
-            self._put_slots(t, rsds(e), slots(e))
+            self.fence.after_reads(lambda: self._put_slots(t, rsds(e), slots(e)))
 
     def release_committed(self, slots_: list, ids: list, bulk: list) -> None:
-        """After a commit: frees what that commit made unreferenced."""
+        """After a commit: frees what that commit made unreferenced, once no read
+        that may have resolved it runs."""
+        self.fence.after_reads(lambda: self._release(slots_, ids, bulk))
+
+    def _release(self, slots_: list, ids: list, bulk: list) -> None:
         for t, idx in ids:
             t.release_id(idx)
         for t, idx, slot in slots_:

@@ -56,6 +56,19 @@ class RStoreIO:
             else:
                 out[bo:bo + k] = self._read_col(raid, members, slot, col, uo, k)
 
+    def plan(self, raid: int, members: Members, slot: int, off: int, n: int, bo: int,
+             out: list) -> bool:
+        """Appends (drive, byte offset, ``bo`` + offset in the range, length) for a
+        plain read of segment bytes [off, off+n); False (nothing appended that
+        matters) when a column needs recovery from redundancy."""
+        su = self.su
+        for col, uo, pbo, k in split(off, n, su):
+            m = self._healthy_member(raid, members, slot, col)
+            if m is None:
+                return False
+            out.append((self.drives[m[0]], m[1] + slot * su + uo, bo + pbo, k))
+        return True
+
     def _healthy_member(self, raid, members, slot, col):
         """The member a plain read of ``col`` uses, or None when it needs recovery."""
         if raid == 1:

@@ -17,6 +17,12 @@ class BlockDevice(Protocol):
         """[(length, allocated)] covering exactly [off, off+n)."""
         ...
 
+    def read_job(self, off: int, n: int):
+        """The read resolved now, its drive I/O to run later (``try_now()`` on the
+        loop without blocking, else ``run()`` in a worker thread; ``buf``, ``holes``;
+        ``done()`` once, always), or None when only ``read`` can do it."""
+        ...
+
     def read_sparse(self, off: int, n: int) -> list[tuple[int, int, bytes | None]]:
         """[(offset, length, data or None where the range reads as zeros)]."""
         ...

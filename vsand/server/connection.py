@@ -5,9 +5,12 @@ replies: once more than ``WRITE_HIGH`` bytes of replies wait in the transport, t
 connection stops handling requests and stops reading until they drain, so a
 client that does not read only ever holds about ``WRITE_HIGH + READ_PIECE`` bytes
 of replies and one WRITE piece (wire.PIECE) of requests. A READ larger than
-``READ_PIECE`` is read and sent piece by piece as the client takes it. Storage
-calls are synchronous (page-cache I/O); FLUSH and FUA replies wait for the
-server's group commit, which makes one commit serve every connection waiting at
+``READ_PIECE`` is read and sent piece by piece as the client takes it. A READ's map is resolved
+on the loop; what the page cache holds is read there without blocking
+(RWF_NOWAIT), the rest in a worker thread while the loop goes on, and its reply
+goes out when it completes (NBD allows any order; storage fences the slots it
+resolved until then). Writes, trims and commits still run on the loop. FLUSH and
+FUA replies wait for the server's group commit, which makes one commit serve every connection waiting at
 that moment. Replies to everything before a DISC or a framing error are sent
 before the connection closes. A client that disappears only ever loses its own
 connection: every write checks ``closed`` first.
@@ -27,6 +30,7 @@ HANDSHAKE_TIMEOUT = 60.0
 WRITE_HIGH = 2 << 20    # reply bytes queued before the connection stops taking requests
 WRITE_LOW = 512 << 10
 READ_PIECE = 1 << 20    # larger READs are read and sent in pieces of this size
+MAX_INFLIGHT = 8 << 20  # bytes of READs off the loop before the connection waits for them
 
 
 def nbd_errno(exc: BaseException) -> int:
@@ -62,6 +66,8 @@ class NbdConnection(asyncio.BufferedProtocol):
         self.wnext = 0            # where the next WRITE_CONT piece goes
         self.werr = None          # the current WRITE failed: reply once its payload is gone
         self.last = 0.0           # loop time of the last bytes received
+        self.inflight = 0         # READs whose drive I/O runs in a worker thread
+        self.inflight_bytes = 0
         self._timer = None
         self.peer = "?"
 
@@ -126,7 +132,8 @@ class NbdConnection(asyncio.BufferedProtocol):
     def idle_since(self, now: float) -> float:
         """Seconds since the client last sent anything, 0 while a request of it is in
         progress (or before the handshake ended: the handshake has its own timeout)."""
-        if self.reader is None or self.waiting or self.stream is not None or self.reader.pending():
+        if self.reader is None or self.waiting or self.inflight or self.stream is not None \
+                or self.reader.pending():
             return 0.0
         return now - self.last
 
@@ -182,7 +189,8 @@ class NbdConnection(asyncio.BufferedProtocol):
         """Handles requests until none is complete, the client stops taking replies,
         a READ is left half sent, or a DISC."""
         it = self.reader.requests()
-        while not (self.paused or self.disconnecting or self.stream is not None or self.closed):
+        while not (self.paused or self.disconnecting or self.stream is not None or self.closed
+                   or self.inflight_bytes >= MAX_INFLIGHT):
             req = next(it, None)
             if req is None:
                 return
@@ -200,7 +208,7 @@ class NbdConnection(asyncio.BufferedProtocol):
     def _close_when_answered(self) -> None:
         if not self.closed:
             self.transport.pause_reading()    # nothing after a DISC is read
-        if not self.waiting and self.stream is None and not self.closed:
+        if not self.waiting and not self.inflight and self.stream is None and not self.closed:
             self.transport.close()        # sends what is queued first
 
     def _request(self, out, cmd, flags, cookie, off, length, payload) -> None:
@@ -274,6 +282,22 @@ class NbdConnection(asyncio.BufferedProtocol):
         if length > READ_PIECE:
             self._start_stream(flags, cookie, off, length)
             return
+        job = dev.read_job(off, length) if length else None
+        if job is not None:
+            if self.structured and not flags & C.CMD_FLAG_DF and job.holes:
+                job.done()           # holes are hole chunks: the path below
+            else:
+                try:
+                    now = job.try_now()
+                except BaseException:
+                    job.done()
+                    raise
+                if not now:
+                    self._read_off_loop(job, cookie, off)
+                    return
+                job.done()
+                out.extend(self._read_reply(cookie, off, job.buf))
+                return
         if not self.structured:
             data = dev.read(off, length)      # errors raise before any header is queued
             out.append(wire.simple(cookie))
@@ -295,6 +319,45 @@ class NbdConnection(asyncio.BufferedProtocol):
             else:
                 out.append(wire.data_chunk_head(cookie, o, n, i == last))
                 out.append(data)
+
+    def _read_reply(self, cookie, off, data) -> tuple:
+        if self.structured:
+            return wire.data_chunk_head(cookie, off, len(data)), data
+        return wire.simple(cookie), data
+
+    def _read_off_loop(self, job, cookie, off) -> None:
+        """The page cache did not hold it all: a worker thread reads the rest while
+        the loop goes on; the reply goes out when it is done (completion order)."""
+        self.inflight += 1
+        self.inflight_bytes += len(job.buf)
+        fut = asyncio.get_running_loop().run_in_executor(self.server.io, job.run)
+        fut.add_done_callback(lambda f: self._read_done(f, job, cookie, off))
+
+    def _read_done(self, fut, job, cookie, off) -> None:
+        job.done()
+        self.inflight -= 1
+        self.inflight_bytes -= len(job.buf)
+        if self.closed:
+            return
+        try:
+            err = fut.exception()
+            if err is not None:
+                out: list = []
+                self._storage_error(out, cookie, err)
+                reply = out
+            else:
+                reply = self._read_reply(cookie, off, job.buf)
+            if self.stream is not None:
+                self.held.extend(reply)
+            else:
+                self.transport.writelines(reply)
+            if self.disconnecting:
+                self._close_when_answered()
+            elif not self.paused:
+                self._process()          # it may have waited for room in flight
+        except Exception:
+            log.exception("connection %s: internal error, closing", self.peer)
+            self.abort()
 
     def _start_stream(self, flags, cookie, off, length) -> None:
         """A large READ becomes a list of runs [offset, end, data?] sent by _stream:
@@ -363,7 +426,7 @@ class NbdConnection(asyncio.BufferedProtocol):
     def _storage_error(self, out, cookie, exc) -> None:
         err = nbd_errno(exc)
         if err == C.EIO and not hasattr(exc, "message"):
-            log.exception("connection %s: unexpected error", self.peer)
+            log.error("connection %s: unexpected error", self.peer, exc_info=exc)
         out.append(wire.error_reply(cookie, err, str(exc)[:200], self.structured))
 
     def _after_commit(self, reply: bytes) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import socket
@@ -15,6 +16,7 @@ log = logging.getLogger("vsand.server")
 
 
 SWEEP = 2.0      # seconds between looks at idle connections
+IO_THREADS = 16  # drive reads that miss the page cache run on these, overlapping
 
 
 class NbdServer:
@@ -25,6 +27,7 @@ class NbdServer:
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
         self._sweeper = None
+        self.io = concurrent.futures.ThreadPoolExecutor(IO_THREADS, thread_name_prefix="vsand-io")
         self.connections: set[NbdConnection] = set()
         self.stopping = False
         self.committer = Committer(exports.flush)
@@ -119,3 +122,4 @@ class NbdServer:
             conn.abort()
         for srv in self.servers:
             await srv.wait_closed()
+        await loop.run_in_executor(None, self.io.shutdown)   # reads in flight finish

@@ -1,0 +1,118 @@
+"""Reads whose drive I/O runs off the event loop (DESIGN.md §13): a read job
+resolved before a free must still read what it resolved, because the free waits
+for it (disk/fence.py); and the epochs order frees behind exactly the reads that
+began before them."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from poolkit import make_pool
+from vsand.disk.fence import ReadFence
+from vsand.errors import NoSpace
+from vsand.units import MiB
+
+A = b"A" * MiB
+B = b"B" * MiB
+
+
+def fill(ld, start: int) -> int:
+    """Writes segments of ``ld`` from ``start`` until the pool is full; returns the
+    next segment number."""
+    k = start
+    while True:
+        try:
+            ld.write(k * MiB, B)
+        except NoSpace:
+            return k
+        k += 1
+
+
+def reuse_race(tmp_path, fenced: bool) -> tuple[bytes, bool]:
+    """A full pool: a job resolves LD a's segment 0, a trims it and the commits
+    free its slot, RStore and PSEGs; then LD b, which filled the pool, writes one
+    more segment — only the freed space can take it. Returns what the job read
+    and whether b's write found room."""
+    pool, _ = make_pool(tmp_path, size=48 * MiB)
+    a = pool.create_ld("a", 8 * MiB, raid=0)
+    b = pool.create_ld("b", 1024 * MiB, raid=0)
+    a.write(0, A)
+    pool.flush()
+    k = fill(b, 0)
+    pool.flush()
+    job = a.read_job(0, MiB)
+    assert job is not None and not job.holes and job.pieces
+    if not fenced:
+        job.done()                 # what a server without the fence would do
+    a.trim(0, MiB)
+    pool.flush()                   # the commit that frees the slot (and drops the RStore)
+    pool.flush()                   # the next one returns the RStore's PSEGs
+    if fenced:
+        assert pool.space.fence.waiting >= 1, "the free did not wait for the read"
+    room = fill(b, k) > k
+    pool.flush()
+    got = bytes(job.run())
+    job.done()
+    assert pool.space.fence.waiting == 0 and not pool.space.fence.active
+    if fenced:                     # the space came back with the end of the read
+        pool.flush()
+        pool.flush()
+        assert fill(b, k) > k, "the space freed behind the read never came back"
+    assert a.read(0, MiB) == bytes(MiB)
+    pool.close()
+    return got, room
+
+
+def test_a_free_waits_for_the_reads_that_resolved_it(tmp_path):
+    assert reuse_race(tmp_path, fenced=True) == (A, False)
+
+
+def test_without_the_fence_the_read_sees_another_ld(tmp_path):
+    """The negative control: the scenario above does reuse the space."""
+    assert reuse_race(tmp_path, fenced=False) == (B, True)
+
+
+def test_epochs_free_behind_older_reads_only():
+    f = ReadFence()
+    ran = []
+    r1 = f.begin()
+    f.after_reads(lambda: ran.append("x"))     # waits for r1
+    r2 = f.begin()                             # began after x was asked: x does not wait for it
+    f.after_reads(lambda: ran.append("y"))     # waits for r1 and r2
+    assert ran == []
+    f.end(r1)
+    assert ran == ["x"]
+    r3 = f.begin()
+    f.end(r2)
+    assert ran == ["x", "y"]
+    f.after_reads(lambda: ran.append("z"))     # r3 still runs
+    assert ran == ["x", "y"]
+    f.end(r3)
+    assert ran == ["x", "y", "z"] and not f.active and not f.waiting
+    f.after_reads(lambda: ran.append("now"))   # nothing runs: at once
+    assert ran[-1] == "now"
+
+
+def test_cold_reads_take_the_worker_path_and_read_right(tmp_path):
+    """After the page cache dropped the drives' pages, try_now leaves pieces for
+    run(), which reads them."""
+    pool, paths = make_pool(tmp_path)
+    a = pool.create_ld("a", 8 * MiB, raid=5)
+    data = os.urandom(3 * MiB)
+    a.write(MiB // 2, data)
+    pool.flush()
+    for d in pool.drives.values():
+        os.posix_fadvise(d.fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    job = a.read_job(MiB // 2, 3 * MiB)
+    if job.try_now():
+        job.done()
+        pytest.skip("RWF_NOWAIT read uncached pages here (no page cache drop?)")
+    assert job.pieces
+    assert bytes(job.run()) == data
+    job.done()
+    again = a.read_job(MiB // 2, 3 * MiB)      # now cached: no worker needed
+    assert again.try_now() and bytes(again.buf) == data
+    again.done()
+    pool.close()

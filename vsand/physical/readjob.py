@@ -1,0 +1,68 @@
+"""A read whose drive I/O may run off the event loop (DESIGN.md §13).
+
+The caller resolves the map on the loop into pieces (drive, byte offset, offset
+in the result, length); ``try_now`` reads what the page cache already holds
+without blocking (``RWF_NOWAIT``), ``run`` reads the rest and may block, so it is
+what a worker thread runs (``preadv`` releases the GIL). ``done`` is called once,
+whatever happened, to let the storage layer free what the read resolved.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from ..errors import IOFailure
+from .drive import Drive
+
+NOWAIT = getattr(os, "RWF_NOWAIT", 0)
+
+
+class ReadJob:
+    __slots__ = ("buf", "pieces", "holes", "_done")
+
+    nowait = bool(NOWAIT)      # cleared for good when the kernel or file system refuses it
+
+    def __init__(self, n: int, pieces: list, holes: bool, done):
+        self.buf = bytearray(n)          # holes stay zero
+        self.pieces = pieces
+        self.holes = holes
+        self._done = done
+
+    def try_now(self) -> bool:
+        """Reads every piece the page cache holds; True when nothing is left."""
+        if not ReadJob.nowait:
+            return not self.pieces
+        mv = memoryview(self.buf)
+        left = []
+        for drive, off, bo, k in self.pieces:
+            if type(drive) is not Drive or drive.failed:
+                left.append((drive, off, bo, k))     # a stand-in or wrapped drive: its own path
+                continue
+            try:
+                got = os.preadv(drive.fd, [mv[bo:bo + k]], off, NOWAIT)
+            except BlockingIOError:
+                got = 0
+            except OSError as e:
+                if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+                    ReadJob.nowait = False
+                    got = 0
+                else:
+                    raise IOFailure(f"read {drive.path}@{off}: {e.strerror}") from e
+            if got < k:                  # not cached (or a short image's end): the slow path
+                left.append((drive, off + got, bo + got, k - got))
+        self.pieces = left
+        return not left
+
+    def run(self) -> bytearray:
+        mv = memoryview(self.buf)
+        for drive, off, bo, k in self.pieces:
+            drive.readinto(off, mv[bo:bo + k])
+        self.pieces = []
+        return self.buf
+
+    def done(self) -> None:
+        if self._done is not None:
+            self._done, fn = None, self._done
+            fn()
+
