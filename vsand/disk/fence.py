@@ -20,15 +20,19 @@ class ReadFence:
 
     def begin(self) -> int:
         e = self.epoch
-        self.active[e] = self.active.get(e, 0) + 1
+        a = self.active
+        a[e] = a.get(e, 0) + 1
         return e
 
     def end(self, e: int) -> None:
-        left = self.active[e] - 1
+        a = self.active
+        left = a[e] - 1
         if left:
-            self.active[e] = left
+            a[e] = left
             return
-        del self.active[e]
+        del a[e]
+        if not self.due:
+            return
         oldest = min(self.active, default=self.epoch)
         while self.due and self.due[0][0] < oldest:
             self.due.popleft()[1]()

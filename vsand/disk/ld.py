@@ -167,6 +167,15 @@ class LogicalDisk:
         self._check(off, n)
         pool = self.pool
         pieces: list = []
+        k, so = divmod(off, self.seg)
+        if so + n <= self.seg:   # hot path: one segment
+            e = self._entry(k)
+            if not e & ALLOCATED:
+                return ReadJob(n, pieces, True, pool.space.fence)
+            if pool.rio.plan(self.raid, pool.space.members(self.table, entry_rsd(e)),
+                             entry_slot(e), so, n, 0, pieces):
+                return ReadJob(n, pieces, False, pool.space.fence)
+            return None
         holes = False
         pos = 0
         for k, so, m in self._pieces(off, n):
@@ -177,9 +186,7 @@ class LogicalDisk:
                                    entry_slot(e), so, m, pos, pieces):
                 return None
             pos += m
-        fence = pool.space.fence
-        token = fence.begin()
-        return ReadJob(n, pieces, holes, lambda: fence.end(token))
+        return ReadJob(n, pieces, holes, pool.space.fence)
 
     # ---- write -------------------------------------------------------------------
     def write(self, off: int, data) -> None:

@@ -4,7 +4,8 @@ The caller resolves the map on the loop into pieces (drive, byte offset, offset
 in the result, length); ``try_now`` reads what the page cache already holds
 without blocking (``RWF_NOWAIT``), ``run`` reads the rest and may block, so it is
 what a worker thread runs (``preadv`` releases the GIL). ``done`` is called once,
-whatever happened, to let the storage layer free what the read resolved.
+whatever happened: it ends the job's hold on ``fence`` (the storage layer's
+read fence, begun when the job was made) so that what it resolved may be freed.
 """
 
 from __future__ import annotations
@@ -19,23 +20,36 @@ NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 
 
 class ReadJob:
-    __slots__ = ("buf", "pieces", "holes", "_done")
+    __slots__ = ("buf", "pieces", "holes", "_fence", "_token")
 
     nowait = bool(NOWAIT)      # cleared for good when the kernel or file system refuses it
 
-    def __init__(self, n: int, pieces: list, holes: bool, done):
+    def __init__(self, n: int, pieces: list, holes: bool, fence):
         self.buf = bytearray(n)          # holes stay zero
         self.pieces = pieces
         self.holes = holes
-        self._done = done
+        self._fence = fence
+        self._token = fence.begin()
 
     def try_now(self) -> bool:
         """Reads every piece the page cache holds; True when nothing is left."""
         if not ReadJob.nowait:
             return not self.pieces
+        pieces = self.pieces
+        if len(pieces) == 1:             # the common case: one stripe unit of one drive
+            drive, off, bo, k = pieces[0]
+            if type(drive) is Drive and not drive.failed and not bo and k == len(self.buf):
+                try:
+                    if os.preadv(drive.fd, [self.buf], off, NOWAIT) == k:
+                        self.pieces = []
+                        return True
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    pass                 # the general path below tells why
         mv = memoryview(self.buf)
         left = []
-        for drive, off, bo, k in self.pieces:
+        for drive, off, bo, k in pieces:
             if type(drive) is not Drive or drive.failed:
                 left.append((drive, off, bo, k))     # a stand-in or wrapped drive: its own path
                 continue
@@ -62,7 +76,7 @@ class ReadJob:
         return self.buf
 
     def done(self) -> None:
-        if self._done is not None:
-            self._done, fn = None, self._done
-            fn()
+        if self._fence is not None:
+            self._fence, fence = None, self._fence
+            fence.end(self._token)
 

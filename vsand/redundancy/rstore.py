@@ -62,6 +62,14 @@ class RStoreIO:
         plain read of segment bytes [off, off+n); False (nothing appended that
         matters) when a column needs recovery from redundancy."""
         su = self.su
+        col, uo = divmod(off, su)
+        if raid == 0 and uo + n <= su:   # hot path: inside one stripe unit
+            d, base = members[col]
+            drive = self.drives[d]
+            if drive.failed:
+                return False
+            out.append((drive, base + slot * su + uo, bo, n))
+            return True
         for col, uo, pbo, k in split(off, n, su):
             m = self._healthy_member(raid, members, slot, col)
             if m is None:

@@ -27,9 +27,10 @@ from ..nbd.handshake import Closed, Handshake, Negotiated
 
 log = logging.getLogger("vsand.server")
 HANDSHAKE_TIMEOUT = 60.0
-WRITE_HIGH = 2 << 20    # reply bytes queued before the connection stops taking requests
-WRITE_LOW = 512 << 10
+WRITE_HIGH = 256 << 10    # reply bytes queued before the connection stops taking requests
+WRITE_LOW = 64 << 10
 READ_PIECE = 1 << 20    # larger READs are read and sent in pieces of this size
+SEND_NOW = 64 << 10     # a reply this large goes to the transport before the next request
 MAX_INFLIGHT = 8 << 20  # bytes of READs off the loop before the connection waits for them
 
 
@@ -197,7 +198,9 @@ class NbdConnection(asyncio.BufferedProtocol):
             self._request(out, *req)
             if self.stream is not None:
                 self._stream(out)
-            if len(out) > 64:             # let the transport see it (and pause us)
+            # Hand large replies over at once: the transport pauses us when the
+            # client lags, instead of queueing (and memmoving) a whole batch.
+            if len(out) > 64 or out and len(out[-1]) >= SEND_NOW:
                 self._send(out)
 
     def _send(self, out: list) -> None:
