@@ -197,19 +197,23 @@ def new_pool(tmp_path, world: PowerWorld) -> list[str]:
 
 
 def workload_and_cut(paths, rng: random.Random, t: Tracker, mode: str, nops: int,
-                     last_io: int = 800, log_size: int | None = None) -> tuple[int, int]:
+                     last_io: int = 800, log_size: int | None = None,
+                     big_commit: int | None = None) -> tuple[int, int]:
     """Runs random operations on the pool until the power fails at a random I/O up to
     ``last_io`` (or after ``nops`` operations). Returns (I/Os done, blocks kept from
     the caches). ``log_size`` shrinks the metadata log in memory and turns off the
     early checkpoint, so that the log-full paths (a commit or a write intent finds no
-    room and checkpoints instead) run often."""
+    room and checkpoints instead) run often; ``big_commit`` lowers the size above
+    which a commit is written as a checkpoint, so that path runs often too."""
     world = PowerWorld(cut_at=rng.randint(1, last_io))
-    saved = pool_module.CHECKPOINT_AT
+    saved = pool_module.CHECKPOINT_AT, pool_module.BIG_COMMIT
     try:
         pool = Pool.open(paths, drive_factory=world.open)
         if log_size:
             pool.meta.log_size = log_size
             pool_module.CHECKPOINT_AT = 1.0
+        if big_commit:
+            pool_module.BIG_COMMIT = big_commit
         for _ in range(nops):
             op = next_op(rng, t)
             t.start(op)
@@ -218,7 +222,7 @@ def workload_and_cut(paths, rng: random.Random, t: Tracker, mode: str, nops: int
     except PowerCut:
         pass
     finally:
-        pool_module.CHECKPOINT_AT = saved
+        pool_module.CHECKPOINT_AT, pool_module.BIG_COMMIT = saved
     return world.ios, world.cut(mode, rng)
 
 
@@ -268,14 +272,15 @@ def recover_with_cuts(paths, rng: random.Random, t: Tracker, mode: str, cuts: in
     return got
 
 
-@pytest.mark.parametrize("log", ["log7M", "log768"])
+@pytest.mark.parametrize("log", ["log7M", "log768", "commit64"])
 @pytest.mark.parametrize("mode", ["all", "subset"])
 @pytest.mark.parametrize("seed", range(6))
 def test_power_cut(tmp_path, seed, mode, log):
     rng = random.Random(f"{mode}-{seed}-{log}")
     t = Tracker()
     paths = new_pool(tmp_path, PowerWorld())
-    workload_and_cut(paths, rng, t, mode, NOPS, log_size=768 if log == "log768" else None)
+    workload_and_cut(paths, rng, t, mode, NOPS, log_size=768 if log == "log768" else None,
+                     big_commit=64 if log == "commit64" else None)
     got = recover_with_cuts(paths, rng, t, mode, cuts=2)
     assert_contract(paths, t, expect=got)
     got = assert_contract(paths, t)

@@ -152,7 +152,7 @@ def test_map_entries_change_only_through_the_operations(method, where):
     assert not bad, "map edits outside the mutation API:\n  " + "\n  ".join(bad)
 
 
-@pytest.mark.parametrize("method", ["add", "touch", "touch_lmaps"])
+@pytest.mark.parametrize("method", ["add", "add_rstore", "touch", "touch_lmaps"])
 def test_log_records_are_written_only_by_the_operations(method):
     bad = []
     for mod, path in MODS.items():

@@ -13,9 +13,11 @@ def lost_rstores(pool, failed: set[int]) -> dict[tuple[int, str], np.ndarray]:
     RAID0 with any member there, RAID5 with two, RAID1 with both copies of a column."""
     out = {}
     f = np.fromiter(failed, dtype=np.int64, count=len(failed))
+    if not len(f):
+        return out              # every start asks: no copy of the tables then
     for key, t in pool.space.tables.items():
         live, rows = t.live_rows()
-        if not len(live) or not len(f):
+        if not len(live):
             continue
         drives = member_drives(rows)
         bad = np.isin(drives, f)

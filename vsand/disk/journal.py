@@ -16,6 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 
 FULL_LMAP_THRESHOLD = 256  # more touched entries than this in one LMAP: log it whole
+# What building and packing a commit holds in memory (``estimate``): a record dict
+# with its values and packed bytes; a changed entry (key, value, packed); a whole
+# LMAP (its bytes and their packed copy) counts twice its size.
+RECORD_MEM = 512
+ENTRY_MEM = 24
 
 
 @dataclass
@@ -28,9 +33,40 @@ class Mark:
     bulk: int
 
 
+class RStoreAdds:
+    """The "rsa" records of RStores added to one table one after another, kept as
+    index ranges until a commit builds them from the table: a thick create adds
+    hundreds of thousands of RStores, and a record dict each would take more RAM
+    than the maps themselves. Built from the rows as they are at commit time: a
+    later "rsm" or "rsr" of the same commit then replays over the same result."""
+
+    def __init__(self, table, idx: int):
+        self.table = table
+        self.ranges = [[idx, idx + 1]]
+
+    def add(self, idx: int) -> None:
+        r = self.ranges[-1]
+        if idx == r[1]:
+            r[1] += 1
+        elif idx == r[0] - 1:        # free indices are reused from the top down
+            r[0] -= 1
+        else:
+            self.ranges.append([idx, idx + 1])
+
+    def __len__(self) -> int:
+        return sum(hi - lo for lo, hi in self.ranges)
+
+    def records(self):
+        t = self.table
+        for lo, hi in self.ranges:
+            for i in range(lo, hi):
+                yield {"t": "rsa", "raid": t.raid, "ldad": t.ldad, "i": i, "m": t.members(i)}
+
+
 class Journal:
     def __init__(self):
-        self.records: list[dict] = []
+        self.records: list[dict | RStoreAdds] = []
+        self._adds: RStoreAdds | None = None     # the last record, while it may grow
         self.segs: dict[int, set[int]] = {}
         self.lmaps: dict[int, set[int]] = {}
         self.slots: list[tuple[object, int, int]] = []
@@ -39,6 +75,14 @@ class Journal:
 
     def add(self, rec: dict) -> None:
         self.records.append(rec)
+        self._adds = None
+
+    def add_rstore(self, table, idx: int) -> None:
+        if self._adds is not None and self._adds.table is table:
+            self._adds.add(idx)
+        else:
+            self._adds = RStoreAdds(table, idx)
+            self.records.append(self._adds)
 
     def touch(self, ld_id: int, k: int) -> None:
         s = self.segs.get(ld_id)
@@ -58,10 +102,31 @@ class Journal:
         return not (self.records or self.segs or self.lmaps or self.slots or self.rsd_ids
                     or self.bulk_slots)
 
+    def estimate(self, lds: dict) -> int:
+        """About how much memory ``build`` and packing its records would take."""
+        n = RECORD_MEM * sum(len(r) if isinstance(r, RStoreAdds) else 1 for r in self.records)
+        n += ENTRY_MEM * sum(len(s) for s in self.segs.values())
+        for ld_id, lis in self.lmaps.items():
+            ld = lds.get(ld_id)
+            if ld is not None:
+                n += 2 * len(lis) * ld.l2.nbytes_per_lmap
+        return n
+
+    def mark(self) -> Mark:
+        """What a commit built now would cover (a checkpoint covers it all)."""
+        self._adds = None
+        return Mark(len(self.records), len(self.slots), len(self.rsd_ids), len(self.bulk_slots))
+
     def build(self, lds: dict) -> tuple[list[dict], Mark]:
         """Records for a commit: logical ones in order, then map contents. The
         change set is kept until ``committed`` says the commit is durable."""
-        out = list(self.records)
+        mark = self.mark()
+        out = []
+        for r in self.records:
+            if isinstance(r, RStoreAdds):
+                out.extend(r.records())
+            else:
+                out.append(r)
         for ld_id in sorted(set(self.segs) | set(self.lmaps)):
             ld = lds.get(ld_id)
             if ld is None:
@@ -84,7 +149,7 @@ class Journal:
                 es = np.fromiter((l2.get(int(k)) for k in ks), dtype=np.uint32, count=len(ks))
                 out.append({"t": "map", "ld": ld_id, "k": ks.astype(np.uint32).tobytes(),
                             "e": es.tobytes()})
-        return out, Mark(len(self.records), len(self.slots), len(self.rsd_ids), len(self.bulk_slots))
+        return out, mark
 
     def committed(self, m: Mark) -> tuple[list, list, list]:
         """The commit built with mark ``m`` is durable: forget what it recorded and

@@ -264,8 +264,7 @@ class LogicalDisk:
         return self.allocated_segments(), self.l2.count(SS)
 
     def allocated_segments(self) -> int:
-        ks, _ = self.l2.allocated()
-        return len(ks)
+        return self.l2.allocated_count()
 
     def info(self) -> dict:
         """What vsanctl shows. ``role`` and ``state`` say what the LD is; the older

@@ -51,8 +51,7 @@ class Ops:
 
     def add_rstore(self, table, stored: list[int]) -> int:
         idx = table.add(stored)
-        self.pool.journal.add({"t": "rsa", "raid": table.raid, "ldad": table.ldad, "i": idx,
-                               "m": stored})
+        self.pool.journal.add_rstore(table, idx)      # an "rsa" record, built at commit
         return idx
 
     def drop_rstore(self, table, idx: int) -> None:

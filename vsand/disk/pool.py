@@ -10,6 +10,8 @@ validates a request, then hands it to ``ops`` as one typed operation.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import functools
 import logging
 import os
@@ -42,6 +44,15 @@ from .verify import check_pool
 log = logging.getLogger("vsand.pool")
 
 QUORUM_COPIES = 3
+_libc = ctypes.CDLL(ctypes.util.find_library("c"))
+
+
+def _give_back_heap() -> None:
+    """After an operation over the whole map (start-up, a thick create): glibc keeps
+    the heap its temporaries freed, and a map-sized one would stay in the RSS."""
+    trim = getattr(_libc, "malloc_trim", None)   # glibc only
+    if trim is not None:
+        trim(0)
 
 
 class Pool:
@@ -138,6 +149,7 @@ class Pool:
             pool.readonly = readonly
             pool.strangers = asm.strangers
             pool.recover(asm, accept_loss)
+            _give_back_heap()
             return pool
         except VsanError:
             close_all(asm.drives)
@@ -213,8 +225,8 @@ class Pool:
             if drive is None or drive.failed:
                 continue
             try:
-                blob = MetaStore.read_blob(drive, [q + g * p for g in psegs], p, ck["len"])
-                return fmt.unpack_checkpoint(blob, ck["seq"])
+                return fmt.read_checkpoint(MetaStore.blob_reader(drive, [q + g * p for g in psegs],
+                                                                 p, ck["len"]), ck["len"], ck["seq"])
             except VsanError as e:
                 errors.append(f"drive {d}: {e.message}")
         raise Corrupt("no readable checkpoint copy: " + "; ".join(errors or ["all copies on failed drives"]))
@@ -268,6 +280,7 @@ class Pool:
                 self.flush()
                 crashpoint("create.before_done")
                 self.ops.execute({"t": "lda", "id": ld.id, "drop": ["creating"]})
+                _give_back_heap()
             except VsanError:
                 # check_room counts PSEGs, not placements (RAID5 needs 5 drives with
                 # room): a failed create must not leave a half-allocated LD behind.

@@ -13,12 +13,15 @@ import logging
 import numpy as np
 
 from ..errors import Corrupt, VsanError
+from ..meta.stream import Bin
 from ..mapping.lmap import SLOTS, owned, rsds, slots
 from .ld import LogicalDisk
 from .ops import REPLAY, reservation
 from .role import Role
 
 log = logging.getLogger("vsand.pool")
+
+DERIVE_ROWS = 1024   # RSD rows per step of derive_free: temporaries of ~100 KiB
 
 
 def checkpoint_body(pool, seq: int) -> dict:
@@ -27,13 +30,14 @@ def checkpoint_body(pool, seq: int) -> dict:
         lds.append({"id": ld.id, "name": ld.name, "size": ld.size, "raid": ld.raid,
                     "ldad": ld.ldad, "role": ld.role.value, "attrs": ld.attrs, "fill": ld.l2.fill,
                     "pred": ld.pred.id if ld.pred is not None else None,
-                    "lmaps": {li: lm.tobytes() for li, lm in ld.l2.items()
+                    # views of the live arrays, written as they are (fmt.CheckpointBlob)
+                    "lmaps": {li: memoryview(lm) for li, lm in ld.l2.items()
                               # an all-zero LMAP differs from a non-zero fill
                               if lm.any() or ld.l2.fill}})
     tables = []
     for (raid, ldad), t in pool.space.tables.items():
         count, rows = t.dump()
-        tables.append({"raid": raid, "ldad": ldad, "count": count, "rows": rows})
+        tables.append({"raid": raid, "ldad": ldad, "count": count, "rows": Bin(rows)})
     # No write intents: a checkpoint follows a sync of every data drive with no
     # write in flight, so every stripe is whole.
     return {"seq": seq, "lds": lds, "rsd": tables, "next_ld": pool.catalog.next_id,
@@ -49,8 +53,11 @@ def load_checkpoint(pool, body: dict) -> None:
                          Role(d["role"]), d["attrs"])
         pool.catalog.add(ld)
         ld.l2.fill = d.get("fill", 0)
-        for li, data in d["lmaps"].items():
-            ld.l2.install(int(li), np.frombuffer(data, dtype=np.uint32).copy())
+        lmaps = d["lmaps"]
+        for li in list(lmaps):
+            # Copied, each LMAP's bytes dropped as soon as its array exists: an array
+            # that owns its memory costs less per LMAP than one over the bytes.
+            ld.l2.install(int(li), np.frombuffer(lmaps.pop(li), dtype=np.uint32).copy())
     for d in body["lds"]:
         if d.get("pred") is not None:
             ld, p = pool.catalog.by_id[d["id"]], pool.catalog.by_id[d["pred"]]
@@ -108,30 +115,35 @@ def restore_reservations(pool) -> None:
 
 
 def used_slots(pool) -> dict[tuple[int, str], np.ndarray]:
-    """Per RSD table: a bitmask of referenced slots for every RSD index."""
+    """Per RSD table: a bitmask of referenced slots for every RSD index. One LMAP at
+    a time: the temporaries stay a few KiB whatever the size of the maps."""
     masks = {key: np.zeros(t.count, dtype=np.uint8) for key, t in pool.space.tables.items()}
     for ld in pool.catalog.by_id.values():
-        _, es = ld.l2.allocated()
-        es = es[owned(es)]
-        if len(es):
-            np.bitwise_or.at(masks[(ld.raid, ld.ldad)], rsds(es), (1 << slots(es)).astype(np.uint8))
+        m = masks.get((ld.raid, ld.ldad))
+        for _, lm in ld.l2.items():
+            es = lm[owned(lm)]
+            if len(es):
+                np.bitwise_or.at(m, rsds(es), (1 << slots(es)).astype(np.uint8))
     return masks
 
 
 def derive_free(pool) -> None:
-    """Free maps and free slots follow from the RSD tables and the maps."""
-    for t in pool.space.tables.values():
-        live, rows = t.live_rows()
-        # Free RSD indices follow from the table too: replayed "rsa" records revive
-        # indices the checkpoint listed as free, "rsr" records free more.
-        t.free_ids = np.setdiff1d(np.arange(t.count), live).tolist()
-        drives, psegs = pool.space.physical_arrays(t.raid, rows)
-        for d in np.unique(drives).tolist():
-            pool.allocator.mark_used(d, psegs[drives == d])
+    """Free maps and free slots follow from the RSD tables and the maps, one table
+    chunk at a time (bounded temporaries, as in used_slots)."""
     full = (1 << SLOTS) - 1
-    for key, m in used_slots(pool).items():
+    for key, used in used_slots(pool).items():
         t = pool.space.tables[key]
-        live = t.live_indices()
-        free = (~m[live]) & full
-        sel = free != 0
-        t.free_slots = dict(zip(live[sel].tolist(), free[sel].tolist()))
+        dead, free_slots = [], {}
+        for base, rows, alive in t.blocks(DERIVE_ROWS):
+            drives, psegs = pool.space.physical_arrays(t.raid, rows[alive])
+            for d in np.unique(drives).tolist():
+                pool.allocator.mark_used(d, psegs[drives == d])
+            # Free RSD indices follow from the table too: replayed "rsa" records
+            # revive indices the checkpoint listed as free, "rsr" records free more.
+            dead.append(np.flatnonzero(~alive) + base)
+            live = np.flatnonzero(alive) + base
+            free = (~used[live]) & full
+            sel = free != 0
+            free_slots.update(zip(live[sel].tolist(), free[sel].tolist()))
+        t.free_ids = np.concatenate(dead).tolist() if dead else []
+        t.free_slots = free_slots

@@ -103,8 +103,9 @@ class Space:
         if t.raid == 1:
             placed = placed[::2]
         idx = self.ops.add_rstore(t, [pack_member(d, g) for d, g in placed])
-        # One hole punch per PSEG now spares one per member on each first write.
-        for d, off in self.members(t, idx):
+        # One hole punch per PSEG now spares one per member on each first write. Not
+        # through the member cache: a thick create would fill it for nothing.
+        for d, off in self.expand(t.raid, t.members(idx)):
             self.rio.drives[d].zero(off, self.units.pseg)
         t.mark_fresh(idx)
         return idx

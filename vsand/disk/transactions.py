@@ -5,7 +5,9 @@ A commit is one unit in the metadata log (meta/format.py): the journal's records
 (ops.py) plus, for a catalog operation, that operation's record. Steps: fsync the
 data drives, append the unit to every quorum copy; only then is the journal
 forgotten and what it freed released. The superblock and checkpoint are rewritten
-when the log is half full, on close, and whenever the log's state is in doubt.
+when the log is half full, on close, whenever the log's state is in doubt, and in
+place of a commit too big to pack in memory (BIG_COMMIT: a checkpoint is written
+from the arrays in pieces, a commit is one bytes object).
 
 A failed metadata write leaves the copies in a state nobody knows (a commit may
 be whole on one copy and torn on the next). The pool then rewrites its metadata
@@ -34,6 +36,7 @@ from . import recovery
 log = logging.getLogger("vsand.pool")
 
 CHECKPOINT_AT = 0.5   # fraction of the log area in use that triggers a checkpoint
+BIG_COMMIT = 1 << 20  # a change set whose commit would take more memory is checkpointed
 COPIES_RESERVED = 3    # checkpoint copies the metadata reserve holds (ensure_meta_reserve)
 
 
@@ -83,20 +86,24 @@ class Transactions:
         if extra is None and j.empty() and not alloc.pending:
             pool.sync_data()
             return
+        # A commit is packed whole in memory, a checkpoint streams from the arrays: a
+        # big change set (a thick create's allocation) would cost more RAM than its maps.
+        big = j.estimate(pool.catalog.by_id) > BIG_COMMIT
+        npsegs = len(alloc.pending)
+        pool.sync_data()                 # raises with nothing written
+        crashpoint("commit.after_data_sync")
+        if big:
+            self._checkpoint_instead(extra)
+            return
         records, mark = j.build(pool.catalog.by_id)
         if self.dirty:
             records.append({"t": "r5c"})
         if extra is not None:
             records.append(extra)
-        npsegs = len(alloc.pending)
-        pool.sync_data()                 # raises with nothing written
-        crashpoint("commit.after_data_sync")
         try:
             self.meta.append(records)
         except LogFull:
-            self.checkpoint()            # everything but ``extra``: memory has not got it
-            if extra is not None:
-                self._append([extra], "commit")
+            self._checkpoint_instead(extra)
             return
         except IOFailure as e:
             self._rewrite(e, "metadata commit")
@@ -109,6 +116,13 @@ class Transactions:
         self.commits += 1
         if extra is None:
             self.checkpoint_if_due()
+
+    def _checkpoint_instead(self, extra: dict | None) -> None:
+        """A checkpoint makes the change set durable; ``extra``, which memory has not
+        got yet, follows as the new log's first commit."""
+        self.checkpoint()
+        if extra is not None:
+            self._append([extra], "commit")
 
     def checkpoint_if_due(self) -> None:
         """Checkpoints when the log is half full. After a catalog operation this runs
@@ -161,27 +175,29 @@ class Transactions:
         """Writes all of memory as a new checkpoint and superblock; the log restarts.
         Raises (memory unchanged) when it cannot."""
         pool, j = self.pool, self.pool.journal
-        _, mark = j.build({})
+        mark = j.mark()
         npsegs = len(pool.allocator.pending)
         pool.sync_data()
         seq, salt = self.meta.next_seq, MetaStore.new_salt()
-        blob = fmt.pack_checkpoint(seq, recovery.checkpoint_body(pool, seq))
+        # Written from the live arrays in one pass (no map changes before it returns:
+        # this runs where the maps are changed), never packed whole in memory.
+        blob = fmt.CheckpointBlob(seq, recovery.checkpoint_body(pool, seq))
         p, q = pool.units.pseg, pool.units.quorum
-        n = max(1, math.ceil(len(blob) / p))
+        n = max(1, math.ceil(blob.nbytes / p))
         copies = []
         try:
             for d in pool.quorum_ids:
                 if not pool.drives[d].failed:
-                    psegs = pool.allocator.alloc_meta(d, n)
-                    copies.append([d, psegs])
-                    MetaStore.write_blob(pool.drives[d], [q + g * p for g in psegs], p, blob)
+                    copies.append([d, pool.allocator.alloc_meta(d, n)])
+            MetaStore.write_blobs([(pool.drives[d], [q + g * p for g in psegs]) for d, psegs in copies],
+                                  p, blob.pieces(), blob.head)
         except VsanError:
             for d, psegs in copies:      # no superblock names them: free at once
                 for g in psegs:
                     pool.allocator.free_now(d, g)
             raise
         crashpoint("checkpoint.before_superblock")
-        new = {"seq": seq, "len": len(blob), "copies": copies}
+        new = {"seq": seq, "len": blob.nbytes, "copies": copies}
         try:
             self.meta.write_superblock(self.superblock(new, seq, salt))
         except VsanError:

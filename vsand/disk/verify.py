@@ -31,9 +31,10 @@ def check_pool(pool, parity: bool = False) -> list[str]:
             if pool.drives[d].failed:
                 continue
             try:
-                blob = MetaStore.read_blob(pool.drives[d], [u.quorum + g * u.pseg for g in psegs],
-                                           u.pseg, pool.ckpt["len"])
-                fmt.unpack_checkpoint(blob, pool.ckpt["seq"])
+                n = pool.ckpt["len"]
+                fmt.read_checkpoint(MetaStore.blob_reader(pool.drives[d], [u.quorum + g * u.pseg
+                                                                           for g in psegs], u.pseg, n),
+                                    n, pool.ckpt["seq"])
             except VsanError as e:
                 out.append(f"checkpoint copy on drive {d}: {e.message}")
     # -- RSDs: placement rules, PSEG ownership --------------------------------------

@@ -199,9 +199,17 @@ class L2map:
             return np.zeros(0, np.int64), np.zeros(0, np.uint32)
         return np.concatenate(ks).astype(np.int64), np.concatenate(es)
 
+    def allocated_count(self) -> int:
+        """len(allocated()[0]), counted one LMAP at a time."""
+        return sum(int(np.count_nonzero(lm & STATE_MASK)) for _, lm in self.items())
+
     def count(self, bits: int) -> int:
         """Entries with any of ``bits`` set, over the whole address space."""
         return sum(int(np.count_nonzero(self.entries(lo, hi) & bits)) for lo, hi in self.ranges())
+
+    @property
+    def nbytes_per_lmap(self) -> int:
+        return self.per * np.dtype(np.uint32).itemsize
 
     def nbytes(self) -> int:
         return sum(lm.nbytes for _, lm in self.items())

@@ -104,7 +104,18 @@ class RsdTable:
         live = self.live_indices()
         if not len(live):
             return live, np.zeros((0, self.width), np.uint32)
-        return live, np.concatenate(self.chunks)[: self.count][live]
+        return live, self.rows(live)
+
+    def blocks(self, size: int = CHUNK):
+        """(first index, rows, live mask) of the handed-out rows, ``size`` rows (at
+        most a chunk) at a time: views, so a walk over the table in bulk copies none
+        of it, and its temporaries stay bounded."""
+        assert CHUNK % size == 0, "a block never straddles two chunks"
+        for base in range(0, self.count, size):
+            ch = self.chunks[base // CHUNK]
+            o = base % CHUNK
+            rows = ch[o:o + min(size, CHUNK - o, self.count - base)]
+            yield base, rows, rows[:, 0] != DEAD
 
     def mark_fresh(self, idx: int) -> None:
         """The RStore's PSEGs were just zeroed: its free slots need no zeroing."""
@@ -155,26 +166,29 @@ class RsdTable:
         return None
 
     def live_indices(self) -> np.ndarray:
-        if not self.count:
-            return np.zeros(0, np.int64)
-        allrows = np.concatenate(self.chunks)[: self.count]
-        return np.flatnonzero(allrows[:, 0] != DEAD)
+        parts = [np.flatnonzero(live) + base for base, _, live in self.blocks()]
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
-    def dump(self) -> tuple[int, bytes]:
-        """(count, rows as bytes) for a checkpoint."""
-        if not self.count:
-            return 0, b""
-        return self.count, np.concatenate(self.chunks)[: self.count].tobytes()
+    def dump(self) -> tuple[int, list[np.ndarray]]:
+        """(count, rows [0, count) as views of the chunks) for a checkpoint; the
+        chunks' bytes joined are the rows as one array's ``tobytes``."""
+        return self.count, [rows for _, rows, _ in self.blocks()]
 
-    def load(self, count: int, data: bytes) -> None:
+    def load(self, count: int, data) -> None:
+        """The table a checkpoint holds: ``count`` rows in ``data``. A writable
+        ``data`` (a bytearray from the checkpoint reader) is taken over in place,
+        its whole chunks as views, so loading costs no second copy of the table."""
         rows = np.frombuffer(data, dtype=np.uint32).reshape(count, self.width) if count else None
         self.chunks = []
         self.count = 0
         if count:
             nchunks = -(-count // CHUNK)
             for c in range(nchunks):
-                ch = np.full((CHUNK, self.width), DEAD, dtype=np.uint32)
                 part = rows[c * CHUNK:(c + 1) * CHUNK]
+                if len(part) == CHUNK and part.flags.writeable:
+                    self.chunks.append(part)
+                    continue
+                ch = np.full((CHUNK, self.width), DEAD, dtype=np.uint32)
                 ch[: len(part)] = part
                 self.chunks.append(ch)
             self.count = count

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import msgpack
 
 from ..errors import Corrupt
+from . import stream
 
 LABEL_MAGIC = b"VSANDLBL"
 SB_MAGIC = b"VSANDSUP"
@@ -162,9 +163,41 @@ def scan_commits(buf, seq: int, chain: int, off: int = 0, limit: int | None = No
     return out, off, chain, False
 
 
+class CheckpointBlob:
+    """A checkpoint as pieces (stream.encode): the maps are written from their
+    arrays, never joined into one bytes object. ``pieces()`` yields the blob's
+    bytes in order with zeros in place of the head; ``head()`` is the real head,
+    with the crc of what ``pieces()`` did yield, to be written over them last.
+
+    The body refers to live arrays: nothing may change them between the first
+    call to ``pieces()`` and the last piece."""
+
+    def __init__(self, seq: int, body: dict):
+        self.seq = seq
+        self.body = body
+        self.nbytes = CKPT_HEAD.size + sum(len(p) for p in stream.encode(body))
+        self._crc: int | None = None
+
+    def pieces(self):
+        yield bytes(CKPT_HEAD.size)
+        crc, n = 0, 0
+        for p in stream.encode(self.body):
+            crc = zlib.crc32(p, crc)
+            n += len(p)
+            yield p
+        assert CKPT_HEAD.size + n == self.nbytes, "the checkpoint body changed while written"
+        self._crc = crc
+
+    def head(self) -> bytes:
+        assert self._crc is not None, "head() before every piece was taken"
+        return CKPT_HEAD.pack(CKPT_MAGIC, self.seq, self.nbytes - CKPT_HEAD.size, self._crc)
+
+
 def pack_checkpoint(seq: int, body: dict) -> bytes:
-    payload = msgpack.packb(body, use_bin_type=True)
-    return CKPT_HEAD.pack(CKPT_MAGIC, seq, len(payload), zlib.crc32(payload)) + payload
+    """The whole blob as one bytes object (small pools, tests)."""
+    blob = CheckpointBlob(seq, body)
+    rest = b"".join(list(blob.pieces())[1:])
+    return blob.head() + rest
 
 
 def checkpoint_length(head: bytes) -> int:
@@ -174,19 +207,42 @@ def checkpoint_length(head: bytes) -> int:
     return CKPT_HEAD.size + n
 
 
-def unpack_checkpoint(buf: bytes, seq: int) -> dict:
-    magic, s, n, crc = CKPT_HEAD.unpack_from(buf)
+def read_checkpoint(readinto, length: int, seq: int) -> dict:
+    """Decodes a checkpoint of ``length`` bytes from ``readinto(buf)`` (fills ``buf``
+    with the blob's next bytes) in bounded reads; binaries of stream.BIG bytes or
+    more come back as bytearrays. Corrupt unless every byte checks out."""
+    if length < CKPT_HEAD.size:
+        raise Corrupt("checkpoint: shorter than its head")
+    head = bytearray(CKPT_HEAD.size)
+    readinto(memoryview(head))
+    magic, s, n, crc = CKPT_HEAD.unpack(head)
     if magic != CKPT_MAGIC:
         raise Corrupt("checkpoint: bad magic")
     if s != seq:
         raise Corrupt(f"checkpoint: sequence {s}, superblock expects {seq}")
-    payload = bytes(buf[CKPT_HEAD.size: CKPT_HEAD.size + n])
-    if len(payload) != n or zlib.crc32(payload) != crc:
-        raise Corrupt("checkpoint: checksum mismatch")
+    if CKPT_HEAD.size + n > length:
+        raise Corrupt("checkpoint: checksum mismatch (shorter than its head says)")
+    dec = stream.Decoder(readinto, n, "checkpoint")
     try:
-        body = msgpack.unpackb(payload, raw=False, strict_map_key=False)
-    except ValueError as e:
-        raise Corrupt(f"checkpoint: cannot be decoded ({e})") from None
+        body = dec.whole()
+    except Corrupt as e:
+        dec.drain()             # undecodable: say checksum mismatch when that is why
+        if dec.crc != crc:
+            raise Corrupt("checkpoint: checksum mismatch") from None
+        raise Corrupt(f"checkpoint: cannot be decoded ({e.message})") from None
+    if dec.crc != crc:
+        raise Corrupt("checkpoint: checksum mismatch")
     if not isinstance(body, dict):
         raise Corrupt("checkpoint: not a checkpoint body")
     return body
+
+
+def unpack_checkpoint(buf, seq: int) -> dict:
+    """read_checkpoint over a blob in memory."""
+    mv, pos = memoryview(buf).cast("B"), 0
+
+    def readinto(out) -> None:
+        nonlocal pos
+        out[:] = mv[pos:pos + len(out)]
+        pos += len(out)
+    return read_checkpoint(readinto, len(mv), seq)

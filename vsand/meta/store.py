@@ -27,6 +27,8 @@ from ..errors import Corrupt, IOFailure
 from ..faults import crashpoint
 from . import format as fmt
 
+WRITE_CHUNK = 256 * 1024     # checkpoint bytes gathered per write
+
 
 class LogFull(Exception):
     pass
@@ -153,7 +155,7 @@ class MetaStore:
             commits, off, chain, buf = [], 0, salt, b""
             try:
                 while end is None or first_seq + len(commits) < end:
-                    k = min(max(len(buf), 1 << 20), self.log_size - len(buf))
+                    k = min(max(len(buf), 1 << 16), self.log_size - len(buf))
                     if k > 0:
                         buf += d.pread(fmt.LOG_OFF + len(buf), k)
                     limit = None if end is None else end - first_seq - len(commits)
@@ -186,24 +188,56 @@ class MetaStore:
 
     # ---- checkpoint blobs --------------------------------------------------------
     @staticmethod
-    def write_blob(drive, offsets: list[int], pseg: int, blob: bytes) -> None:
-        mv = memoryview(blob)
-        for i, off in enumerate(offsets):
-            piece = mv[i * pseg:(i + 1) * pseg]
-            if not len(piece):
-                break
-            drive.pwrite(off, piece)
-        drive.fsync()
+    def write_blobs(targets: list, pseg: int, pieces, head) -> None:
+        """Writes one blob to several drives at once: ``targets`` = [(drive, byte
+        offsets of its PSEGs)], ``pieces`` = the blob's bytes in order, ``head()``
+        = its first bytes, written over the start last (format.CheckpointBlob).
+        Pieces are gathered into bounded writes, so the blob is never whole in
+        memory, and every copy gets the same bytes from one pass over them."""
+        buf = bytearray(WRITE_CHUNK)
+        mv = memoryview(buf)
+        pos, fill = 0, 0                   # blob offset of buf[0], bytes in buf
+
+        def put(data: memoryview, at: int) -> None:
+            done = 0
+            while done < len(data):
+                i, o = divmod(at + done, pseg)
+                k = min(pseg - o, len(data) - done)
+                for drive, offsets in targets:
+                    drive.pwrite(offsets[i] + o, data[done:done + k])
+                done += k
+
+        for p in pieces:
+            p = memoryview(p).cast("B")
+            if fill + len(p) > len(buf):
+                put(mv[:fill], pos)
+                pos, fill = pos + fill, 0
+            if len(p) >= len(buf):
+                put(p, pos)
+                pos += len(p)
+            else:
+                mv[fill:fill + len(p)] = p
+                fill += len(p)
+        put(mv[:fill], pos)
+        put(memoryview(head()), 0)
+        for drive, _ in targets:
+            drive.fsync()
 
     @staticmethod
-    def read_blob(drive, offsets: list[int], pseg: int, length: int) -> bytes:
-        parts, left = [], length
-        for off in offsets:
-            if left <= 0:
-                break
-            k = min(pseg, left)
-            parts.append(drive.pread(off, k))
-            left -= k
-        if sum(len(p) for p in parts) < length:
-            raise Corrupt("checkpoint: shorter than its superblock says")
-        return b"".join(parts)
+    def blob_reader(drive, offsets: list[int], pseg: int, length: int):
+        """``readinto(buf)``: fills ``buf`` with the next bytes of a blob laid out over
+        PSEGs (write_blobs), from its start; never more than ``length`` in all."""
+        pos = 0
+
+        def readinto(buf) -> None:
+            nonlocal pos
+            mv = memoryview(buf).cast("B")
+            if pos + len(mv) > min(length, len(offsets) * pseg):
+                raise Corrupt("checkpoint: shorter than its superblock says")
+            done = 0
+            while done < len(mv):
+                i, o = divmod(pos, pseg)
+                k = min(pseg - o, len(mv) - done)
+                drive.readinto(offsets[i] + o, mv[done:done + k])
+                pos, done = pos + k, done + k
+        return readinto

@@ -54,7 +54,7 @@ def test_rsd_table_slots_and_dump_load():
     t.remove(b)
     count, rows = t.dump()
     u = RsdTable(5, "default")
-    u.load(count, rows)
+    u.load(count, b"".join(r.tobytes() for r in rows))
     assert u.alive(a) and not u.alive(b) and u.members(a) == [1, 2, 3, 4, 5]
     assert u.free_ids == [b]
     assert np.array_equal(u.live_indices(), [a])
