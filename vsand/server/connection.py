@@ -5,15 +5,17 @@ replies: once more than ``WRITE_HIGH`` bytes of replies wait in the transport, t
 connection stops handling requests and stops reading until they drain, so a
 client that does not read only ever holds about ``WRITE_HIGH + READ_PIECE`` bytes
 of replies and one WRITE piece (wire.PIECE) of requests. A READ larger than
-``READ_PIECE`` is read and sent piece by piece as the client takes it. A READ's map is resolved
-on the loop; what the page cache holds is read there without blocking
-(RWF_NOWAIT), the rest in a worker thread while the loop goes on, and its reply
-goes out when it completes (NBD allows any order; storage fences the slots it
-resolved until then). Writes, trims and commits still run on the loop. FLUSH and
-FUA replies wait for the server's group commit, which makes one commit serve every connection waiting at
-that moment. Replies to everything before a DISC or a framing error are sent
-before the connection closes. A client that disappears only ever loses its own
-connection: every write checks ``closed`` first.
+``READ_PIECE`` is read and sent piece by piece as the client takes it.
+
+A READ's map is resolved on the loop; what the page cache holds is read there
+without blocking (RWF_NOWAIT), the rest in a worker thread while the loop goes
+on, and its reply goes out when it completes (NBD allows any order; storage
+fences the slots it resolved until then). Writes, trims and commits still run on
+the loop. FLUSH and FUA replies wait for the server's group commit, which makes
+one commit serve every connection waiting at that moment. Replies to everything
+before a DISC or a framing error are sent before the connection closes. A client
+that disappears only ever loses its own connection: every write checks
+``closed`` first.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ class NbdConnection(asyncio.BufferedProtocol):
         self.waiting = 0          # replies parked for a commit
         self.disconnecting = False
         self.paused = False       # the client is not taking its replies
-        self.stream = None        # a READ being sent in pieces: [cookie, flags, next offset, end]
+        self.stream = None        # a READ being sent in pieces: [cookie, runs, bytes of runs[0] sent]
         self.held: list = []      # commit replies that wait for the end of that READ
         self.wnext = 0            # where the next WRITE_CONT piece goes
         self.werr = None          # the current WRITE failed: reply once its payload is gone
@@ -103,11 +105,7 @@ class NbdConnection(asyncio.BufferedProtocol):
             return
         self.transport.resume_reading()
         if self.reader is not None:
-            try:
-                self._process()
-            except Exception:
-                log.exception("connection %s: internal error, closing", self.peer)
-                self.abort()
+            self._guarded(self._process)
 
     def eof_received(self):
         return False
@@ -119,13 +117,17 @@ class NbdConnection(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes):
         self.last = asyncio.get_running_loop().time()
+        if self.reader is None:
+            self._guarded(self._handshake, bytes(self._hsbuf[:nbytes]))
+        else:
+            self.reader.buffer_updated(nbytes)
+            self._guarded(self._process)
+
+    def _guarded(self, fn, *args) -> None:
+        """Runs a callback's work: never let one client's bytes take the daemon down."""
         try:
-            if self.reader is None:
-                self._handshake(bytes(self._hsbuf[:nbytes]))
-            else:
-                self.reader.buffer_updated(nbytes)
-                self._process()
-        except Exception:   # never let one client's bytes take the daemon down
+            fn(*args)
+        except Exception:
             log.exception("connection %s: internal error, closing", self.peer)
             self.abort()
 
@@ -285,34 +287,27 @@ class NbdConnection(asyncio.BufferedProtocol):
         if length > READ_PIECE:
             self._start_stream(flags, cookie, off, length)
             return
-        job = dev.read_job(off, length) if length else None
-        if job is not None:
-            if self.structured and not flags & C.CMD_FLAG_DF and job.holes:
-                job.done()           # holes are hole chunks: the path below
-            else:
-                try:
-                    now = job.try_now()
-                except BaseException:
-                    job.done()
-                    raise
-                if not now:
-                    self._read_off_loop(job, cookie, off)
-                    return
-                job.done()
-                out.extend(self._read_reply(cookie, off, job.buf))
-                return
-        if not self.structured:
-            data = dev.read(off, length)      # errors raise before any header is queued
-            out.append(wire.simple(cookie))
-            out.append(data)
-            return
         if not length:
-            out.append(wire.done_chunk(cookie))
+            out.append(wire.done_chunk(cookie) if self.structured else wire.simple(cookie))
             return
-        if flags & C.CMD_FLAG_DF:
-            data = dev.read(off, length)
-            out.append(wire.data_chunk_head(cookie, off, length))
-            out.append(data)
+        sparse = self.structured and not flags & C.CMD_FLAG_DF   # holes as hole chunks
+        job = dev.read_job(off, length)
+        if job is not None and not (sparse and job.holes):
+            try:
+                now = job.try_now()
+            except BaseException:
+                job.done()
+                raise
+            if not now:
+                self._read_off_loop(job, cookie, off)
+                return
+            job.done()
+            out.extend(self._read_reply(cookie, off, job.buf))
+            return
+        if job is not None:
+            job.done()
+        if not sparse:
+            out.extend(self._read_reply(cookie, off, dev.read(off, length)))
             return
         pieces = dev.read_sparse(off, length)
         last = len(pieces) - 1
@@ -340,27 +335,24 @@ class NbdConnection(asyncio.BufferedProtocol):
         job.done()
         self.inflight -= 1
         self.inflight_bytes -= len(job.buf)
-        if self.closed:
-            return
-        try:
-            err = fut.exception()
-            if err is not None:
-                out: list = []
-                self._storage_error(out, cookie, err)
-                reply = out
-            else:
-                reply = self._read_reply(cookie, off, job.buf)
-            if self.stream is not None:
-                self.held.extend(reply)
-            else:
-                self.transport.writelines(reply)
-            if self.disconnecting:
-                self._close_when_answered()
-            elif not self.paused:
-                self._process()          # it may have waited for room in flight
-        except Exception:
-            log.exception("connection %s: internal error, closing", self.peer)
-            self.abort()
+        if not self.closed:
+            self._guarded(self._answer_read, fut, job, cookie, off)
+
+    def _answer_read(self, fut, job, cookie, off) -> None:
+        err = fut.exception()
+        if err is not None:
+            reply: list = []
+            self._storage_error(reply, cookie, err)
+        else:
+            reply = self._read_reply(cookie, off, job.buf)
+        if self.stream is not None:
+            self.held.extend(reply)
+        else:
+            self.transport.writelines(reply)
+        if self.disconnecting:
+            self._close_when_answered()
+        elif not self.paused:
+            self._process()          # it may have waited for room in flight
 
     def _start_stream(self, flags, cookie, off, length) -> None:
         """A large READ becomes a list of runs [offset, end, data?] sent by _stream:
