@@ -35,21 +35,9 @@ class ReadJob:
         """Reads every piece the page cache holds; True when nothing is left."""
         if not ReadJob.nowait:
             return not self.pieces
-        pieces = self.pieces
-        if len(pieces) == 1:             # the common case: one stripe unit of one drive
-            drive, off, bo, k = pieces[0]
-            if type(drive) is Drive and not drive.failed and not bo and k == len(self.buf):
-                try:
-                    if os.preadv(drive.fd, [self.buf], off, NOWAIT) == k:
-                        self.pieces = []
-                        return True
-                except BlockingIOError:
-                    pass
-                except OSError:
-                    pass                 # the general path below tells why
         mv = memoryview(self.buf)
         left = []
-        for drive, off, bo, k in pieces:
+        for drive, off, bo, k in self.pieces:
             if type(drive) is not Drive or drive.failed:
                 left.append((drive, off, bo, k))     # a stand-in or wrapped drive: its own path
                 continue
