@@ -11,7 +11,6 @@ validates a request, then hands it to ``ops`` as one typed operation.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import logging
 import os
@@ -44,13 +43,12 @@ from .verify import check_pool
 log = logging.getLogger("vsand.pool")
 
 QUORUM_COPIES = 3
-_libc = ctypes.CDLL(ctypes.util.find_library("c"))
 
 
 def _give_back_heap() -> None:
     """After an operation over the whole map (start-up, a thick create): glibc keeps
     the heap its temporaries freed, and a map-sized one would stay in the RSS."""
-    trim = getattr(_libc, "malloc_trim", None)   # glibc only
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)   # the process's own libc; glibc only
     if trim is not None:
         trim(0)
 

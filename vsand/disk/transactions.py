@@ -119,8 +119,9 @@ class Transactions:
 
     def _checkpoint_instead(self, extra: dict | None) -> None:
         """A checkpoint makes the change set durable; ``extra``, which memory has not
-        got yet, follows as the new log's first commit."""
-        self.checkpoint()
+        got yet, follows as the new log's first commit. The commit synced the data:
+        a failed sync raised there, with nothing written and the pool writable."""
+        self.checkpoint(synced=True)
         if extra is not None:
             self._append([extra], "commit")
 
@@ -164,20 +165,22 @@ class Transactions:
         self.pool.space.release_committed(*freed)
 
     # ---- checkpoint -----------------------------------------------------------------
-    def checkpoint(self) -> None:
+    def checkpoint(self, synced: bool = False) -> None:
         self.writable()
         try:
-            self.checkpoint_now()
+            self.checkpoint_now(synced)
         except VsanError as e:
             self._rewrite(e, "checkpoint")
 
-    def checkpoint_now(self) -> None:
+    def checkpoint_now(self, synced: bool = False) -> None:
         """Writes all of memory as a new checkpoint and superblock; the log restarts.
-        Raises (memory unchanged) when it cannot."""
+        Raises (memory unchanged) when it cannot. ``synced``: the caller just synced
+        the data and nothing was written since."""
         pool, j = self.pool, self.pool.journal
         mark = j.mark()
         npsegs = len(pool.allocator.pending)
-        pool.sync_data()
+        if not synced:
+            pool.sync_data()
         seq, salt = self.meta.next_seq, MetaStore.new_salt()
         # Written from the live arrays in one pass (no map changes before it returns:
         # this runs where the maps are changed), never packed whole in memory.

@@ -185,7 +185,8 @@ class CheckpointBlob:
             crc = zlib.crc32(p, crc)
             n += len(p)
             yield p
-        assert CKPT_HEAD.size + n == self.nbytes, "the checkpoint body changed while written"
+        if CKPT_HEAD.size + n != self.nbytes:   # a map changed while it was written
+            raise RuntimeError("the checkpoint body changed while it was written")
         self._crc = crc
 
     def head(self) -> bytes:
