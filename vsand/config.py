@@ -7,6 +7,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field, fields
 
+from .server.budget import DEFAULT as MEMORY_BUDGET
 from .units import parse_size
 
 
@@ -26,6 +27,7 @@ class Config:
     accept_data_loss: bool = False        # start although a lost drive held unprotected data
     max_connections: int = 1000           # NBD connections at once; more are refused (ERR_POLICY)
     idle_timeout: int = 0                 # seconds without a request before a connection is closed; 0 = never
+    memory_budget: int = MEMORY_BUDGET    # NBD reply and payload bytes of all connections beyond their floors
 
     def finish(self) -> "Config":
         self.state_dir = os.path.abspath(self.state_dir)
@@ -96,7 +98,8 @@ def _on_off(text) -> bool:
 
 
 CHECK = {"drive_size": _size, "task_rate_mib": _rate, "task_latency_guard": _on_off,
-         "accept_data_loss": _on_off, "max_connections": _positive, "idle_timeout": _count}
+         "accept_data_loss": _on_off, "max_connections": _positive, "idle_timeout": _count,
+         "memory_budget": _size}
 
 
 def _flatten(data: dict, where: str) -> dict:
@@ -143,6 +146,9 @@ def load(argv: list[str] | None = None) -> Config:
     ap.add_argument("--idle-timeout", type=_count, metavar="SECONDS",
                     help="close an NBD connection that sent no request for this long "
                          "(default 0: never; kernel and QEMU clients stay idle for the life of a mount)")
+    ap.add_argument("--memory-budget", type=_size, metavar="SIZE",
+                    help="memory all NBD connections together may use for replies, reads in "
+                         "flight and WRITE payloads beyond 320 KiB each (default 256M)")
     args = ap.parse_args(argv)
     cfg = Config()
     if args.config:

@@ -137,7 +137,7 @@ class Daemon:
     async def _serve(self) -> int:
         cfg = self.cfg
         self.nbd = NbdServer(Exports(self.pool, cfg.default_export), cfg.max_connections,
-                             cfg.idle_timeout)
+                             cfg.idle_timeout, cfg.memory_budget)
         self.tasks = TaskRunner(self.pool, default_kinds(self.pool),
                                 Throttle(cfg.task_rate_mib, cfg.task_latency_guard,
                                          foreground=lambda: self.nbd.requests),

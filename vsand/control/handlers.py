@@ -34,6 +34,7 @@ class Handlers:
                 "capacity": sum(d["psegs"] for d in st["drives"]) * self.pool.units.pseg,
                 "free": st["free_bytes"], "luns": len(st["lds"]),
                 "connections": len(self.nbd.connections),
+                "memory_budget": self.nbd.budget.total, "memory_budget_used": self.nbd.budget.used,
                 "tasks_running": sum(t.state == "running" for t in self.tasks.tasks.values()),
                 "tasks_queued": sum(t.state == "queued" for t in self.tasks.tasks.values()),
                 "nbd_socket": self.cfg.nbd_socket, "listen": self.cfg.listen,

@@ -9,7 +9,9 @@ Memory follows what is in flight, not what a client announces: an idle reader
 keeps a small buffer, and a WRITE payload larger than ``PIECE`` is handed out in
 pieces of at most ``PIECE`` bytes as they arrive (the first as ``CMD_WRITE``, the
 rest as ``WRITE_CONT`` items carrying the request's offset and length), so a
-header promising 64 MiB followed by one byte costs one piece, not 64 MiB.
+header promising 64 MiB followed by one byte costs one piece, not 64 MiB. The
+owner may make pieces smaller still (``room``): the server does when its memory
+budget is spent.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ assert REQ.size == 28 and SIMPLE.size == 16 and CHUNK.size == 20
 SMALL = 64 << 10        # an idle connection's receive buffer
 PIECE = 4 << 20         # WRITE payloads beyond this arrive in pieces
 _ROOM = 16 << 10        # free room below which the buffer is renewed before a recv
+MIN_PIECE = SMALL - _ROOM - 28   # what a small buffer holds: pieces never need less
 WRITE_CONT = 0x10000    # not a u16: an item that continues the current WRITE
 
 
@@ -34,8 +37,14 @@ class ProtocolError(Exception):
 
 
 class RequestReader:
-    def __init__(self, max_payload: int = C.MAX_ACCEPTED):
+    def __init__(self, max_payload: int = C.MAX_ACCEPTED, room=None):
+        """``room(n, held)``: how many bytes of payload a WRITE piece may have when
+        the buffer must grow for ``n`` of them (``held``: what the buffer holds
+        beyond a small one, given back by growing); None: always ``n``."""
         self.max_payload = max_payload
+        self.room = room
+        self.piece = PIECE  # payload bytes per piece of the current WRITE
+        self.wpiece = 0     # the same for the WRITE whose header waits for its payload
         self.buf = bytearray(SMALL)
         self.start = 0
         self.end = 0
@@ -73,6 +82,19 @@ class RequestReader:
         if not self.busy and self.start == self.end and len(self.buf) > SMALL:
             self.buf, self.start, self.end = bytearray(SMALL), 0, 0
         self.busy = False
+
+    def extra(self) -> int:
+        """Bytes of buffer beyond an idle reader's."""
+        return len(self.buf) - SMALL if len(self.buf) > SMALL else 0
+
+    def shrink(self) -> bool:
+        """Gives a grown buffer back now, if what it holds fits a small one and no
+        WRITE piece is under way (its next piece would grow it again)."""
+        if len(self.buf) <= SMALL or self.left or self.end - self.start + _ROOM > SMALL:
+            return False
+        self._renew(SMALL)
+        self.wpiece = 0
+        return True
 
     def _renew(self, size: int) -> None:
         # A new buffer, never a resize: a memoryview handed out may still be in use.
@@ -120,19 +142,29 @@ class RequestReader:
                 self.skip = length
                 yield cmd, flags, cookie, offset, length, None
                 continue
-            need = 28 + min(length, PIECE)
+            if not self.wpiece:
+                self.wpiece = self._fit(min(length, PIECE))
+            need = 28 + self.wpiece
             if self.end - self.start < need:
                 if len(self.buf) - self.start < need:
                     self._renew(need + _ROOM)
                 return
             self.start += 28
+            self.piece, self.wpiece = self.wpiece, 0
             self.left, self.cur = length, (flags, cookie, offset, length)
             yield self._piece(C.CMD_WRITE)
 
+    def _fit(self, n: int) -> int:
+        """Payload bytes per piece for a WRITE with ``n`` of them to come (n <= PIECE):
+        all when the buffer already holds them, else what ``room`` allows."""
+        if self.room is None or 28 + n + _ROOM <= len(self.buf) or n <= MIN_PIECE:
+            return n
+        return max(min(self.room(n, self.extra()), n), MIN_PIECE)
+
     def _piece(self, cmd: int):
         """The next piece of the current WRITE payload, or None until enough of it
-        arrived: all that is left when it fits in one piece, else PIECE bytes."""
-        want = min(self.left, PIECE)
+        arrived: all that is left when it fits in one piece, else ``piece`` bytes."""
+        want = min(self.left, self.piece)
         if self.end - self.start < want:
             if len(self.buf) - self.start < want:
                 self._renew(want + _ROOM)

@@ -4,14 +4,14 @@ Requests are handled one at a time, in arrival order, while the client takes its
 replies: once more than ``WRITE_HIGH`` bytes of replies wait in the transport, the
 connection stops handling requests and stops reading until they drain, so a
 client that does not read only ever holds about ``WRITE_HIGH + READ_PIECE`` bytes
-of replies and one WRITE piece (wire.PIECE) of requests. A READ larger than
-``READ_PIECE`` is read and sent piece by piece as the client takes it.
+of replies and one WRITE piece (wire.PIECE) of requests. READs are answered by
+server/reads.py (on the loop, in worker threads, or streamed in pieces). Beyond
+budget.FLOOR, what a connection holds comes from the daemon's memory budget
+(server/budget.py); while that is spent, READs and WRITEs go in smaller pieces,
+and a connection with no room at all stops handling requests and reading until
+the budget or its own replies give some back.
 
-A READ's map is resolved on the loop; what the page cache holds is read there
-without blocking (RWF_NOWAIT), the rest in a worker thread while the loop goes
-on, and its reply goes out when it completes (NBD allows any order; storage
-fences the slots it resolved until then). Writes, trims and commits still run on
-the loop. FLUSH and FUA replies wait for the server's group commit, which makes
+Writes, trims and commits run on the loop. FLUSH and FUA replies wait for the server's group commit, which makes
 one commit serve every connection waiting at that moment. Replies to everything
 before a DISC or a framing error are sent before the connection closes. A client
 that disappears only ever loses its own connection: every write checks
@@ -26,12 +26,13 @@ import logging
 from ..nbd import constants as C
 from ..nbd import wire
 from ..nbd.handshake import Closed, Handshake, Negotiated
+from .budget import Share
+from .reads import ReadPath
 
 log = logging.getLogger("vsand.server")
 HANDSHAKE_TIMEOUT = 60.0
 WRITE_HIGH = 256 << 10    # reply bytes queued before the connection stops taking requests
 WRITE_LOW = 64 << 10
-READ_PIECE = 1 << 20    # larger READs are read and sent in pieces of this size
 SEND_NOW = 64 << 10     # a reply this large goes to the transport before the next request
 MAX_INFLIGHT = 8 << 20  # bytes of READs off the loop before the connection waits for them
 
@@ -48,7 +49,7 @@ def nbd_errno(exc: BaseException) -> int:
     return C.EIO
 
 
-class NbdConnection(asyncio.BufferedProtocol):
+class NbdConnection(ReadPath, asyncio.BufferedProtocol):
     def __init__(self, server):
         self.server = server
         self.transport = None
@@ -71,6 +72,8 @@ class NbdConnection(asyncio.BufferedProtocol):
         self.last = 0.0           # loop time of the last bytes received
         self.inflight = 0         # READs whose drive I/O runs in a worker thread
         self.inflight_bytes = 0
+        self.mem = Share(server.budget, self._held, self._budget_resume)
+        self.starved = False      # reading stopped for memory (the budget, or reads in flight)
         self._timer = None
         self.peer = "?"
 
@@ -92,6 +95,7 @@ class NbdConnection(asyncio.BufferedProtocol):
     def connection_lost(self, exc):
         self.closed = True
         self.server.connections.discard(self)
+        self.mem.close()
         if self._timer:
             self._timer.cancel()
 
@@ -103,7 +107,8 @@ class NbdConnection(asyncio.BufferedProtocol):
         self.paused = False
         if self.closed:
             return
-        self.transport.resume_reading()
+        if not self.starved:
+            self.transport.resume_reading()
         if self.reader is not None:
             self._guarded(self._process)
 
@@ -143,6 +148,38 @@ class NbdConnection(asyncio.BufferedProtocol):
     def trim(self) -> None:
         if self.reader is not None:
             self.reader.trim()
+            if self.mem.grant and not self.closed:
+                self.mem.settle()
+
+    # ---- the memory budget -----------------------------------------------------------
+    def _held(self) -> int:
+        """Bytes this connection holds beyond an idle one's (replies the client has
+        not taken yet, reads in worker threads, a receive buffer grown for a WRITE).
+        The kernel's part of a reply still partly queued is not seen."""
+        return self.transport.get_write_buffer_size() + self.inflight_bytes + self.reader.extra()
+
+    def _room(self, n: int) -> int:
+        """Bytes of an ``n``-byte reply that may be read now (see Share.reserve);
+        0: the connection stops reading until resumed."""
+        got = self.mem.reserve(n)
+        if not got and self.reader.shrink():
+            got = self.mem.reserve(n)
+        if not got:
+            self._starve()
+        return got
+
+    def _write_room(self, n: int, held: int) -> int:
+        got = self.mem.reserve(n, held, wait=False)
+        self.mem.used += got
+        return got
+
+    def _starve(self) -> None:
+        self.starved = True
+        self.transport.pause_reading()
+
+    def _budget_resume(self) -> None:
+        if not self.closed and not self.paused:
+            self._guarded(self._process)
 
     # ---- handshake -----------------------------------------------------------------
     def _timeout(self):
@@ -165,7 +202,7 @@ class NbdConnection(asyncio.BufferedProtocol):
             self.tflags = outcome.flags
             self.structured = outcome.structured
             self.meta = outcome.meta_contexts
-            self.reader = wire.RequestReader()
+            self.reader = wire.RequestReader(room=self._write_room)
             if outcome.leftover:
                 self.reader.feed(outcome.leftover)
                 self._process()
@@ -185,6 +222,14 @@ class NbdConnection(asyncio.BufferedProtocol):
             self._close_when_answered()
             return
         self._send(out)
+        m = self.mem
+        if m.grant:
+            m.settle()
+        if self.starved and not m.waiting and self.inflight_bytes < MAX_INFLIGHT \
+                and self.stream is None:
+            self.starved = False
+            if not self.paused and not self.disconnecting:
+                self.transport.resume_reading()
         if self.disconnecting:
             self._close_when_answered()
 
@@ -204,6 +249,8 @@ class NbdConnection(asyncio.BufferedProtocol):
             # client lags, instead of queueing (and memmoving) a whole batch.
             if len(out) > 64 or out and len(out[-1]) >= SEND_NOW:
                 self._send(out)
+        if self.inflight_bytes >= MAX_INFLIGHT:
+            self._starve()       # requests the client keeps sending would pile up unread
 
     def _send(self, out: list) -> None:
         if out and not self.closed:
@@ -281,132 +328,6 @@ class NbdConnection(asyncio.BufferedProtocol):
             self._after_commit(wire.simple(cookie))
         else:
             out.append(wire.simple(cookie))
-
-    def _read(self, out, flags, cookie, off, length) -> None:
-        dev = self.dev
-        if length > READ_PIECE:
-            self._start_stream(flags, cookie, off, length)
-            return
-        if not length:
-            out.append(wire.done_chunk(cookie) if self.structured else wire.simple(cookie))
-            return
-        sparse = self.structured and not flags & C.CMD_FLAG_DF   # holes as hole chunks
-        job = dev.read_job(off, length)
-        if job is not None and not (sparse and job.holes):
-            try:
-                now = job.try_now()
-            except BaseException:
-                job.done()
-                raise
-            if not now:
-                self._read_off_loop(job, cookie, off)
-                return
-            job.done()
-            out.extend(self._read_reply(cookie, off, job.buf))
-            return
-        if job is not None:
-            job.done()
-        if not sparse:
-            out.extend(self._read_reply(cookie, off, dev.read(off, length)))
-            return
-        pieces = dev.read_sparse(off, length)
-        last = len(pieces) - 1
-        for i, (o, n, data) in enumerate(pieces):
-            if data is None:
-                out.append(wire.hole_chunk(cookie, o, n, i == last))
-            else:
-                out.append(wire.data_chunk_head(cookie, o, n, i == last))
-                out.append(data)
-
-    def _read_reply(self, cookie, off, data) -> tuple:
-        if self.structured:
-            return wire.data_chunk_head(cookie, off, len(data)), data
-        return wire.simple(cookie), data
-
-    def _read_off_loop(self, job, cookie, off) -> None:
-        """The page cache did not hold it all: a worker thread reads the rest while
-        the loop goes on; the reply goes out when it is done (completion order)."""
-        self.inflight += 1
-        self.inflight_bytes += len(job.buf)
-        fut = asyncio.get_running_loop().run_in_executor(self.server.io, job.run)
-        fut.add_done_callback(lambda f: self._read_done(f, job, cookie, off))
-
-    def _read_done(self, fut, job, cookie, off) -> None:
-        job.done()
-        self.inflight -= 1
-        self.inflight_bytes -= len(job.buf)
-        if not self.closed:
-            self._guarded(self._answer_read, fut, job, cookie, off)
-
-    def _answer_read(self, fut, job, cookie, off) -> None:
-        err = fut.exception()
-        if err is not None:
-            reply: list = []
-            self._storage_error(reply, cookie, err)
-        else:
-            reply = self._read_reply(cookie, off, job.buf)
-        if self.stream is not None:
-            self.held.extend(reply)
-        else:
-            self.transport.writelines(reply)
-        if self.disconnecting:
-            self._close_when_answered()
-        elif not self.paused:
-            self._process()          # it may have waited for room in flight
-
-    def _start_stream(self, flags, cookie, off, length) -> None:
-        """A large READ becomes a list of runs [offset, end, data?] sent by _stream:
-        one run for a simple or DF reply, else one per extent (holes cost nothing)."""
-        if not self.structured or flags & C.CMD_FLAG_DF:
-            runs = [[off, off + length, True]]
-        else:
-            runs, pos = [], off
-            for n, alloc in self.dev.extents(off, length):
-                runs.append([pos, pos + n, alloc])
-                pos += n
-        self.stream = [cookie, runs, 0]         # cookie, runs, bytes of the current run sent
-
-    def _stream(self, out) -> None:
-        """Sends the READ in ``self.stream`` while the client takes it: a data run is
-        one reply header (simple, or one OFFSET_DATA chunk) followed by its bytes a
-        piece at a time. An error before a run's header is an error reply (chunk);
-        after it, the protocol leaves only closing the connection."""
-        cookie, runs, _ = self.stream
-        while runs and not self.paused and not self.closed:
-            start, end, data = runs[0]
-            last = len(runs) == 1
-            if not data:
-                out.append(wire.hole_chunk(cookie, start, end - start, last))
-                runs.pop(0)
-                continue
-            sent = self.stream[2]
-            n = min(READ_PIECE, end - start - sent)
-            try:
-                piece = self.dev.read(start + sent, n)
-            except Exception as e:
-                if sent:
-                    log.error("connection %s: read failed after its reply began (%s); closing",
-                              self.peer, e)
-                    self._send(out)
-                    self.abort()
-                    return
-                self._storage_error(out, cookie, e)
-                runs.clear()
-                break
-            if not sent:
-                out.append(wire.simple(cookie) if not self.structured
-                           else wire.data_chunk_head(cookie, start, end - start, last))
-            out.append(piece)
-            self.stream[2] = sent + n
-            if self.stream[2] == end - start:
-                runs.pop(0)
-                self.stream[2] = 0
-            self._send(out)
-        if runs:
-            return
-        self.stream = None
-        out.extend(self.held)
-        self.held.clear()
 
     def _block_status(self, flags, cookie, off, length) -> bytes:
         extents = [(n, 0 if alloc else C.STATE_HOLE | C.STATE_ZERO)

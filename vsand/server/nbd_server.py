@@ -9,6 +9,7 @@ import os
 import socket
 
 from ..nbd.handshake import Export
+from . import budget
 from .committer import Committer
 from .connection import NbdConnection
 
@@ -20,12 +21,15 @@ IO_THREADS = 16  # drive reads that miss the page cache run on these, overlappin
 
 
 class NbdServer:
-    def __init__(self, exports, max_connections: int = 1000, idle_timeout: float = 0):
+    def __init__(self, exports, max_connections: int = 1000, idle_timeout: float = 0,
+                 memory_budget: int = budget.DEFAULT):
         """``exports``: lookup(name) -> (Export, BlockDevice) | None, listing() ->
-        [Export], flush() (see blockdev.Exports). ``idle_timeout`` 0: never."""
+        [Export], flush() (see blockdev.Exports). ``idle_timeout`` 0: never. ``memory_budget``:
+        bytes shared by all connections beyond their floors (server/budget.py)."""
         self.exports = exports
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
+        self.budget = budget.MemoryBudget(memory_budget)
         self._sweeper = None
         self.io = concurrent.futures.ThreadPoolExecutor(IO_THREADS, thread_name_prefix="vsand-io")
         self.connections: set[NbdConnection] = set()

@@ -171,6 +171,52 @@ def test_trim_gives_a_grown_buffer_back_only_when_idle():
     assert len(r.buf) == wire.SMALL
 
 
+def test_room_makes_write_pieces_smaller_and_is_asked_once_per_write():
+    """The owner's ``room`` decides the piece size before the buffer grows (the
+    server's memory budget); never below what a small buffer holds."""
+    asked = []
+
+    def room(n, held):
+        asked.append((n, held))
+        return 100_000
+
+    payload = bytes(range(256)) * 4096          # 1 MiB
+    data = req(C.CMD_WRITE, 1, 0, len(payload), 0, payload) + req(C.CMD_READ, 2, 0, 1)
+    r = RequestReader(room=room)
+    pieces = []
+    for i in range(0, len(data), 7000):         # the header waits for its payload several times
+        r.feed(data[i:i + 7000])
+        pieces += drain(r)
+        assert len(r.buf) <= 28 + 100_000 + 7000 + (32 << 10), len(r.buf)
+    assert asked == [(len(payload), 0)]
+    writes = [p for p in pieces if p[0] in (C.CMD_WRITE, wire.WRITE_CONT)]
+    assert [len(p[5]) for p in writes[:-1]] == [100_000] * (len(payload) // 100_000)
+    assert b"".join(p[5] for p in writes) == payload
+    assert pieces[-1] == (C.CMD_READ, 0, 2, 0, 1, None)
+
+    r = RequestReader(room=lambda n, held: 0)
+    data = req(C.CMD_WRITE, 3, 0, 1 << 20, 0, payload)
+    got = []
+    for i in range(0, len(data), 7000):
+        r.feed(data[i:i + 7000])
+        got += drain(r)
+        assert len(r.buf) <= wire.SMALL
+    assert {len(p[5]) for p in got} == {wire.MIN_PIECE, (1 << 20) % wire.MIN_PIECE}
+
+
+def test_shrink_gives_a_grown_buffer_back_at_once_unless_a_write_is_under_way():
+    r = RequestReader()
+    r.feed(req(C.CMD_WRITE, 1, 0, 2 << 20, 0, bytes(1 << 20)))
+    assert len(drain(r)) == 0 and len(r.buf) > wire.SMALL
+    assert not r.shrink()                       # its first piece is still arriving
+    r.feed(bytes(1 << 20) + req(C.CMD_READ, 2, 0, 1) + MAGIC)
+    assert [p[0] for p in drain(r)] == [C.CMD_WRITE, C.CMD_READ]
+    assert r.extra() > 0 and r.shrink()
+    assert len(r.buf) == wire.SMALL and r.extra() == 0 and r.pending() == 4
+    r.feed(req(C.CMD_READ, 3, 0, 1)[4:])
+    assert drain(r) == [(C.CMD_READ, 0, 3, 0, 1, None)]
+
+
 @pytest.mark.parametrize("cut", [1, 27, 28, 29, 150, 228, 229, 250])
 def test_oversized_write_skipped_and_reported(cut):
     big = bytes(200)
