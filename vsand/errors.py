@@ -75,6 +75,13 @@ class Degraded(VsanError):
     errno = _errno.ENODEV
 
 
+class Unsupported(VsanError):
+    """A setting the drive or the OS cannot honour (direct I/O where O_DIRECT is
+    refused): the setting must change, the drive itself is not at fault."""
+
+    errno = _errno.EOPNOTSUPP
+
+
 class HalfCreated(VsanError):
     """Drives carry labels of a pool whose creation never finished."""
 

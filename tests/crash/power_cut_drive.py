@@ -62,8 +62,8 @@ class PowerWorld:
 class PowerCutDrive(Drive):
     world: PowerWorld
 
-    def __init__(self, path, fd, size, is_block):
-        super().__init__(path, fd, size, is_block)
+    def __init__(self, path, fd, size, is_block, **kw):
+        super().__init__(path, fd, size, is_block, **kw)
         self.pending: dict[int, list[bytes]] = {}   # block number -> versions, oldest first
 
     # ---- overlay ------------------------------------------------------------------

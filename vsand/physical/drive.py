@@ -1,4 +1,12 @@
-"""One drive: an image file (sparse, created on first start) or a block device."""
+"""One drive: an image file (sparse, created on first start) or a block device.
+
+I/O modes (config ``io``): ``buffered`` goes through the page cache; ``direct``
+opens with O_DIRECT, so data is cached once, by the clients (DESIGN.md §13), and
+any offset, length or buffer still works (direct.py); ``auto`` is direct for block
+devices and buffered for image files, whose page cache is the simulated drive's
+cache. A drive that refuses O_DIRECT stops the start in ``direct`` mode (the
+setting cannot be honoured) and is used buffered, with a WARNING, in ``auto``.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +14,14 @@ import ctypes
 import ctypes.util
 import errno
 import fcntl
+import logging
+import mmap
 import os
 import stat
 import struct
 
-from ..errors import IOFailure, InvalidArgument
+from ..errors import IOFailure, InvalidArgument, Unsupported
+from . import direct as dio
 from . import lock as locks
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -19,26 +30,42 @@ FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 BLKGETSIZE64 = 0x80081272
 BLKZEROOUT = 0x127F
-_ZEROS = bytes(1 << 20)
+BLKSSZGET = 0x1268
+# O_DIRECT alignment of an image file. The file system's own minimum is the logical
+# block size of the device under it (512 or 4096) and Python 3.11 cannot ask for it
+# (statx STATX_DIOALIGN); 4096 is a multiple of both and one page.
+FILE_ALIGN = 4096
+IO_MODES = ("buffered", "direct", "auto")
+# Page-aligned, so zeros written to a direct drive need no bounce buffer.
+_ZEROS = mmap.mmap(-1, 1 << 20)
+log = logging.getLogger("vsand.drive")
 
 
 class Drive:
     """Positional I/O on one drive. Raises IOFailure for any OS error so that upper
-    layers see one error type; a drive marked ``failed`` refuses all I/O."""
+    layers see one error type; a drive marked ``failed`` refuses all I/O.
+    ``direct``: the descriptor has O_DIRECT; ``align``: its logical block size."""
 
-    def __init__(self, path: str, fd: int, size: int, is_block: bool):
+    def __init__(self, path: str, fd: int, size: int, is_block: bool, *,
+                 align: int = FILE_ALIGN, direct: bool = False):
         self.path = path
         self.fd = fd
         self.size = size
         self.is_block = is_block
+        self.align = align
+        self.direct = direct
         self.failed = False
         self._can_punch = True
 
     @classmethod
-    def open(cls, path: str, create_size: int | None = None, lock: str | None = locks.EXCLUSIVE) -> "Drive":
+    def open(cls, path: str, create_size: int | None = None, lock: str | None = locks.EXCLUSIVE,
+             io: str = "auto") -> "Drive":
         """Opens ``path``; a missing image file is created sparse with ``create_size``.
         ``lock``: exclusive (a pool owner), shared (the offline checker) or None;
-        Busy, naming the holder, when another process holds it."""
+        Busy, naming the holder, when another process holds it. ``io``: IO_MODES;
+        Unsupported when ``direct`` and the drive refuses O_DIRECT."""
+        if io not in IO_MODES:
+            raise ValueError(f"io must be one of {IO_MODES}, not {io!r}")
         if not os.path.exists(path):
             if create_size is None:
                 raise InvalidArgument(f"drive {path} does not exist")
@@ -62,9 +89,24 @@ class Drive:
         if is_block:
             buf = fcntl.ioctl(fd, BLKGETSIZE64, b"\0" * 8)
             size = struct.unpack("<Q", buf)[0]
+            align = struct.unpack("i", fcntl.ioctl(fd, BLKSSZGET, b"\0" * 4))[0]
         else:
             size = st.st_size
-        return cls(path, fd, size, is_block)
+            align = FILE_ALIGN
+        direct = io == "direct" or (io == "auto" and is_block)
+        if direct:
+            try:
+                # F_SETFL on the locked descriptor: a second open would need a lock of its own
+                fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_DIRECT)
+            except OSError as e:
+                if io == "direct":
+                    os.close(fd)
+                    raise Unsupported(f"drive {path}: direct I/O (O_DIRECT) refused: {e.strerror}; "
+                                      f"set io to auto or buffered") from None
+                log.warning("drive %s: direct I/O (O_DIRECT) refused (%s): using the page cache",
+                            path, e.strerror)
+                direct = False
+        return cls(path, fd, size, is_block, align=align, direct=direct)
 
     def _check(self) -> None:
         if self.failed:
@@ -72,6 +114,10 @@ class Drive:
 
     def pread(self, off: int, n: int) -> bytes:
         self._check()
+        if self.direct:
+            buf = bytearray(n)
+            self._read_direct(off, memoryview(buf))
+            return bytes(buf)
         try:
             data = os.pread(self.fd, n, off)
         except OSError as e:
@@ -83,6 +129,8 @@ class Drive:
     def readinto(self, off: int, buf: memoryview) -> None:
         """Fills ``buf`` from ``off`` without an intermediate bytes object."""
         self._check()
+        if self.direct:
+            return self._read_direct(off, buf)
         try:
             got = os.preadv(self.fd, [buf], off)
         except OSError as e:
@@ -90,8 +138,21 @@ class Drive:
         if got < len(buf):
             buf[got:] = bytes(len(buf) - got)
 
+    def _read_direct(self, off: int, buf: memoryview) -> None:
+        try:
+            got = dio.read(self.fd, off, buf, self.align)
+        except OSError as e:
+            raise IOFailure(f"read {self.path}@{off}: {e.strerror}") from e
+        if got < len(buf):
+            buf[got:] = bytes(len(buf) - got)
+
     def pwrite(self, off: int, data) -> None:
         self._check()
+        if self.direct:
+            try:
+                return dio.write(self.fd, off, data, self.align)
+            except OSError as e:
+                raise IOFailure(f"write {self.path}@{off}: {e.strerror}") from e
         try:
             done = os.pwrite(self.fd, data, off)
             mv = memoryview(data)
@@ -105,11 +166,18 @@ class Drive:
         self._check()
         if self._can_punch:
             if self.is_block:
+                # BLKZEROOUT takes whole logical blocks: partial ones at the ends are written
+                a = self.align
+                lo, hi = -(-off // a) * a, (off + n) // a * a
+                if lo >= hi:
+                    return self._write_zeros(off, n)
                 try:
-                    fcntl.ioctl(self.fd, BLKZEROOUT, struct.pack("<QQ", off, n))
-                    return
+                    fcntl.ioctl(self.fd, BLKZEROOUT, struct.pack("<QQ", lo, hi - lo))
                 except OSError:
                     self._can_punch = False
+                else:
+                    self._write_zeros(off, lo - off)
+                    return self._write_zeros(hi, off + n - hi)
             else:
                 r = _libc.fallocate(self.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, n)
                 if r == 0:
@@ -118,6 +186,9 @@ class Drive:
                 if err not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
                     raise IOFailure(f"punch {self.path}@{off}: {os.strerror(err)}")
                 self._can_punch = False
+        self._write_zeros(off, n)
+
+    def _write_zeros(self, off: int, n: int) -> None:
         while n > 0:
             k = min(n, len(_ZEROS))
             self.pwrite(off, memoryview(_ZEROS)[:k])

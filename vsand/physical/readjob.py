@@ -3,7 +3,9 @@
 The caller resolves the map on the loop into pieces (drive, byte offset, offset
 in the result, length); ``try_now`` reads what the page cache already holds
 without blocking (``RWF_NOWAIT``), ``run`` reads the rest and may block, so it is
-what a worker thread runs (``preadv`` releases the GIL). ``done`` is called once,
+what a worker thread runs (``preadv`` releases the GIL). A direct (O_DIRECT) drive
+has no page cache: a no-wait read of it would wait for the device on the loop, so
+its pieces always go to ``run``. ``done`` is called once,
 whatever happened: it ends the job's hold on ``fence`` (the storage layer's
 read fence, begun when the job was made) so that what it resolved may be freed.
 """
@@ -38,8 +40,8 @@ class ReadJob:
         mv = memoryview(self.buf)
         left = []
         for drive, off, bo, k in self.pieces:
-            if type(drive) is not Drive or drive.failed:
-                left.append((drive, off, bo, k))     # a stand-in or wrapped drive: its own path
+            if type(drive) is not Drive or drive.failed or drive.direct:
+                left.append((drive, off, bo, k))     # a stand-in, wrapped or direct drive: its own path
                 continue
             try:
                 got = os.preadv(drive.fd, [mv[bo:bo + k]], off, NOWAIT)
