@@ -7,6 +7,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field, fields
 
+from .physical.drive import IO_MODES
 from .server.budget import DEFAULT as MEMORY_BUDGET
 from .units import parse_size
 
@@ -28,6 +29,7 @@ class Config:
     max_connections: int = 1000           # NBD connections at once; more are refused (ERR_POLICY)
     idle_timeout: int = 0                 # seconds without a request before a connection is closed; 0 = never
     memory_budget: int = MEMORY_BUDGET    # NBD reply and payload bytes of all connections beyond their floors
+    io: str = "auto"                      # drive I/O: buffered, direct (O_DIRECT) or auto (direct for block devices)
 
     def finish(self) -> "Config":
         self.state_dir = os.path.abspath(self.state_dir)
@@ -97,9 +99,16 @@ def _on_off(text) -> bool:
     raise argparse.ArgumentTypeError(f"expected on or off, not {text!r}")
 
 
+def _io_mode(text) -> str:
+    if text not in IO_MODES:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(IO_MODES)}, not {text!r}")
+    return text
+
+
 CHECK = {"drive_size": _size, "task_rate_mib": _rate, "task_latency_guard": _on_off,
          "accept_data_loss": _on_off, "max_connections": _positive, "idle_timeout": _count,
-         "memory_budget": _size}
+         "memory_budget": _size,
+         "io": _io_mode}
 
 
 def _flatten(data: dict, where: str) -> dict:
@@ -149,6 +158,9 @@ def load(argv: list[str] | None = None) -> Config:
     ap.add_argument("--memory-budget", type=_size, metavar="SIZE",
                     help="memory all NBD connections together may use for replies, reads in "
                          "flight and WRITE payloads beyond 320 KiB each (default 256M)")
+    ap.add_argument("--io", type=_io_mode, metavar="buffered|direct|auto",
+                    help="drive I/O: through the page cache, O_DIRECT, or auto (the default: "
+                         "direct for block devices, buffered for image files)")
     args = ap.parse_args(argv)
     cfg = Config()
     if args.config:

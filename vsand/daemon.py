@@ -62,7 +62,7 @@ def open_pool(cfg: Config) -> Pool:
         specs = [(p, None, "default") for p in cfg.drive_paths]
         if not any(has_label(p) for p in cfg.drive_paths):
             log.info("formatting a new pool on %d drives", len(cfg.drive_paths))
-            return Pool.create(specs)
+            return Pool.create(specs, io=cfg.io)
         paths = cfg.drive_paths
     else:
         specs = [(os.path.join(cfg.state_dir, "drives", f"drive-{i:02d}.img"), cfg.drive_size, "default")
@@ -71,12 +71,12 @@ def open_pool(cfg: Config) -> Pool:
         if not any(has_label(p) for p in paths):      # none, or a creation that wrote no label
             log.info("creating pool: %d sparse drives of %s under %s/drives",
                      cfg.drives, format_size(cfg.drive_size), cfg.state_dir)
-            return Pool.create(specs)
+            return Pool.create(specs, io=cfg.io)
     try:
-        return Pool.open(paths, accept_loss=cfg.accept_data_loss)
+        return Pool.open(paths, accept_loss=cfg.accept_data_loss, io=cfg.io)
     except HalfCreated as e:
         log.warning("%s: formatting a new pool on them", e.message)
-        return Pool.create(specs)
+        return Pool.create(specs, io=cfg.io)
 
 
 class Exports:

@@ -88,8 +88,9 @@ class Pool:
     # ---- creation and opening -------------------------------------------------------
     @classmethod
     def create(cls, specs: list[tuple[str, int, str]], units: Units | None = None,
-               drive_factory=Drive.open) -> "Pool":
+               drive_factory=None, io: str = "auto") -> "Pool":
         """Formats a new pool on ``specs`` = [(path, size, ldad)]; image files are created.
+        ``io``: how the drives are opened (Drive.open), unless ``drive_factory`` does it.
         The superblock is written last: until it is on disk the drives carry labels
         of a pool whose creation never completed (HalfCreated on open), which holds
         nothing and may be formatted again."""
@@ -100,6 +101,7 @@ class Pool:
             raise InvalidArgument("at most 256 drives per pool")
         pool_uuid = uuid.uuid4()
         recs, drives = [], {}
+        drive_factory = drive_factory or functools.partial(Drive.open, io=io)
         try:
             for i, (path, size, ldad) in enumerate(specs):
                 d = drive_factory(path, size)
@@ -131,15 +133,16 @@ class Pool:
 
     @classmethod
     def open(cls, paths: list[str], drive_factory=None, readonly: bool = False,
-             live: bool = False, accept_loss: bool = False) -> "Pool":
+             live: bool = False, accept_loss: bool = False, io: str = "auto") -> "Pool":
         """Opens and recovers a pool; never raises anything but a VsanError.
 
         ``readonly`` (the checker) writes nothing: no resync, no failure record, no
         checkpoint; it takes a shared lock, so it cannot run beside a daemon unless
         ``live`` (no lock: what it reads may be half-written). ``accept_loss``: start
-        even when a drive lost at this start held data no redundancy covers."""
+        even when a drive lost at this start held data no redundancy covers. ``io``:
+        how the drives are opened (Drive.open), unless ``drive_factory`` does it."""
         mode = None if live else (lock.SHARED if readonly else lock.EXCLUSIVE)
-        factory = drive_factory or functools.partial(Drive.open, lock=mode)
+        factory = drive_factory or functools.partial(Drive.open, lock=mode, io=io)
         asm = assemble(paths, factory)
         try:
             pool = cls(Units.from_dict(asm.sb["units"]), asm.drives, asm.sb)
