@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -17,6 +19,7 @@ from vsand.control.client import call
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VSAND = [sys.executable, "-m", "vsand"]
 SYS_PY = "/usr/bin/python3"
+O_DIRECT = 0o40000          # x86-64 and arm64; os.O_DIRECT is the same number here
 
 
 def need(*tools: str) -> None:
@@ -92,6 +95,20 @@ class Daemon:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def drive_flags(self) -> dict[str, int]:
+        """Open flags (/proc/PID/fdinfo) of the daemon's descriptors of image files
+        and block devices, by path."""
+        out = {}
+        for fd in os.listdir(f"/proc/{self.proc.pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{self.proc.pid}/fd/{fd}")
+                info = open(f"/proc/{self.proc.pid}/fdinfo/{fd}").read()
+            except OSError:
+                continue            # closed meanwhile
+            if target.endswith(".img") or target.startswith("/dev/") and stat.S_ISBLK(os.stat(target).st_mode):
+                out[target] = int(re.search(r"^flags:\s+([0-7]+)", info, re.M).group(1), 8)
+        return out
 
     def uri(self, name: str, tcp: bool = False) -> str:
         if tcp:

@@ -9,10 +9,12 @@ progress in a side file that survives SIGKILL (unbuffered appends):
 
 Run as a child process:
 
-    python crash_workload.py run STATE_DIR SEED NOPS SIDEFILE
+    python crash_workload.py run STATE_DIR SEED NOPS SIDEFILE [IO]
         opens the pool, runs ops(SEED, NOPS) and closes it (when no crash point fires)
-    python crash_workload.py open STATE_DIR
+    python crash_workload.py open STATE_DIR [IO]
         only opens (recovers) and closes the pool, e.g. with a crash point armed
+
+IO is the drives' I/O mode (Drive.open: buffered, direct or auto, the default).
 
 Crash points are armed by the caller with ``VSAND_CRASHPOINT=name[:n]``.
 """
@@ -47,10 +49,10 @@ def drive_paths(state_dir: str) -> list[str]:
     return sorted(glob.glob(os.path.join(state_dir, "drives", "*.img")))
 
 
-def create_pool(state_dir: str) -> tuple[Pool, list[str]]:
+def create_pool(state_dir: str, io: str = "auto") -> tuple[Pool, list[str]]:
     specs = [(os.path.join(state_dir, "drives", f"d{i:02d}.img"), DRIVE_SIZE, "default")
              for i in range(NDRIVES)]
-    pool = Pool.create(specs, UNITS)
+    pool = Pool.create(specs, UNITS, io=io)
     for name, raid in LDS:
         pool.create_ld(name, LD_SIZE, raid=raid)
     return pool, [p for p, _, _ in specs]
@@ -190,9 +192,10 @@ def main(argv: list[str]) -> int:
     cmd = argv[0]
     if cmd == "run":
         state_dir, seed, nops, sidefile = argv[1], int(argv[2]), int(argv[3]), argv[4]
+        io = argv[5] if len(argv) > 5 else "auto"
         op_list = ops(seed, nops)
         fd = os.open(sidefile, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        pool = Pool.open(drive_paths(state_dir))
+        pool = Pool.open(drive_paths(state_dir), io=io)
         for i, op in enumerate(op_list):
             os.write(fd, f"S {i}\n".encode())
             run_op(pool, seed, i, op)
@@ -201,7 +204,7 @@ def main(argv: list[str]) -> int:
         os.close(fd)
         return 0
     if cmd == "open":
-        Pool.open(drive_paths(argv[1])).close()
+        Pool.open(drive_paths(argv[1]), io=argv[2] if len(argv) > 2 else "auto").close()
         return 0
     print(__doc__, file=sys.stderr)
     return 2

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from daemonkit import ROOT, SYS_PY, VSAND, Daemon, free_port, healthy, need, run  # noqa: F401 (used by the tests)
+from daemonkit import O_DIRECT, ROOT, SYS_PY, VSAND, Daemon, free_port, healthy, need, run  # noqa: F401 (used by the tests)
 
 
 @pytest.fixture(scope="module")
@@ -13,6 +13,23 @@ def daemon(tmp_path_factory):
     yield d
     rc = d.stop()
     assert rc == 0, f"daemon exit {rc}:\n{d.read_log()}"
+
+
+@pytest.fixture(scope="module")
+def direct_daemon(tmp_path_factory):
+    """Like ``daemon``, its image files opened with O_DIRECT (``--io direct``)."""
+    d = Daemon(tmp_path_factory.mktemp("vsand-direct"), extra=["--io", "direct"]).start()
+    yield d
+    rc = d.stop()
+    assert rc == 0, f"daemon exit {rc}:\n{d.read_log()}"
+
+
+def daemon_for(request, io: str) -> Daemon:
+    """The module's daemon whose drives use ``io`` (buffered or direct)."""
+    d = request.getfixturevalue("direct_daemon" if io == "direct" else "daemon")
+    flags = d.drive_flags()
+    assert flags and all(bool(f & O_DIRECT) == (io == "direct") for f in flags.values()), flags
+    return d
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from conftest import need
+from conftest import daemon_for, need
 
 MiB = 1 << 20
 SIZE = 64 * MiB
@@ -40,9 +40,10 @@ def fio(uri: str, *extra: str, rw: str = "randwrite") -> dict:
     return job
 
 
-@pytest.mark.parametrize("raid", [0, 1, 5])
-def test_fio_randwrite_verify(daemon, raid):
+@pytest.mark.parametrize("raid,io", [(0, "buffered"), (1, "buffered"), (5, "buffered"), (5, "direct")])
+def test_fio_randwrite_verify(request, raid, io):
     need_fio_nbd()
+    daemon = daemon_for(request, io)
     name = f"fio-r{raid}"
     daemon.ctl("lun.create", name=name, size=SIZE, raid=raid)
     uri = daemon.uri(name)

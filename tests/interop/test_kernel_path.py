@@ -23,7 +23,7 @@ import time
 import pytest
 
 from blockstack import Stack, e2fsck_clean, need_kernel_path, tree_sums, write_file
-from conftest import healthy, need, run
+from conftest import daemon_for, healthy, need, run
 
 MiB = 1 << 20
 
@@ -109,9 +109,10 @@ def make_tree(root, seed: int = 1) -> dict[str, str]:
 
 
 # ---- nbdfuse + loop + ext4 -----------------------------------------------------------------------
-@pytest.mark.parametrize("raid", [5, 1, 0])
-def test_ext4_over_nbdfuse_loop_survives_restart(daemon, tmp_path, raid):
+@pytest.mark.parametrize("raid,io", [(5, "buffered"), (1, "buffered"), (0, "buffered"), (5, "direct")])
+def test_ext4_over_nbdfuse_loop_survives_restart(request, tmp_path, raid, io):
     need_kernel_path()
+    daemon = daemon_for(request, io)
     name = f"kp-fs-r{raid}"
     daemon.ctl("lun.create", name=name, size=256 * MiB, raid=raid)
     src = tmp_path / "src"

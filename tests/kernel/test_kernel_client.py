@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 import guest
-from daemonkit import ROOT, VSAND, Daemon, healthy, need, run
+from daemonkit import O_DIRECT, ROOT, VSAND, Daemon, healthy, need, run
 
 SIZE = 512 << 20
 # mount reads back what mkfs wrote; every step after it checks data too.
@@ -30,8 +30,8 @@ def kit(tmp_path_factory):
     return k, initrd
 
 
-def start(tmp_path, **env) -> Daemon:
-    return Daemon(tmp_path / "state", drives=6, drive_size="1G", env=env).start()
+def start(tmp_path, io: str = "auto", **env) -> Daemon:
+    return Daemon(tmp_path / "state", drives=6, drive_size="1G", extra=["--io", io], env=env).start()
 
 
 def quiet_log(d: Daemon) -> None:
@@ -42,11 +42,16 @@ def quiet_log(d: Daemon) -> None:
     assert not bad, "\n".join(bad)
 
 
-def test_kernel_client_ext4_fio_reconnect_and_snapshot(kit, tmp_path):
+@pytest.mark.parametrize("io", ["buffered", "direct"])
+def test_kernel_client_ext4_fio_reconnect_and_snapshot(kit, tmp_path, io):
+    """With ``io`` direct (O_DIRECT image files) only the first session runs: the
+    snapshot session tests snapshots, which the drive I/O mode does not change."""
     need("qemu-io")
     k, initrd = kit
-    d = start(tmp_path)
+    d = start(tmp_path, io)
     try:
+        flags = d.drive_flags()
+        assert flags and all(bool(f & O_DIRECT) == (io == "direct") for f in flags.values()), flags
         d.ctl("lun.create", name="kern", size=SIZE, raid=5)
         r = guest.boot(k, initrd, d.sock, "kern", "full")
         assert r.passed, f"guest failed at {r.step}: {r.detail}\n{r}"
@@ -55,22 +60,26 @@ def test_kernel_client_ext4_fio_reconnect_and_snapshot(kit, tmp_path):
         # 9 MiB of files + filesystem metadata + 32 MiB raw fio; the 8 MiB fio file was
         # trimmed away. Far below the 288 MiB the guest touched at some point.
         assert info["allocated"] < 160 << 20, info
-
-        # Second session, on a snapshot: the host then overwrites the LUN's
-        # filesystem, which must not reach the snapshot the guest mounts.
-        d.ctl("snapshot.create", source="kern", name="kern-snap")
-        run(["qemu-io", "-f", "raw", "-t", "writeback", "-c", "write -P 0xab 0 256M",
-             "-c", "flush", d.uri("kern")])
-        # socat_delay: the guest starts socat 2 s late, as a busy machine once did; it
-        # must wait for the listener instead of getting "Connection refused".
-        r = guest.boot(k, initrd, d.sock, "kern-snap", "verify", socat_delay=2)
-        assert r.passed, f"snapshot session failed at {r.step}: {r.detail}\n{r}"
-        run(["qemu-io", "-f", "raw", "-c", "read -P 0xab 0 256M", d.uri("kern")])
-        quiet_log(d)
+        if io == "buffered":
+            snapshot_session(d, k, initrd)
     finally:
         d.stop()
     # The pool the kernel wrote through is consistent on disk, parity included.
     run(VSAND + ["check", "--parity", d.state_dir], cwd=ROOT)
+
+
+def snapshot_session(d: Daemon, k, initrd) -> None:
+    """The host overwrites the LUN's filesystem, which must not reach the snapshot
+    the guest then mounts."""
+    d.ctl("snapshot.create", source="kern", name="kern-snap")
+    run(["qemu-io", "-f", "raw", "-t", "writeback", "-c", "write -P 0xab 0 256M",
+         "-c", "flush", d.uri("kern")])
+    # socat_delay: the guest starts socat 2 s late, as a busy machine once did; it
+    # must wait for the listener instead of getting "Connection refused".
+    r = guest.boot(k, initrd, d.sock, "kern-snap", "verify", socat_delay=2)
+    assert r.passed, f"snapshot session failed at {r.step}: {r.detail}\n{r}"
+    run(["qemu-io", "-f", "raw", "-c", "read -P 0xab 0 256M", d.uri("kern")])
+    quiet_log(d)
 
 
 def test_negative_control_dropped_writes_fail(kit, tmp_path):
