@@ -4,12 +4,12 @@ Requests are handled one at a time, in arrival order, while the client takes its
 replies: once more than ``WRITE_HIGH`` bytes of replies wait in the transport, the
 connection stops handling requests and stops reading until they drain, so a
 client that does not read only ever holds about ``WRITE_HIGH + READ_PIECE`` bytes
-of replies and one WRITE piece (wire.PIECE) of requests. READs are answered by
-server/reads.py (on the loop, in worker threads, or streamed in pieces). Beyond
-budget.FLOOR, what a connection holds comes from the daemon's memory budget
-(server/budget.py); while that is spent, READs and WRITEs go in smaller pieces,
-and a connection with no room at all stops handling requests and reading until
-the budget or its own replies give some back.
+of replies and one WRITE piece (wire.PIECE) of requests. Each connection's READs
+are answered by its ``Reads`` (server/reads.py: on the loop, in worker threads,
+or streamed in pieces). Beyond budget.FLOOR, what a connection holds comes from
+the daemon's memory budget (server/budget.py); while that is spent, READs and
+WRITEs go in smaller pieces, and a connection with no room at all stops handling
+requests and reading until the budget or its own replies give some back.
 
 Writes, trims and commits run on the loop. FLUSH and FUA replies wait for the server's group commit, which makes
 one commit serve every connection waiting at that moment. Replies to everything
@@ -27,7 +27,7 @@ from ..nbd import constants as C
 from ..nbd import wire
 from ..nbd.handshake import Closed, Handshake, Negotiated
 from .budget import Share
-from .reads import ReadPath
+from .reads import Broken, Reads
 
 log = logging.getLogger("vsand.server")
 HANDSHAKE_TIMEOUT = 60.0
@@ -49,7 +49,7 @@ def nbd_errno(exc: BaseException) -> int:
     return C.EIO
 
 
-class NbdConnection(ReadPath, asyncio.BufferedProtocol):
+class NbdConnection(asyncio.BufferedProtocol):
     def __init__(self, server):
         self.server = server
         self.transport = None
@@ -65,8 +65,7 @@ class NbdConnection(ReadPath, asyncio.BufferedProtocol):
         self.waiting = 0          # replies parked for a commit
         self.disconnecting = False
         self.paused = False       # the client is not taking its replies
-        self.stream = None        # a READ being sent in pieces: [cookie, runs, bytes of runs[0] sent]
-        self.held: list = []      # commit replies that wait for the end of that READ
+        self.reads: Reads | None = None
         self.wnext = 0            # where the next WRITE_CONT piece goes
         self.werr = None          # the current WRITE failed: reply once its payload is gone
         self.last = 0.0           # loop time of the last bytes received
@@ -140,7 +139,7 @@ class NbdConnection(ReadPath, asyncio.BufferedProtocol):
     def idle_since(self, now: float) -> float:
         """Seconds since the client last sent anything, 0 while a request of it is in
         progress (or before the handshake ended: the handshake has its own timeout)."""
-        if self.reader is None or self.waiting or self.inflight or self.stream is not None \
+        if self.reader is None or self.waiting or self.inflight or self.reads.stream is not None \
                 or self.reader.pending():
             return 0.0
         return now - self.last
@@ -203,6 +202,8 @@ class NbdConnection(ReadPath, asyncio.BufferedProtocol):
             self.structured = outcome.structured
             self.meta = outcome.meta_contexts
             self.reader = wire.RequestReader(room=self._write_room)
+            self.reads = Reads(self.dev, self.structured, self.mem, self._send, self._room,
+                               self._storage_error, self._offload)
             if outcome.leftover:
                 self.reader.feed(outcome.leftover)
                 self._process()
@@ -210,10 +211,9 @@ class NbdConnection(ReadPath, asyncio.BufferedProtocol):
     # ---- transmission --------------------------------------------------------------
     def _process(self) -> None:
         out: list = []
+        reads = self.reads
         try:
-            if self.stream is not None:
-                self._stream(out)
-            if self.stream is None:
+            if reads.stream is None or not self.paused and reads.go_on(out):
                 self._requests(out)
         except wire.ProtocolError as e:
             log.info("connection %s: %s; closing", self.peer, e)
@@ -221,12 +221,17 @@ class NbdConnection(ReadPath, asyncio.BufferedProtocol):
             self.disconnecting = True
             self._close_when_answered()
             return
+        except Broken as e:
+            log.error("connection %s: %s; closing", self.peer, e)
+            self._send(out)
+            self.abort()
+            return
         self._send(out)
         m = self.mem
         if m.grant:
             m.settle()
         if self.starved and not m.waiting and self.inflight_bytes < MAX_INFLIGHT \
-                and self.stream is None:
+                and reads.stream is None:
             self.starved = False
             if not self.paused and not self.disconnecting:
                 self.transport.resume_reading()
@@ -237,14 +242,15 @@ class NbdConnection(ReadPath, asyncio.BufferedProtocol):
         """Handles requests until none is complete, the client stops taking replies,
         a READ is left half sent, or a DISC."""
         it = self.reader.requests()
-        while not (self.paused or self.disconnecting or self.stream is not None or self.closed
+        reads = self.reads
+        while not (self.paused or self.disconnecting or reads.stream is not None or self.closed
                    or self.inflight_bytes >= MAX_INFLIGHT):
             req = next(it, None)
             if req is None:
                 return
             self._request(out, *req)
-            if self.stream is not None:
-                self._stream(out)
+            if reads.stream is not None and not self.paused:
+                reads.go_on(out)
             # Hand large replies over at once: the transport pauses us when the
             # client lags, instead of queueing (and memmoving) a whole batch.
             if len(out) > 64 or out and len(out[-1]) >= SEND_NOW:
@@ -252,15 +258,46 @@ class NbdConnection(ReadPath, asyncio.BufferedProtocol):
         if self.inflight_bytes >= MAX_INFLIGHT:
             self._starve()       # requests the client keeps sending would pile up unread
 
-    def _send(self, out: list) -> None:
+    def _send(self, out: list) -> bool:
+        """Hands ``out`` to the client; False once it takes no more replies."""
         if out and not self.closed:
             self.transport.writelines(out)
         out.clear()
+        return not (self.paused or self.closed)
+
+    def _deliver(self, reply: list) -> None:
+        """A reply made outside request handling: never inside the bytes of a READ
+        being streamed."""
+        if reply and not self.closed and not self.reads.hold(reply):
+            self._send(reply)
+
+    def _offload(self, run, nbytes: int, answer) -> None:
+        """Runs ``run()`` in a worker thread, ``nbytes`` counted as held meanwhile;
+        then, on the loop, ``answer(fut, reply)`` puts the reply in the list
+        ``reply``, which is None once the connection has closed."""
+        self.inflight += 1
+        self.inflight_bytes += nbytes
+        fut = asyncio.get_running_loop().run_in_executor(self.server.io, run)
+        fut.add_done_callback(lambda f: self._offloaded(f, nbytes, answer))
+
+    def _offloaded(self, fut, nbytes: int, answer) -> None:
+        self.inflight -= 1
+        self.inflight_bytes -= nbytes
+        if self.closed:
+            answer(fut, None)
+            return
+        reply: list = []
+        self._guarded(answer, fut, reply)
+        self._deliver(reply)
+        if self.disconnecting:
+            self._close_when_answered()
+        elif not self.paused:
+            self._guarded(self._process)     # it may have waited for room in flight
 
     def _close_when_answered(self) -> None:
         if not self.closed:
             self.transport.pause_reading()    # nothing after a DISC is read
-        if not self.waiting and not self.inflight and self.stream is None and not self.closed:
+        if not self.waiting and not self.inflight and self.reads.stream is None and not self.closed:
             self.transport.close()        # sends what is queued first
 
     def _request(self, out, cmd, flags, cookie, off, length, payload) -> None:
@@ -286,7 +323,7 @@ class NbdConnection(ReadPath, asyncio.BufferedProtocol):
             return
         try:
             if cmd == C.CMD_READ:
-                self._read(out, flags, cookie, off, length)
+                self.reads.read(out, flags, cookie, off, length)
                 return
             if cmd == C.CMD_FLUSH:
                 self._after_commit(wire.simple(cookie))
@@ -357,10 +394,7 @@ class NbdConnection(ReadPath, asyncio.BufferedProtocol):
         if err is not None:
             cookie = int.from_bytes(reply[8:16], "big")
             reply = wire.error_reply(cookie, nbd_errno(err), str(err)[:200], self.structured)
-        if self.stream is not None:       # never inside the bytes of a READ being sent
-            self.held.append(reply)
-            return
-        self.transport.write(reply)
+        self._deliver([reply])
         if self.disconnecting:
             self._close_when_answered()
 

@@ -1,38 +1,77 @@
-"""How a connection answers READs (a mixin of NbdConnection, which owns the state).
+"""How one connection answers READs: its ``Reads``, to which it hands each READ.
 
 A READ's map is resolved on the loop; what the page cache holds is read there
 without blocking (RWF_NOWAIT), the rest in a worker thread while the loop goes
 on, and its reply goes out when it completes (NBD allows any order; storage
 fences the slots it resolved until then). A READ larger than ``READ_PIECE``, or
-larger than the connection's room in the memory budget (server/budget.py), is
-read and sent piece by piece as the client takes it: a stream, during which no
-other request is handled.
+larger than the connection's room in the memory budget (server/budget.py), is a
+``Stream``: read and sent piece by piece as the client takes it. While one is
+under way the connection handles no other request, and replies made meanwhile
+(a commit's, a worker thread's) wait for its end: never inside its bytes.
+
+What a Reads needs of its connection is given to it as five callables (see
+NbdConnection._handshake): ``send(out)`` hands replies to the client and says
+whether it takes more; ``room(n)``, how many bytes of an n-byte reply may be read
+now (0: the connection waits to be resumed); ``error(out, cookie, exc)`` appends
+the reply for a storage error; ``offload(run, nbytes, answer)`` runs a read in a
+worker thread, then ``answer(fut, out)`` on the loop. The connection learns from
+``stream`` whether a READ is being streamed, and calls ``go_on`` to continue it.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-
 from ..nbd import constants as C
 from ..nbd import wire
 
-log = logging.getLogger("vsand.server")
 READ_PIECE = 1 << 20    # larger READs are read and sent in pieces of this size
 
 
-class ReadPath:
-    def _read(self, out, flags, cookie, off, length) -> None:
-        dev = self.dev
+class Broken(Exception):
+    """A streamed READ failed after its reply began: the protocol leaves only
+    closing the connection."""
+
+
+class Stream:
+    """A READ being sent in pieces: the runs [offset, end, data?] still to send
+    (one for a simple or DF reply, else one per extent: holes cost nothing), and
+    how many bytes of the first one went out."""
+
+    __slots__ = ("cookie", "runs", "sent")
+
+    def __init__(self, cookie: int, runs: list):
+        self.cookie = cookie
+        self.runs = runs
+        self.sent = 0
+
+
+class Reads:
+    __slots__ = ("dev", "structured", "mem", "send", "room", "error", "offload",
+                 "stream", "held")
+
+    def __init__(self, dev, structured: bool, mem, send, room, error, offload):
+        self.dev = dev
+        self.structured = structured
+        self.mem = mem              # the connection's budget.Share
+        self.send = send
+        self.room = room
+        self.error = error
+        self.offload = offload
+        self.stream: Stream | None = None
+        self.held: list = []        # replies that wait for the end of the stream
+
+    def read(self, out: list, flags: int, cookie: int, off: int, length: int) -> None:
+        """Answers a READ the protocol allows: its reply in ``out``, later (a worker
+        thread reads it), or as ``stream``, which the connection then lets ``go_on``."""
         if not length:
             out.append(wire.done_chunk(cookie) if self.structured else wire.simple(cookie))
             return
         m = self.mem
         # What the floor and the grant do not cover goes in pieces that fit.
-        if length > READ_PIECE or m.used + length > m.limit and self._room(length) < length:
+        if length > READ_PIECE or m.used + length > m.limit and self._room(out, length) < length:
             self._start_stream(flags, cookie, off, length)
             return
         m.used += length
+        dev = self.dev
         sparse = self.structured and not flags & C.CMD_FLAG_DF   # holes as hole chunks
         job = dev.read_job(off, length)
         if job is not None and not (sparse and job.holes):
@@ -42,15 +81,16 @@ class ReadPath:
                 job.done()
                 raise
             if not now:
-                self._read_off_loop(job, cookie, off)
+                self.offload(job.run, len(job.buf),
+                             lambda fut, reply: self._answer(fut, reply, job, cookie, off))
                 return
             job.done()
-            out.extend(self._read_reply(cookie, off, job.buf))
+            out.extend(self._reply(cookie, off, job.buf))
             return
         if job is not None:
             job.done()
         if not sparse:
-            out.extend(self._read_reply(cookie, off, dev.read(off, length)))
+            out.extend(self._reply(cookie, off, dev.read(off, length)))
             return
         pieces = dev.read_sparse(off, length)
         last = len(pieces) - 1
@@ -61,45 +101,34 @@ class ReadPath:
                 out.append(wire.data_chunk_head(cookie, o, n, i == last))
                 out.append(data)
 
-    def _read_reply(self, cookie, off, data) -> tuple:
+    def hold(self, reply: list) -> bool:
+        """Keeps ``reply`` (to another request) for the end of the READ being
+        streamed, if one is: True. False: it may go now."""
+        if self.stream is None:
+            return False
+        self.held.extend(reply)
+        return True
+
+    def _room(self, out: list, n: int) -> int:
+        return self.room(n)
+
+    def _reply(self, cookie, off, data) -> tuple:
         if self.structured:
             return wire.data_chunk_head(cookie, off, len(data)), data
         return wire.simple(cookie), data
 
-    def _read_off_loop(self, job, cookie, off) -> None:
-        """The page cache did not hold it all: a worker thread reads the rest while
-        the loop goes on; the reply goes out when it is done (completion order)."""
-        self.inflight += 1
-        self.inflight_bytes += len(job.buf)
-        fut = asyncio.get_running_loop().run_in_executor(self.server.io, job.run)
-        fut.add_done_callback(lambda f: self._read_done(f, job, cookie, off))
-
-    def _read_done(self, fut, job, cookie, off) -> None:
+    def _answer(self, fut, reply, job, cookie, off) -> None:
+        """The worker thread is done; ``reply`` is None when the connection closed."""
         job.done()
-        self.inflight -= 1
-        self.inflight_bytes -= len(job.buf)
-        if not self.closed:
-            self._guarded(self._answer_read, fut, job, cookie, off)
-
-    def _answer_read(self, fut, job, cookie, off) -> None:
+        if reply is None:
+            return
         err = fut.exception()
         if err is not None:
-            reply: list = []
-            self._storage_error(reply, cookie, err)
+            self.error(reply, cookie, err)
         else:
-            reply = self._read_reply(cookie, off, job.buf)
-        if self.stream is not None:
-            self.held.extend(reply)
-        else:
-            self.transport.writelines(reply)
-        if self.disconnecting:
-            self._close_when_answered()
-        elif not self.paused:
-            self._process()          # it may have waited for room in flight
+            reply.extend(self._reply(cookie, off, job.buf))
 
     def _start_stream(self, flags, cookie, off, length) -> None:
-        """A large READ becomes a list of runs [offset, end, data?] sent by _stream:
-        one run for a simple or DF reply, else one per extent (holes cost nothing)."""
         if not self.structured or flags & C.CMD_FLAG_DF:
             runs = [[off, off + length, True]]
         else:
@@ -107,53 +136,50 @@ class ReadPath:
             for n, alloc in self.dev.extents(off, length):
                 runs.append([pos, pos + n, alloc])
                 pos += n
-        self.stream = [cookie, runs, 0]         # cookie, runs, bytes of the current run sent
+        self.stream = Stream(cookie, runs)
 
-    def _stream(self, out) -> None:
-        """Sends the READ in ``self.stream`` while the client takes it: a data run is
-        one reply header (simple, or one OFFSET_DATA chunk) followed by its bytes a
-        piece at a time. An error before a run's header is an error reply (chunk);
-        after it, the protocol leaves only closing the connection."""
-        cookie, runs, _ = self.stream
-        while runs and not self.paused and not self.closed:
+    def go_on(self, out: list) -> bool:
+        """Sends the stream while the client takes it (call it only while it does);
+        True once it is done. A data run is one reply header (simple, or one
+        OFFSET_DATA chunk) followed by its bytes a piece at a time. An error before
+        a run's header is an error reply (chunk); after it, ``Broken``."""
+        s = self.stream
+        runs = s.runs
+        while runs:
             start, end, data = runs[0]
             last = len(runs) == 1
             if not data:
-                out.append(wire.hole_chunk(cookie, start, end - start, last))
+                out.append(wire.hole_chunk(s.cookie, start, end - start, last))
                 runs.pop(0)
                 continue
-            sent = self.stream[2]
+            sent = s.sent
             n = min(READ_PIECE, end - start - sent)
             m = self.mem
             if m.used + n > m.limit:
-                n = self._room(n)
+                n = self._room(out, n)
                 if not n:
-                    break        # resumed by the budget or by its own replies draining
+                    return False     # resumed by the budget or by its own replies draining
                 n = min(n, end - start - sent)
             m.used += n
             try:
                 piece = self.dev.read(start + sent, n)
             except Exception as e:
                 if sent:
-                    log.error("connection %s: read failed after its reply began (%s); closing",
-                              self.peer, e)
-                    self._send(out)
-                    self.abort()
-                    return
-                self._storage_error(out, cookie, e)
+                    raise Broken(f"read failed after its reply began ({e})") from e
+                self.error(out, s.cookie, e)
                 runs.clear()
                 break
             if not sent:
-                out.append(wire.simple(cookie) if not self.structured
-                           else wire.data_chunk_head(cookie, start, end - start, last))
+                out.append(wire.simple(s.cookie) if not self.structured
+                           else wire.data_chunk_head(s.cookie, start, end - start, last))
             out.append(piece)
-            self.stream[2] = sent + n
-            if self.stream[2] == end - start:
+            s.sent = sent + n
+            if s.sent == end - start:
                 runs.pop(0)
-                self.stream[2] = 0
-            self._send(out)
-        if runs:
-            return
+                s.sent = 0
+            if not self.send(out) and runs:
+                return False         # resumed when the client took it
         self.stream = None
         out.extend(self.held)
         self.held.clear()
+        return True
