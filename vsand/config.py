@@ -157,7 +157,7 @@ def load(argv: list[str] | None = None) -> Config:
                          "(default 0: never; kernel and QEMU clients stay idle for the life of a mount)")
     ap.add_argument("--memory-budget", type=_size, metavar="SIZE",
                     help="memory all NBD connections together may use for replies, reads in "
-                         "flight and WRITE payloads beyond 320 KiB each (default 256M)")
+                         "flight and WRITE payloads beyond 128 KiB each (default 256M)")
     ap.add_argument("--io", type=_io_mode, metavar="buffered|direct|auto",
                     help="drive I/O: through the page cache, O_DIRECT, or auto (the default: "
                          "direct for block devices, buffered for image files)")

@@ -1,6 +1,7 @@
 """A connection's READs (vsand/server/reads.py) through the five callables it is
 given: streams go out piece by piece while the client takes them, other replies
-wait for a stream's end, errors before and after a reply began."""
+wait for a stream's end, errors before and after a reply began, and what is
+built goes to the client before the budget is asked for room."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 from vsand.nbd import constants as C
 from vsand.nbd import wire
-from vsand.server.budget import MemoryBudget, Share
+from vsand.server.budget import FLOOR, MemoryBudget, Share
 from vsand.server.reads import READ_PIECE, Broken, Reads
 
 MiB = 1 << 20
@@ -107,3 +108,16 @@ def test_a_failure_before_the_reply_began_is_an_error_reply_after_it_breaks_the_
     with pytest.raises(Broken):
         c.reads.go_on(out)
     assert bytes(c.wire) == simple(2) + DATA[:READ_PIECE]
+
+
+def test_with_the_budget_spent_a_read_goes_in_pieces_of_the_floor_built_replies_sent_first():
+    budget = MemoryBudget(MiB)
+    assert budget.take(MiB) == MiB                       # others hold it all
+    c = Conn(Dev(), budget)                               # its client takes every piece
+    out: list = [simple(5)]                               # a reply built before this READ
+    c.reads.read(out, 0, 6, 0, MiB)
+    assert c.wire == simple(5)                            # sent before room was asked for
+    assert c.reads.stream is not None
+    assert c.reads.go_on(out) is True
+    assert bytes(c.wire) == simple(5) + simple(6) + DATA[:MiB]
+    assert set(c.rooms) == {FLOOR} and len(c.rooms) == 1 + MiB // FLOOR

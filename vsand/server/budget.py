@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import asyncio
 
-# A connection that is not paused has at most connection.WRITE_HIGH (256 KiB) of
-# replies queued, so its floor must exceed that by MIN_PIECE: it can then always
-# send another piece without waiting for a wake-up that would never come.
-FLOOR = 320 << 10
 MIN_PIECE = 64 << 10
+# A connection that is not paused holds no replies in its transport (connection.py
+# pauses it as soon as the kernel refuses part of one, and the transport resumes it
+# once it holds none): with one MIN_PIECE of floor it can always send another piece
+# without waiting for a wake-up that would never come. The second lets small READs
+# go in batches without looking at the budget.
+FLOOR = 2 * MIN_PIECE
 DEFAULT = 256 << 20     # the daemon's default budget (config memory_budget)
 
 

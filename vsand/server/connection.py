@@ -1,15 +1,18 @@
 """One NBD client connection on asyncio (a BufferedProtocol).
 
 Requests are handled one at a time, in arrival order, while the client takes its
-replies: once more than ``WRITE_HIGH`` bytes of replies wait in the transport, the
-connection stops handling requests and stops reading until they drain, so a
-client that does not read only ever holds about ``WRITE_HIGH + READ_PIECE`` bytes
-of replies and one WRITE piece (wire.PIECE) of requests. Each connection's READs
-are answered by its ``Reads`` (server/reads.py: on the loop, in worker threads,
-or streamed in pieces). Beyond budget.FLOOR, what a connection holds comes from
-the daemon's memory budget (server/budget.py); while that is spent, READs and
-WRITEs go in smaller pieces, and a connection with no room at all stops handling
-requests and reading until the budget or its own replies give some back.
+replies: once the kernel's socket buffer refuses part of a reply, the connection
+stops handling requests and stops reading until the transport has handed all it
+holds to the kernel, so a client that does not read only ever holds its last
+batch of replies (at most one READ piece, server/reads.py) and one WRITE piece
+(wire.PIECE) of requests. The transport keeps each reply object whole until its
+last byte is sent, the part the kernel took included: ``unsent`` counts them
+whole. Each connection's READs are answered by its ``Reads`` (on the loop, in
+worker threads, or streamed in pieces). Beyond budget.FLOOR, what a connection
+holds comes from the daemon's memory budget (server/budget.py); while that is
+spent, READs and WRITEs go in smaller pieces, and a connection with no room at
+all stops handling requests and reading until the budget or its own replies give
+some back.
 
 Writes, trims and commits run on the loop. FLUSH and FUA replies wait for the server's group commit, which makes
 one commit serve every connection waiting at that moment. Replies to everything
@@ -31,8 +34,6 @@ from .reads import Broken, Reads
 
 log = logging.getLogger("vsand.server")
 HANDSHAKE_TIMEOUT = 60.0
-WRITE_HIGH = 256 << 10    # reply bytes queued before the connection stops taking requests
-WRITE_LOW = 64 << 10
 SEND_NOW = 64 << 10     # a reply this large goes to the transport before the next request
 MAX_INFLIGHT = 8 << 20  # bytes of READs off the loop before the connection waits for them
 
@@ -66,6 +67,8 @@ class NbdConnection(asyncio.BufferedProtocol):
         self.disconnecting = False
         self.paused = False       # the client is not taking its replies
         self.reads: Reads | None = None
+        self.out: list = []       # replies built, not yet handed to the transport
+        self.unsent = 0           # bytes of reply objects the transport keeps
         self.wnext = 0            # where the next WRITE_CONT piece goes
         self.werr = None          # the current WRITE failed: reply once its payload is gone
         self.last = 0.0           # loop time of the last bytes received
@@ -85,9 +88,9 @@ class NbdConnection(asyncio.BufferedProtocol):
             log.warning("connection %s refused: %s", self.peer, why)
             self.hs.refused = why
         self.server.connections.add(self)
-        # Backpressure: past this much queued reply data no request is handled
-        # and nothing more is read (see the module doc).
-        transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
+        # Backpressure (see the module doc): paused as soon as the transport keeps
+        # any reply bytes, resumed once it keeps none, which frees them all.
+        transport.set_write_buffer_limits(high=0, low=0)
         transport.write(Handshake.greeting())
         self._timer = asyncio.get_running_loop().call_later(HANDSHAKE_TIMEOUT, self._timeout)
 
@@ -104,6 +107,7 @@ class NbdConnection(asyncio.BufferedProtocol):
 
     def resume_writing(self):
         self.paused = False
+        self.unsent = 0
         if self.closed:
             return
         if not self.starved:
@@ -152,10 +156,11 @@ class NbdConnection(asyncio.BufferedProtocol):
 
     # ---- the memory budget -----------------------------------------------------------
     def _held(self) -> int:
-        """Bytes this connection holds beyond an idle one's (replies the client has
-        not taken yet, reads in worker threads, a receive buffer grown for a WRITE).
-        The kernel's part of a reply still partly queued is not seen."""
-        return self.transport.get_write_buffer_size() + self.inflight_bytes + self.reader.extra()
+        """Bytes this connection holds beyond an idle one's (replies built or kept
+        by the transport, reads in worker threads, a receive buffer grown for a
+        WRITE). Replies of a few bytes sent outside ``_send`` are not counted."""
+        return (self.unsent + sum(map(len, self.out)) + self.inflight_bytes
+                + self.reader.extra())
 
     def _room(self, n: int) -> int:
         """Bytes of an ``n``-byte reply that may be read now (see Share.reserve);
@@ -210,7 +215,7 @@ class NbdConnection(asyncio.BufferedProtocol):
 
     # ---- transmission --------------------------------------------------------------
     def _process(self) -> None:
-        out: list = []
+        out = self.out
         reads = self.reads
         try:
             if reads.stream is None or not self.paused and reads.go_on(out):
@@ -262,6 +267,8 @@ class NbdConnection(asyncio.BufferedProtocol):
         """Hands ``out`` to the client; False once it takes no more replies."""
         if out and not self.closed:
             self.transport.writelines(out)
+            if self.paused:
+                self.unsent += sum(map(len, out))    # kept whole, the part sent included
         out.clear()
         return not (self.paused or self.closed)
 

@@ -9,9 +9,9 @@ larger than the connection's room in the memory budget (server/budget.py), is a
 under way the connection handles no other request, and replies made meanwhile
 (a commit's, a worker thread's) wait for its end: never inside its bytes.
 
-What a Reads needs of its connection is given to it as five callables (see
-NbdConnection._handshake): ``send(out)`` hands replies to the client and says
-whether it takes more; ``room(n)``, how many bytes of an n-byte reply may be read
+What a Reads needs of its connection is given to it (see NbdConnection._handshake):
+its budget.Share and four callables. ``send(out)`` hands replies to the client
+and says whether it takes more; ``room(n)``, how many bytes of an n-byte reply may be read
 now (0: the connection waits to be resumed); ``error(out, cookie, exc)`` appends
 the reply for a storage error; ``offload(run, nbytes, answer)`` runs a read in a
 worker thread, then ``answer(fut, out)`` on the loop. The connection learns from
@@ -110,6 +110,9 @@ class Reads:
         return True
 
     def _room(self, out: list, n: int) -> int:
+        # What is built goes to the client first: then the connection's share sees
+        # all it holds, and the transport resumes it if the kernel refuses some.
+        self.send(out)
         return self.room(n)
 
     def _reply(self, cookie, off, data) -> tuple:
