@@ -29,6 +29,7 @@ class Config:
     max_connections: int = 1000           # NBD connections at once; more are refused (ERR_POLICY)
     idle_timeout: int = 0                 # seconds without a request before a connection is closed; 0 = never
     memory_budget: int = MEMORY_BUDGET    # NBD reply and payload bytes of all connections beyond their floors
+    io_threads: int = 16                  # worker threads for drive I/O that may block; 0 = on the event loop
     io: str = "auto"                      # drive I/O: buffered, direct (O_DIRECT) or auto (direct for block devices)
 
     def finish(self) -> "Config":
@@ -107,7 +108,7 @@ def _io_mode(text) -> str:
 
 CHECK = {"drive_size": _size, "task_rate_mib": _rate, "task_latency_guard": _on_off,
          "accept_data_loss": _on_off, "max_connections": _positive, "idle_timeout": _count,
-         "memory_budget": _size,
+         "memory_budget": _size, "io_threads": _count,
          "io": _io_mode}
 
 
@@ -158,6 +159,10 @@ def load(argv: list[str] | None = None) -> Config:
     ap.add_argument("--memory-budget", type=_size, metavar="SIZE",
                     help="memory all NBD connections together may use for replies, reads in "
                          "flight and WRITE payloads beyond 128 KiB each (default 256M)")
+    ap.add_argument("--io-threads", type=_count, metavar="N",
+                    help="worker threads for drive I/O that may block the event loop: reads the "
+                         "page cache misses, writes to direct drives, commits (default 16; 0 runs "
+                         "it all on the event loop, one call at a time)")
     ap.add_argument("--io", type=_io_mode, metavar="buffered|direct|auto",
                     help="drive I/O: through the page cache, O_DIRECT, or auto (the default: "
                          "direct for block devices, buffered for image files)")

@@ -106,8 +106,8 @@ class Exports:
     def listing(self) -> list[Export]:
         return [self.export(ld) for ld in sorted(self.pool.lds.values(), key=lambda x: x.name)]
 
-    def flush(self) -> None:
-        self.pool.flush()
+    def begin_flush(self):
+        return self.pool.begin_flush()
 
 
 class Daemon:
@@ -137,7 +137,7 @@ class Daemon:
     async def _serve(self) -> int:
         cfg = self.cfg
         self.nbd = NbdServer(Exports(self.pool, cfg.default_export), cfg.max_connections,
-                             cfg.idle_timeout, cfg.memory_budget)
+                             cfg.idle_timeout, cfg.memory_budget, cfg.io_threads)
         self.tasks = TaskRunner(self.pool, default_kinds(self.pool),
                                 Throttle(cfg.task_rate_mib, cfg.task_latency_guard,
                                          foreground=lambda: self.nbd.requests),

@@ -43,6 +43,9 @@ class _DroppedWrites:
     def write(self, offset, data):
         pass
 
+    def write_job(self, offset, data):
+        return None
+
     def trim(self, offset, length):
         pass
 

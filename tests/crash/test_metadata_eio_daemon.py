@@ -26,6 +26,11 @@ injects nothing into calls it does not trace, and the file also shows that the
 injection happened (``INJECTED``), which each case asserts. Cases marked "+" make every call from that one on fail (``when=N+``: a drive that
 keeps failing), which the daemon cannot repair by rewriting its metadata: the pool
 must turn read-only.
+
+strace counts ``when=N`` per thread, so the daemon runs with ``--io-threads 0``: every
+sync on the event loop's thread, numbered as the counting run saw them. The same
+failures in a worker thread's commit are tested in tests/unit/disk/test_commit_job.py
+and tests/interop/test_flush_concurrency.py.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from daemonkit import ROOT, VSAND, Daemon, need, run
 from vsand.control.client import ControlError
 
 MiB = 1 << 20
+ONE_THREAD = ("--io-threads", "0")
 SYNCS = ("fdatasync", "fsync")
 LUNS = [("l0", 0, 0x41), ("l1", 1, 0x42), ("l5", 5, 0x43)]
 PHASES = ("create", "lun0", "lun1", "lun2", "io")
@@ -182,7 +188,7 @@ def sync_map(tmp_path_factory):
     state = str(tmp_path_factory.mktemp("count") / "state")
     os.makedirs(state)
     out = os.path.join(state, "strace.out")
-    d = Daemon(state, drives=8, drive_size="256M")
+    d = Daemon(state, drives=8, drive_size="256M", extra=ONE_THREAD)
     d.args = strace_prefix(out) + d.args
     marks: list[float] = []
     res = workload(d, marks)
@@ -218,7 +224,7 @@ def test_eio_in_a_sync_leaves_a_consistent_pool(tmp_path, sync_map, case):
     os.makedirs(state)
     out = os.path.join(state, "strace.out")
     when = f"{n}+" if persistent else str(n)
-    d = Daemon(state, drives=8, drive_size="256M")
+    d = Daemon(state, drives=8, drive_size="256M", extra=ONE_THREAD)
     d.args = strace_prefix(out, "-e", f"inject={syscall}:error=EIO:when={when}") + d.args
     res = workload(d)
     stop_traced(d, state)
@@ -237,7 +243,7 @@ def test_eio_in_a_sync_leaves_a_consistent_pool(tmp_path, sync_map, case):
         assert not any(res.flushed.values()), "a flush succeeded on a failing drive; " + where
 
     # the next start, without strace
-    again = Daemon(state, drives=8, drive_size="256M")
+    again = Daemon(state, drives=8, drive_size="256M", extra=ONE_THREAD)
     again.log = os.path.join(state, "restart.log")
     try:
         again.start()

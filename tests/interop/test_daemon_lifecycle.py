@@ -111,7 +111,9 @@ def test_bad_config_and_unopenable_pool_fail_cleanly(tmp_path):
     assert r.returncode == 2 and "unknown keys" in r.stderr
     for flag, value, says in (("--max-connections", "0", "must be at least 1"),
                               ("--max-connections", "many", "not a whole number: 'many'"),
-                              ("--idle-timeout", "-5", "must be >= 0, not '-5'")):
+                              ("--idle-timeout", "-5", "must be >= 0, not '-5'"),
+                              ("--io-threads", "-1", "must be >= 0, not '-1'"),
+                              ("--io-threads", "some", "not a whole number: 'some'")):
         r = run(VSAND + [flag, value], check=False, cwd=ROOT)
         assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, r.stderr
     bad.write_text('max_connections = 0\n')

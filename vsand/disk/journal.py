@@ -25,12 +25,16 @@ ENTRY_MEM = 24
 
 @dataclass
 class Mark:
-    """How much of the change set a built commit covers."""
+    """How much of the change set a built commit covers. The touched segments and
+    LMAPs it covers are taken out of the journal with it: changes made while the
+    commit is written (it may run off the event loop) go to the next commit."""
 
     records: int
     slots: int
     rsd_ids: int
     bulk: int
+    segs: dict
+    lmaps: dict
 
 
 class RStoreAdds:
@@ -115,7 +119,18 @@ class Journal:
     def mark(self) -> Mark:
         """What a commit built now would cover (a checkpoint covers it all)."""
         self._adds = None
-        return Mark(len(self.records), len(self.slots), len(self.rsd_ids), len(self.bulk_slots))
+        m = Mark(len(self.records), len(self.slots), len(self.rsd_ids), len(self.bulk_slots),
+                 self.segs, self.lmaps)
+        self.segs, self.lmaps = {}, {}
+        return m
+
+    def restore(self, m: Mark) -> None:
+        """The commit built with ``m`` failed: its touched segments go back into the
+        change set (logical records, slots and ids never left it)."""
+        for mine, theirs in ((self.segs, m.segs), (self.lmaps, m.lmaps)):
+            for ld_id, ks in theirs.items():
+                mine.setdefault(ld_id, set()).update(ks)
+        m.segs, m.lmaps = {}, {}
 
     def build(self, lds: dict) -> tuple[list[dict], Mark]:
         """Records for a commit: logical ones in order, then map contents. The
@@ -127,13 +142,13 @@ class Journal:
                 out.extend(r.records())
             else:
                 out.append(r)
-        for ld_id in sorted(set(self.segs) | set(self.lmaps)):
+        for ld_id in sorted(set(mark.segs) | set(mark.lmaps)):
             ld = lds.get(ld_id)
             if ld is None:
                 continue
             l2 = ld.l2
-            whole = set(self.lmaps.get(ld_id, ()))
-            ks = np.fromiter(self.segs.get(ld_id, ()), dtype=np.int64)
+            whole = set(mark.lmaps.get(ld_id, ()))
+            ks = np.fromiter(mark.segs.get(ld_id, ()), dtype=np.int64)
             ks = ks[ks < l2.nsegs]
             if len(ks):
                 lis, counts = np.unique(ks >> l2.shift, return_counts=True)
@@ -155,8 +170,6 @@ class Journal:
         """The commit built with mark ``m`` is durable: forget what it recorded and
         hand back (slots, RSD indices, bulk slots) it made free."""
         del self.records[:m.records]
-        self.segs.clear()
-        self.lmaps.clear()
         slots, self.slots = self.slots[:m.slots], self.slots[m.slots:]
         ids, self.rsd_ids = self.rsd_ids[:m.rsd_ids], self.rsd_ids[m.rsd_ids:]
         bulk, self.bulk_slots = self.bulk_slots[:m.bulk], self.bulk_slots[m.bulk:]

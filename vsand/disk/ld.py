@@ -140,6 +140,8 @@ class LogicalDisk:
         if not n:          # off == size is a valid empty range: there is no segment there
             return b""
         pool = self.pool
+        if pool.stripes.jobs and pool.failed_drives:
+            pool.stripes.drain()     # a stripe rebuilt from the other members must be still
         seg = self.seg
         k, so = divmod(off, seg)
         if so + n <= seg:  # fast path: one segment
@@ -190,6 +192,7 @@ class LogicalDisk:
 
     # ---- write -------------------------------------------------------------------
     def write(self, off: int, data) -> None:
+        self.pool.stripes.drain()    # written here, now: after the jobs before it
         n = len(data)
         if off < 0 or off + n > self.size:
             raise OutOfRange(f"{self.name}: range {off}+{n} is outside 0..{self.size}")
@@ -206,25 +209,57 @@ class LogicalDisk:
             self._write_segment(k, so, mv[pos:pos + m])
             pos += m
 
-    def _write_segment(self, k: int, so: int, data) -> None:
+    def write_job(self, off: int, data):
+        """``write`` with its drive I/O handed back as a WriteJob
+        (redundancy/writejob.py) to run later, maybe in a worker thread; the map
+        work is done here. None when the pool writes on the loop (buffered drives:
+        the page cache takes a write faster than a thread hop) and it is written.
+        ``data`` must stay unchanged until the job is done."""
+        pool = self.pool
+        if not pool.write_jobs:
+            self.write(off, data)
+            return None
+        n = len(data)
+        if off < 0 or off + n > self.size:
+            raise OutOfRange(f"{self.name}: range {off}+{n} is outside 0..{self.size}")
+        if self.write_refusal is not None:
+            raise _again(self.write_refusal)
+        mv = memoryview(data).cast("B")
+        pieces = []
+        pos = 0
+        for k, so, m in self._pieces(off, n):
+            members, slot = self._prepare(k, m)
+            pieces.append((self.raid, members, slot, so, mv[pos:pos + m]))
+            pos += m
+        return pool.stripes.job(pieces)
+
+    def _prepare(self, k: int, n: int) -> tuple[list, int]:
+        """The map work before ``n`` bytes are written to segment k: copy on first
+        write, allocation (a reused slot is zeroed first unless the write covers
+        it), the write intent. Returns the stripe: (members, slot)."""
         pool = self.pool
         e = self.l2.get(k)
         if e & SHARED or self._seeded(k):
-            e = self._unshare(k, whole=len(data) == self.seg)
+            e = self._unshare(k, whole=n == self.seg)
         zero = False
         if not e & ALLOCATED:
             e, fresh = pool.space.alloc_segment(self)
-            zero = not fresh and len(data) < self.seg
+            zero = not fresh and n < self.seg
             pool.ops.set_entry(self, k, e)
         members = pool.space.members(self.table, entry_rsd(e))
         if zero:
             pool.rio.zero(self.raid, members, entry_slot(e))
         pool.tx.intend(self.table, entry_rsd(e))
-        pool.rio.write(self.raid, members, entry_slot(e), so, data)
+        return members, entry_slot(e)
+
+    def _write_segment(self, k: int, so: int, data) -> None:
+        members, slot = self._prepare(k, len(data))
+        self.pool.rio.write(self.raid, members, slot, so, data)
 
     def _zero_range(self, off: int, n: int) -> None:
         self._check_writable(off, n)
         pool = self.pool
+        pool.stripes.drain()     # it frees or rewrites in place what a write may be writing
         for k, so, m in self._pieces(off, n):
             e = self.l2.get(k)
             if e & SHARED or self._seeded(k):
@@ -250,6 +285,11 @@ class LogicalDisk:
             self._zero_range(off, n)
         else:
             self.provision_zeroes(off, n)
+
+    @property
+    def defers_writes(self) -> bool:
+        """``write_job`` hands back jobs: the data must then be owned by the caller."""
+        return self.pool.write_jobs
 
     @property
     def read_only(self) -> bool:
@@ -325,6 +365,7 @@ class LogicalDisk:
         later writes there cannot fail for lack of space."""
         self._check_writable(off, n)
         pool = self.pool
+        pool.stripes.drain()     # it rewrites in place what a write may be writing
         for k, so, m in self._pieces(off, n):
             e = self.l2.get(k)
             if e & SHARED or self._seeded(k):

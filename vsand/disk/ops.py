@@ -103,6 +103,7 @@ class Ops:
         (the function replay uses, with its run-time effects). Raises, with memory
         untouched by ``rec``, when the commit fails."""
         tx = self.pool.tx
+        self.pool.stripes.drain()      # it may share, move or free what writes in flight write
         tx.commit(extra=rec)
         crashpoint("op.after_commit")
         out = REPLAY[rec["t"]](self.pool, rec, True)

@@ -28,6 +28,7 @@ from ..physical import lock
 from ..physical.allocator import Allocator, DriveSpace, group_rss
 from ..physical.drive import Drive
 from ..redundancy.rstore import RStoreIO
+from ..redundancy.writejob import StripeLocks
 from ..units import Units, format_size
 from . import bgcopy, health, recovery, sharing, snapclone
 from .assembly import assemble, close_all
@@ -67,6 +68,10 @@ class Pool:
         self.journal = Journal()
         self.rio = RStoreIO(drives, units.stripe_unit)
         self.space = Space(self.allocator, self.journal, units, self.rio)
+        self.stripes = StripeLocks(self.rio, self.space.fence)
+        # Direct drives write on worker threads (a write waits for the device);
+        # buffered ones take a write into the page cache faster than a thread hop.
+        self.write_jobs = any(getattr(d, "direct", False) for d in drives.values())
         self.catalog = Catalog(units)
         self.ops = Ops(self)
         self.space.ops = self.ops
@@ -419,7 +424,7 @@ class Pool:
     def sync_data(self) -> None:
         """fdatasync of every working drive; also safe from a worker thread (the task
         runner writes back dirty data before a commit, so the commit's sync is short)."""
-        for d in self.drives.values():
+        for d in list(self.drives.values()):
             if not d.failed:
                 d.fsync()
 
@@ -428,12 +433,17 @@ class Pool:
         """Makes every earlier write and the map entries needed to read it durable."""
         self.tx.commit()
 
+    def begin_flush(self):
+        """``flush`` whose drive I/O may run in a worker thread (Transactions.begin_commit)."""
+        return self.tx.begin_commit()
+
     def checkpoint(self) -> None:
         self.tx.checkpoint()
 
     def close(self) -> None:
         if self.closed:
             return
+        self.stripes.drain()
         try:
             if not self.readonly and self.tx.failure() is None \
                     and not all(d.failed for d in self.meta.quorum.values()):

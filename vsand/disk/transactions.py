@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 
 from ..errors import IOFailure, NoSpace, PoolReadOnly, VsanError
 from ..faults import crashpoint
@@ -51,6 +52,7 @@ class Transactions:
         self.failed: str | None = None
         self.orphans: list = []        # checkpoint PSEGs a failed superblock write may name
         self.commits = 0
+        self.inflight: CommitJob | None = None   # a commit whose drive I/O may be running
 
     # ---- state ----------------------------------------------------------------------
     def failure(self) -> PoolReadOnly | None:
@@ -81,47 +83,90 @@ class Transactions:
         """Makes every change so far durable, with ``extra`` (a catalog operation's
         record, not yet applied) last. Raises when that is not done; ``extra`` is
         then not on disk and must not be applied."""
+        job = self.begin_commit(extra)
+        if job is not None:
+            job.run()
+            err = job.finish()
+            if err is not None:
+                raise err
+
+    def begin_commit(self, extra: dict | None = None) -> "CommitJob | None":
+        """Builds the next commit on the loop; its drive I/O (the data sync, the log
+        append) is ``run``, which may go to a worker thread while the loop serves
+        other requests, and ``finish`` completes it on the loop. None when it was
+        done here already (a big change set is checkpointed instead)."""
+        self.join()
         self.writable()
         pool, j, alloc = self.pool, self.pool.journal, self.pool.allocator
         if extra is None and j.empty() and not alloc.pending:
-            pool.sync_data()
-            return
+            return CommitJob(self, None, None, frozenset(), 0, None)     # a data sync only
         # A commit is packed whole in memory, a checkpoint streams from the arrays: a
         # big change set (a thick create's allocation) would cost more RAM than its maps.
-        big = j.estimate(pool.catalog.by_id) > BIG_COMMIT
-        npsegs = len(alloc.pending)
-        pool.sync_data()                 # raises with nothing written
-        crashpoint("commit.after_data_sync")
-        if big:
-            self._checkpoint_instead(extra)
-            return
+        if j.estimate(pool.catalog.by_id) > BIG_COMMIT:
+            pool.sync_data()             # raises with nothing written
+            crashpoint("commit.after_data_sync")
+            self._checkpoint_instead(extra, synced=True)
+            return None
         records, mark = j.build(pool.catalog.by_id)
-        if self.dirty:
+        # A write in flight to a redundant RStore may be torn by a crash after this
+        # commit: its RStore must stay dirty, so none is declared clean this time.
+        covered = frozenset(self.dirty) if not pool.stripes.redundant else frozenset()
+        if covered:
             records.append({"t": "r5c"})
         if extra is not None:
             records.append(extra)
-        try:
-            self.meta.append(records)
-        except LogFull:
-            self._checkpoint_instead(extra)
-            return
-        except IOFailure as e:
-            self._rewrite(e, "metadata commit")
-            if extra is not None:
-                raise IOFailure(f"metadata commit failed ({e.message}); the operation was not "
-                                f"done") from None
-            return                       # the checkpoint made it all durable
-        self.dirty.clear()
-        self._release(j.committed(mark), npsegs)
-        self.commits += 1
-        if extra is None:
-            self.checkpoint_if_due()
+        self.inflight = CommitJob(self, records, mark, covered, len(alloc.pending), extra)
+        return self.inflight
 
-    def _checkpoint_instead(self, extra: dict | None) -> None:
+    def join(self) -> None:
+        """Waits for the commit in flight, if any. The log has one writer, and an
+        RStore the commit declares clean must not be written before that is durable
+        (its next write needs a new intent), so whatever appends to the log or
+        writes a redundant RStore comes here first."""
+        job = self.inflight
+        if job is not None:
+            job.finish()          # its outcome goes to its own waiters
+
+    def finish_commit(self, job: "CommitJob") -> BaseException | None:
+        """On the loop, once ``job`` ran: applies its outcome; the error its waiters
+        get, or None."""
+        if self.inflight is job:
+            self.inflight = None
+        err = job.error
+        if job.records is None:
+            return err
+        j = self.pool.journal
+        if err is None:
+            self.dirty -= job.covered
+            self._release(j.committed(job.mark), job.npsegs)
+            self.commits += 1
+            if job.extra is None:
+                try:
+                    self.checkpoint_if_due()
+                except VsanError as e:
+                    return e
+            return None
+        j.restore(job.mark)
+        if not job.synced or not isinstance(err, (LogFull, IOFailure)):
+            return err           # nothing written: the journal stays for the next commit
+        try:
+            if isinstance(err, LogFull):
+                # The loop may have written since the sync: the checkpoint syncs again.
+                self._checkpoint_instead(job.extra, synced=False)
+                return None
+            self._rewrite(err, "metadata commit")
+        except VsanError as e:
+            return e
+        if job.extra is not None:
+            return IOFailure(f"metadata commit failed ({err.message}); the operation was not done")
+        return None              # the checkpoint made it all durable
+
+    def _checkpoint_instead(self, extra: dict | None, synced: bool) -> None:
         """A checkpoint makes the change set durable; ``extra``, which memory has not
-        got yet, follows as the new log's first commit. The commit synced the data:
-        a failed sync raised there, with nothing written and the pool writable."""
-        self.checkpoint(synced=True)
+        got yet, follows as the new log's first commit. ``synced``: the data was
+        synced just now and nothing written since (a failed sync raised there, with
+        nothing written and the pool writable)."""
+        self.checkpoint(synced=synced)
         if extra is not None:
             self._append([extra], "commit")
 
@@ -136,6 +181,8 @@ class Transactions:
         write since the last commit, so start-up resyncs it if we crash mid-write."""
         if table.raid == 0:
             return
+        if self.inflight is not None:
+            self.join()
         key = ((table.raid, table.ldad), idx)
         if key in self.dirty:
             return
@@ -166,6 +213,7 @@ class Transactions:
 
     # ---- checkpoint -----------------------------------------------------------------
     def checkpoint(self, synced: bool = False) -> None:
+        self.join()
         self.writable()
         try:
             self.checkpoint_now(synced)
@@ -176,8 +224,18 @@ class Transactions:
         """Writes all of memory as a new checkpoint and superblock; the log restarts.
         Raises (memory unchanged) when it cannot. ``synced``: the caller just synced
         the data and nothing was written since."""
-        pool, j = self.pool, self.pool.journal
+        self.join()
+        j = self.pool.journal
         mark = j.mark()
+        try:
+            npsegs = self._write_checkpoint(synced)
+        except BaseException:
+            j.restore(mark)
+            raise
+        self._release(j.committed(mark), npsegs)
+
+    def _write_checkpoint(self, synced: bool) -> int:
+        pool = self.pool
         npsegs = len(pool.allocator.pending)
         if not synced:
             pool.sync_data()
@@ -216,7 +274,7 @@ class Transactions:
                 pool.allocator.free_now(d, g)
         self.orphans = []
         self.dirty.clear()
-        self._release(j.committed(mark), npsegs)
+        return npsegs
 
     # ---- failure --------------------------------------------------------------------
     def _rewrite(self, err: VsanError, what: str) -> None:
@@ -239,6 +297,7 @@ class Transactions:
         """Turns the pool read-only and tries to leave ``needs_check`` on disk."""
         if self.failed is not None:
             return
+        self.join()
         self.failed = why
         log.error("the pool turns read-only: %s", why)
         seq, salt = self.log_start
@@ -283,3 +342,47 @@ class Transactions:
                 raise NoSpace(f"drive {d} cannot hold the metadata reserve for this size")
         for d in pool.quorum_ids:
             alloc.set_reserve(d, n)
+
+
+class CommitJob:
+    """One commit between ``begin_commit`` and ``finish_commit``. ``run`` does its
+    drive I/O and touches nothing else (drives, the log's write position), so it
+    may run in a worker thread; ``finish`` (on the loop, any number of times)
+    waits for it and applies the outcome once. Whoever comes first runs it: a
+    ``finish`` that finds it not started (queued behind busy workers) runs it
+    itself rather than wait for a thread. ``records`` None: a data sync only."""
+
+    __slots__ = ("tx", "records", "mark", "covered", "npsegs", "extra", "synced", "error",
+                 "_claim", "_ran", "_done", "_result")
+
+    def __init__(self, tx, records, mark, covered, npsegs, extra):
+        self.tx, self.records, self.mark, self.covered = tx, records, mark, covered
+        self.npsegs, self.extra = npsegs, extra
+        self.synced = False
+        self.error: BaseException | None = None
+        self._claim = threading.Lock()
+        self._ran = threading.Event()
+        self._done = False
+        self._result: BaseException | None = None
+
+    def run(self) -> None:
+        if not self._claim.acquire(blocking=False):
+            return                       # running or ran already
+        try:
+            self.tx.pool.sync_data()
+            self.synced = True
+            crashpoint("commit.after_data_sync")
+            if self.records is not None:
+                self.tx.meta.append(self.records)
+        except BaseException as e:  # noqa: BLE001 (handed to the loop by finish)
+            self.error = e
+        finally:
+            self._ran.set()
+
+    def finish(self) -> BaseException | None:
+        self.run()
+        self._ran.wait()
+        if not self._done:
+            self._done = True
+            self._result = self.tx.finish_commit(self)
+        return self._result

@@ -23,6 +23,16 @@ class BlockDevice(Protocol):
         ``done()`` once, always), or None when only ``read`` can do it."""
         ...
 
+    defers_writes: bool
+    """``write_job`` may hand back jobs: the data passed must not change until done."""
+
+    def write_job(self, off: int, data):
+        """The write of ``data`` at ``off``: done now (None), or its map work done and
+        a job handed back whose ``run()`` may block (a worker thread runs it) once
+        ``when_ready(start)`` calls ``start``; ``done()`` on the loop, then ``error``
+        says how it went."""
+        ...
+
     def read_sparse(self, off: int, n: int) -> list[tuple[int, int, bytes | None]]:
         """[(offset, length, data or None where the range reads as zeros)]."""
         ...
@@ -35,6 +45,9 @@ class Exports(Protocol):
 
     def listing(self) -> list: ...
 
-    def flush(self) -> None:
-        """Makes every write already answered, on every device, durable."""
+    def begin_flush(self):
+        """Starts making every write already handled, on every device, durable: a
+        job whose ``run()`` may block (a worker thread runs it) and whose
+        ``finish()``, on the loop, returns the error or None; or None when that is
+        done already."""
         ...

@@ -70,9 +70,9 @@ class NbdConnection(asyncio.BufferedProtocol):
         self.out: list = []       # replies built, not yet handed to the transport
         self.unsent = 0           # bytes of reply objects the transport keeps
         self.wnext = 0            # where the next WRITE_CONT piece goes
-        self.werr = None          # the current WRITE failed: reply once its payload is gone
+        self.wcur: _Write | None = None   # the WRITE whose pieces are arriving
         self.last = 0.0           # loop time of the last bytes received
-        self.inflight = 0         # READs whose drive I/O runs in a worker thread
+        self.inflight = 0         # READs and WRITE pieces whose drive I/O runs in a worker thread
         self.inflight_bytes = 0
         self.mem = Share(server.budget, self._held, self._budget_resume)
         self.starved = False      # reading stopped for memory (the budget, or reads in flight)
@@ -325,7 +325,7 @@ class NbdConnection(asyncio.BufferedProtocol):
             out.append(wire.error_reply(cookie, err, msg, self.structured))
             return
         if cmd == C.CMD_WRITE:
-            self.wnext, self.werr = off, None
+            self.wnext, self.wcur = off, _Write(cookie, flags)
             self._write_piece(out, flags, cookie, length, payload)
             return
         try:
@@ -349,23 +349,56 @@ class NbdConnection(asyncio.BufferedProtocol):
         self._done(out, cmd, flags, cookie)
 
     def _write_piece(self, out, flags, cookie, length, payload) -> None:
-        """One piece of a WRITE's payload; the reply goes after the last one."""
+        """One piece of a WRITE's payload. The device writes it here or hands back a
+        job for a worker thread (then the payload, a view into the receive buffer,
+        is copied first); the reply goes once the last piece is written."""
+        w = self.wcur
         last = self.reader.left == 0
-        try:
-            self.dev.write(self.wnext, payload)
-            self.wnext += len(payload)
-        except Exception as e:
-            self.werr = e
-            if not last:
-                self.reader.discard_write()
-                last = True
-        if not last:
+        if w.err is None:
+            dev = self.dev
+            try:
+                job = dev.write_job(self.wnext, bytes(payload) if dev.defers_writes else payload)
+                self.wnext += len(payload)
+            except Exception as e:
+                w.err, job = e, None
+                if not last:
+                    self.reader.discard_write()
+                    last = True
+            if job is not None:
+                w.pending += 1
+                self.inflight += 1
+                self.inflight_bytes += job.nbytes
+                job.when_ready(lambda: self._start_write(job, w))
+        w.last = last
+        if last and not w.pending:
+            self._answer_write(out, w)
+
+    def _start_write(self, job, w: "_Write") -> None:
+        fut = asyncio.get_running_loop().run_in_executor(self.server.io, job.run)
+        fut.add_done_callback(lambda _: self._write_done(job, w))
+
+    def _write_done(self, job, w: "_Write") -> None:
+        job.done()                  # also when closed: it holds stripes others wait for
+        self.inflight -= 1
+        self.inflight_bytes -= job.nbytes
+        w.pending -= 1
+        if job.error is not None and w.err is None:
+            w.err = job.error
+        if self.closed or w.pending or not w.last:
             return
-        if self.werr is not None:
-            err, self.werr = self.werr, None
-            self._storage_error(out, cookie, err)
+        out: list = []
+        self._guarded(self._answer_write, out, w)
+        self._deliver(out)
+        if self.disconnecting:
+            self._close_when_answered()
+        elif not self.paused:
+            self._guarded(self._process)     # it may have waited for room in flight
+
+    def _answer_write(self, out, w: "_Write") -> None:
+        if w.err is not None:
+            self._storage_error(out, w.cookie, w.err)
         else:
-            self._done(out, C.CMD_WRITE, flags, cookie)
+            self._done(out, C.CMD_WRITE, w.flags, w.cookie)
 
     def _done(self, out, cmd, flags, cookie) -> None:
         if flags & C.CMD_FLAG_FUA and cmd in wire.WRITES:
@@ -418,3 +451,15 @@ class NbdConnection(asyncio.BufferedProtocol):
             self.transport.close()
         else:
             self._close_when_answered()
+
+
+class _Write:
+    """A WRITE whose pieces may be written by worker threads, in any order."""
+
+    __slots__ = ("cookie", "flags", "pending", "err", "last")
+
+    def __init__(self, cookie: int, flags: int):
+        self.cookie, self.flags = cookie, flags
+        self.pending = 0            # pieces being written
+        self.err: BaseException | None = None
+        self.last = False           # its last piece has arrived (or the rest is discarded)

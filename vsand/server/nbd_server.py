@@ -17,24 +17,40 @@ log = logging.getLogger("vsand.server")
 
 
 SWEEP = 2.0      # seconds between looks at idle connections
-IO_THREADS = 16  # drive reads that miss the page cache run on these, overlapping
+IO_THREADS = 16  # drive reads that miss the page cache, direct writes and commits run on these
+
+
+class Inline(concurrent.futures.Executor):
+    """``io_threads = 0``: a job runs where it is submitted, on the loop, as it did
+    before worker threads: for comparisons, and for tests that count system calls
+    per thread (strace's fault injection does)."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        f = concurrent.futures.Future()
+        try:
+            f.set_result(fn(*args, **kwargs))
+        except BaseException as e:  # noqa: BLE001 (the future carries it)
+            f.set_exception(e)
+        return f
 
 
 class NbdServer:
     def __init__(self, exports, max_connections: int = 1000, idle_timeout: float = 0,
-                 memory_budget: int = budget.DEFAULT):
+                 memory_budget: int = budget.DEFAULT, io_threads: int = IO_THREADS):
         """``exports``: lookup(name) -> (Export, BlockDevice) | None, listing() ->
-        [Export], flush() (see blockdev.Exports). ``idle_timeout`` 0: never. ``memory_budget``:
-        bytes shared by all connections beyond their floors (server/budget.py)."""
+        [Export], begin_flush() (see blockdev.Exports). ``idle_timeout`` 0: never. ``memory_budget``:
+        bytes shared by all connections beyond their floors (server/budget.py).
+        ``io_threads`` 0: drive I/O runs on the loop, one call at a time."""
         self.exports = exports
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
         self.budget = budget.MemoryBudget(memory_budget)
         self._sweeper = None
-        self.io = concurrent.futures.ThreadPoolExecutor(IO_THREADS, thread_name_prefix="vsand-io")
+        self.io = (concurrent.futures.ThreadPoolExecutor(io_threads, thread_name_prefix="vsand-io")
+                   if io_threads else Inline())
         self.connections: set[NbdConnection] = set()
         self.stopping = False
-        self.committer = Committer(exports.flush)
+        self.committer = Committer(exports.begin_flush, self.io)
         self.servers: list[asyncio.base_events.Server] = []
         self.requests = 0          # requests handled so far (the task throttle's foreground signal)
 
