@@ -293,8 +293,12 @@ class NbdConnection(asyncio.BufferedProtocol):
         if self.closed:
             answer(fut, None)
             return
+        self._answer_later(lambda reply: answer(fut, reply))
+
+    def _answer_later(self, answer) -> None:
+        """A reply made when a worker finished: ``answer(reply)`` fills the list."""
         reply: list = []
-        self._guarded(answer, fut, reply)
+        self._guarded(answer, reply)
         self._deliver(reply)
         if self.disconnecting:
             self._close_when_answered()
@@ -384,15 +388,8 @@ class NbdConnection(asyncio.BufferedProtocol):
         w.pending -= 1
         if job.error is not None and w.err is None:
             w.err = job.error
-        if self.closed or w.pending or not w.last:
-            return
-        out: list = []
-        self._guarded(self._answer_write, out, w)
-        self._deliver(out)
-        if self.disconnecting:
-            self._close_when_answered()
-        elif not self.paused:
-            self._guarded(self._process)     # it may have waited for room in flight
+        if not (self.closed or w.pending or not w.last):
+            self._answer_later(lambda reply: self._answer_write(reply, w))
 
     def _answer_write(self, out, w: "_Write") -> None:
         if w.err is not None:
