@@ -55,6 +55,7 @@ class Drive:
         self.align = align
         self.direct = direct
         self.failed = False
+        self.dirty = True          # written since the last fdatasync that worked (or unknown)
         self._can_punch = True
 
     @classmethod
@@ -148,6 +149,7 @@ class Drive:
 
     def pwrite(self, off: int, data) -> None:
         self._check()
+        self.dirty = True
         if self.direct:
             try:
                 return dio.write(self.fd, off, data, self.align)
@@ -164,6 +166,7 @@ class Drive:
     def zero(self, off: int, n: int) -> None:
         """Makes [off, off+n) read as zeros; punches a hole where the OS can."""
         self._check()
+        self.dirty = True
         if self._can_punch:
             if self.is_block:
                 # BLKZEROOUT takes whole logical blocks: partial ones at the ends are written
@@ -195,10 +198,18 @@ class Drive:
             off, n = off + k, n - k
 
     def fsync(self) -> None:
+        """fdatasync, skipped when nothing was written since the last one that
+        worked: a commit syncs every drive, and a FLUSH after a 4 KiB write wrote
+        to one. The flag is cleared before the call, so a write that lands during
+        it makes the next one sync again."""
         self._check()
+        if not self.dirty:
+            return
+        self.dirty = False
         try:
             os.fdatasync(self.fd)
         except OSError as e:
+            self.dirty = True
             raise IOFailure(f"fsync {self.path}: {e.strerror}") from e
 
     def close(self) -> None:
