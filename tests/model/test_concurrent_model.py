@@ -33,10 +33,10 @@ What is checked, besides every LD reading byte for byte as its bytearray model
   the structural invariants (engine_invariants, check_pool) hold; check_pool
   holds always.
 
-Two engine bugs this machine found are let through, narrowly, while they stand
-(HANDOVER_NOT_FENCED, HANDED_OVER_WRITES_IN_PLACE below); each has a strict xfail
-reproducer at the end of this file, which fails the suite once the engine is fixed,
-and then the flag goes.
+Two engine bugs this machine found are fixed (HANDOVER_NOT_FENCED and
+HANDED_OVER_WRITES_IN_PLACE below are off; their reproducers are at the end of this
+file): a read job that began before a slot changed owner is read again, and a
+segment handed over since the last commit is not written in place.
 
 ``VSAND_CONCURRENT_EXAMPLES`` overrides the example count for bug hunts.
 """
@@ -74,7 +74,7 @@ MAX_READS = 4
 # 32 PSEGs a drive: room for every LD and copy the rules can make (no ENOSPC to
 # model), few enough RStores that freed slots are soon taken by another LD.
 DRIVE = 8 * MiB + 32 * 2 * MiB
-# KNOWN ENGINE BUG (test_read_job_after_a_handover below, xfail): the read fence
+# FIXED ENGINE BUG (test_read_job_after_a_handover below; ReadJob.intact): the read fence
 # holds back frees, not changes of owner. A read job may resolve a segment that
 # another LD then owns alone (its LD's CFW or delete handed it to a predecessor;
 # its LD's own copy ended the sharing with the successor it read through) and
@@ -83,13 +83,13 @@ DRIVE = 8 * MiB + 32 * 2 * MiB
 # a write by another LD into a slot that LD already owned when the write began.
 # A slot freed and taken again (what the fence is for) is still caught. Set it to
 # False when the engine fences these too.
-HANDOVER_NOT_FENCED = True
-# KNOWN ENGINE BUG (test_crash_after_a_write_into_a_handed_over_segment, xfail): a
+HANDOVER_NOT_FENCED = False
+# FIXED ENGINE BUG (test_crash_after_a_write_into_a_handed_over_segment; cfw.redirect): a
 # CFW hands the writer's segment to its predecessor in memory only; the predecessor
 # may then write it in place before a commit, and a crash finds those bytes in the
 # writer, whose committed map still owns the segment. While this is True, an LD
 # does not write or zero a segment that, at the last durable point, another LD owned.
-HANDED_OVER_WRITES_IN_PLACE = True
+HANDED_OVER_WRITES_IN_PLACE = False
 
 
 class RunWhenWaited:
@@ -519,6 +519,12 @@ class ConcurrentMachine(RuleBasedStateMachine):
     def _check_read(self, r: ReadInFlight) -> None:
         """The read job's bytes (see the module doc), at the moment they were read."""
         r.ran = True
+        if not r.job.intact():
+            # A slot it resolved changed owner since it began: the server discards the
+            # bytes and reads again with ld.read (checked against the model at every
+            # step); a deleted LD's connections are dropped before anything is sent.
+            event("read job: a slot changed owner, read again")
+            return
         got = np.frombuffer(bytes(r.job.buf), np.uint8)
         assert len(got) == r.n
         ok = got == r.t0
@@ -773,14 +779,12 @@ class _Draw:
         return self.values.pop(0)
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: the read fence holds back frees, not handovers "
-                   "(HANDOVER_NOT_FENCED above); reported, not fixed here")
 @pytest.mark.parametrize("how", ["cfw", "delete"])
 def test_read_job_after_a_handover(tmp_path, how):
     """A read job of L resolved segment 0; then L's allocation passes to its snapshot
     S (a whole-segment write of L hands it over; deleting L hands it over), and S
-    writes into it in place before the job reads. The job must still return what L
-    held (or, for the CFW, L's own new bytes), never S's write."""
+    writes into it in place before the job reads. The job's bytes must not be taken
+    for L's: it says it is not intact, and L read again returns its own bytes."""
     pool, _ = make_pool(tmp_path)
     lun = pool.create_ld("L", 4 * MiB, raid=0)
     lun.write(0, b"A" * SEG)
@@ -793,13 +797,13 @@ def test_read_job_after_a_handover(tmp_path, how):
     snap.write(0, b"S" * 4096)
     got = bytes(job.run())
     job.done()
-    assert got[:4096] in (b"A" * 4096, b"B" * 4096), f"the read job of L returned S's write: {got[:8]!r}"
+    assert got[:4096] in (b"A" * 4096, b"B" * 4096) or not job.intact(), \
+        f"the read job of L returned S's write as intact: {got[:8]!r}"
+    if how == "cfw":
+        assert not job.intact() and lun.read(0, 4096) == b"B" * 4096
     pool.close()
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: a CFW's handover is in memory only, and the "
-                   "predecessor that received the segment writes it in place before a commit "
-                   "(HANDED_OVER_WRITES_IN_PLACE above); reported, not fixed here")
 def test_crash_after_a_write_into_a_handed_over_segment(tmp_path):
     """Trimming L hands its segment to its snapshot S (in memory); S writes a byte
     of it in place; kill -9 before any commit. L's committed map still owns the

@@ -56,7 +56,7 @@ def unshare(ld, k: int, whole: bool, trim: bool = False, eager: bool = False) ->
         succ = ld.succ
         ops.set_entry(succ, k, succ.l2.get(k) & ~SP)
         if not e & SP:    # with Sp set, rule 2 below moves my old bytes to my predecessor
-            ops.set_entry(ld, k, _redirect(ld, k, e, whole, trim))
+            ops.set_entry(ld, k, redirect(ld, k, e, whole, trim))
             e = ld.l2.get(k)
     if not e & SP:
         return
@@ -65,7 +65,7 @@ def unshare(ld, k: int, whole: bool, trim: bool = False, eager: bool = False) ->
         e = _hand_over(ld, p, k, e, whole, trim)
     if e & SP:        # a seed: p holds its own copy of these bytes already
         ops.set_entry(ld, k, e & ~SP)
-        e = _redirect(ld, k, e & ~SP, whole, trim)
+        e = redirect(ld, k, e & ~SP, whole, trim)
     ops.set_entry(ld, k, e)
     crashpoint("cfw.after_handover")
     p = ld.pred
@@ -96,17 +96,21 @@ def _hand_over(ld, p, k: int, e: int, whole: bool, trim: bool) -> int:
             invalidate_readers(p, k)           # the snapshot loses, the write goes on
             return ld.l2.get(k)
     ops.set_entry(p, k, (p.l2.get(k) & SP) | (e & DATA_MASK))
+    if e & ALLOCATED:
+        pool.space.hand_over(ld.table, e)
     if e & ALLOCATED and payer is not None:
         pool.space.note_handover(payer)
     return new
 
 
-def _redirect(ld, k: int, e: int, whole: bool, trim: bool) -> int:
-    """``ld``'s entry for k once the seed over it is cleared (the caller has cleared
-    it in memory): its bytes move to a new segment (a copy unless the write covers
-    it), because until the next commit the committed seed still vouches that they
-    equal the other LD's, and a crash must find them unchanged. Short of space, the
-    cleared seed is committed first and the write goes in place."""
+def redirect(ld, k: int, e: int, whole: bool, trim: bool = False) -> int:
+    """``ld``'s entry for k, before a write, when the committed maps still give its
+    bytes to another LD: a seed over it that the caller has cleared in memory (the
+    committed seed vouches they equal the other LD's), or an allocation handed to
+    ld since the last commit (the committed maps still give it to the LD that
+    handed it over). A crash must find them unchanged, so they move to a new segment
+    (a copy unless the write covers it). Short of space, the change is committed
+    first and the write goes in place."""
     if not e & ALLOCATED or trim:
         return e                      # nothing to overwrite: trim frees after commit
     pool = ld.pool

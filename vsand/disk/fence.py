@@ -5,6 +5,12 @@ it; reads that begin later cannot have resolved what was freed.
 
 Epochs, not a count: under a steady stream of reads the count may never reach
 zero, but every read that began before a free does end.
+
+A slot can also change owner without being freed: a copy on first write hands a
+writer's allocation to its snapshot, a delete hands it to the LD that read through
+the deleted one, and the new owner may then write it in place. ``moved`` counts
+those; a read that began before one (``moves`` at its start differs) is not to be
+trusted and is read again on the loop, where nothing interleaves.
 """
 
 from __future__ import annotations
@@ -17,6 +23,11 @@ class ReadFence:
         self.epoch = 0
         self.active: dict[int, int] = {}     # epoch -> reads begun in it, still running
         self.due: deque = deque()            # (epoch, fn): frees waiting for older reads
+        self.moves = 0                       # slots handed to another owner so far
+
+    def moved(self) -> None:
+        if self.active:
+            self.moves += 1
 
     def begin(self) -> int:
         e = self.epoch

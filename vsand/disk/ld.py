@@ -18,7 +18,7 @@ from __future__ import annotations
 from ..errors import IOFailure, OutOfRange, ReadOnly
 from ..mapping.lmap import ALLOCATED, SHARED, SP, SS, L2map, entry_rsd, entry_slot
 from ..physical.readjob import ReadJob
-from .cfw import unshare
+from .cfw import redirect, unshare
 from .role import Role
 from .sharing import resolve_range, start_chain_cache
 
@@ -241,6 +241,9 @@ class LogicalDisk:
         e = self.l2.get(k)
         if e & SHARED or self._seeded(k):
             e = self._unshare(k, whole=n == self.seg)
+        if e & ALLOCATED and pool.space.handed_over(self.table, e):
+            e = redirect(self, k, e, whole=n == self.seg)
+            pool.ops.set_entry(self, k, e)
         zero = False
         if not e & ALLOCATED:
             e, fresh = pool.space.alloc_segment(self)
@@ -270,9 +273,7 @@ class LogicalDisk:
                 pool.ops.set_entry(self, k, 0)
                 pool.space.free_segment(self, e)
             else:
-                members = pool.space.members(self.table, entry_rsd(e))
-                pool.tx.intend(self.table, entry_rsd(e))
-                pool.rio.write(self.raid, members, entry_slot(e), so, bytes(m))
+                self._write_segment(k, so, bytes(m))
 
     def trim(self, off: int, n: int) -> None:
         """Whole segments are unmapped (and read as zeros); partial ones are zeroed."""
@@ -373,6 +374,9 @@ class LogicalDisk:
             if e & ALLOCATED and m < self.seg:
                 self._write_segment(k, so, bytes(m))
                 continue
+            if e & ALLOCATED and pool.space.handed_over(self.table, e):
+                e = redirect(self, k, e, whole=True)     # a new segment: zeroed below
+                pool.ops.set_entry(self, k, e)
             if not e & ALLOCATED:
                 e, fresh = pool.space.alloc_segment(self)
                 pool.ops.set_entry(self, k, e)

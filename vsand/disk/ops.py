@@ -29,7 +29,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..faults import crashpoint
-from ..mapping.lmap import SS, owned
+from ..mapping.lmap import SHARED, SS, owned
 from . import sharing
 from .ld import LogicalDisk
 from .role import Role, check_transition
@@ -41,6 +41,11 @@ class Ops:
 
     # ---- data path: applied now, recorded by the next commit ----------------------------
     def set_entry(self, ld, k: int, e: int) -> None:
+        fence = self.pool.space.fence
+        if fence.active and ld.l2.get(k) & SHARED:
+            # Sharing of k ends or moves: an allocation that a read in flight
+            # resolved through it may now be written in place by its owner.
+            fence.moved()
         ld.l2.set(k, e)
         self.pool.journal.touch(ld.id, k)
 

@@ -138,6 +138,8 @@ def unlink(x) -> np.ndarray:
             # (a seed: x.Sp kept over p's copy) nothing passes.
             take = xp & ~xs & ((pe & SS) != 0)
             hand = alloc & take
+            if hand.any():
+                x.pool.space.fence.moved()   # reads begun before may have resolved them
             pe[take] = (pe[take] & SP) | (xe[take] & DATA_MASK)
             p.l2.put(lo, pe)
         freed.append(xe[alloc & ~hand])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import NoSpace
-from ..mapping.lmap import SLOTS, entry_rsd, entry_slot, make_entry, rsds, slots
+from ..mapping.lmap import DATA_MASK, SLOTS, entry_rsd, entry_slot, make_entry, rsds, slots
 from ..mapping.rsd import RsdTable, member_drives, member_psegs, pack_member, unpack_member
 from ..physical.allocator import RAID_WIDTH
 from .fence import ReadFence
@@ -28,6 +28,10 @@ class Space:
         # a RAID1 promise needs 8 PSEGs per RStore whatever RAID type allocates next
         self.reserve: dict[tuple[int, str], int] = {}
         self._members: dict[tuple[int, str, int], list[tuple[int, int]]] = {}
+        # Allocations a copy on first write handed to another LD since the last
+        # commit: the committed maps still give them to the LD that had them, so
+        # their new owner must not write them in place before that commit (cfw.py).
+        self.handed: set[tuple[int, str, int]] = set()
 
     def table(self, raid: int, ldad: str) -> RsdTable:
         t = self.tables.get((raid, ldad))
@@ -109,6 +113,13 @@ class Space:
             self.rio.drives[d].zero(off, self.units.pseg)
         t.mark_fresh(idx)
         return idx
+
+    def hand_over(self, table: RsdTable, e: int) -> None:
+        """Allocation ``e`` now belongs to another LD, in memory only."""
+        self.handed.add((table.raid, table.ldad, e & DATA_MASK))
+
+    def handed_over(self, table: RsdTable, e: int) -> bool:
+        return bool(self.handed) and (table.raid, table.ldad, e & DATA_MASK) in self.handed
 
     def free_segment(self, ld, e: int) -> None:
         """The slot returns to its RStore only after the commit that unmaps it."""

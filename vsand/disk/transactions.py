@@ -116,6 +116,7 @@ class Transactions:
         if extra is not None:
             records.append(extra)
         self.inflight = CommitJob(self, records, mark, covered, len(alloc.pending), extra)
+        self.inflight.handed = frozenset(pool.space.handed)
         return self.inflight
 
     def join(self) -> None:
@@ -138,6 +139,7 @@ class Transactions:
         j = self.pool.journal
         if err is None:
             self.dirty -= job.covered
+            self.pool.space.handed -= job.handed     # their new owners may write in place now
             self._release(j.committed(job.mark), job.npsegs)
             self.commits += 1
             if job.extra is None:
@@ -274,6 +276,7 @@ class Transactions:
                 pool.allocator.free_now(d, g)
         self.orphans = []
         self.dirty.clear()
+        pool.space.handed.clear()
         return npsegs
 
     # ---- failure --------------------------------------------------------------------
@@ -353,12 +356,13 @@ class CommitJob:
     itself rather than wait for a thread. ``records`` None: a data sync only."""
 
     __slots__ = ("tx", "records", "mark", "covered", "npsegs", "extra", "synced", "error",
-                 "_claim", "_ran", "_done", "_result")
+                 "handed", "_claim", "_ran", "_done", "_result")
 
     def __init__(self, tx, records, mark, covered, npsegs, extra):
         self.tx, self.records, self.mark, self.covered = tx, records, mark, covered
         self.npsegs, self.extra = npsegs, extra
         self.synced = False
+        self.handed: frozenset = frozenset()     # handovers this commit makes durable
         self.error: BaseException | None = None
         self._claim = threading.Lock()
         self._ran = threading.Event()

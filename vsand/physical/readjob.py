@@ -22,7 +22,7 @@ NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 
 
 class ReadJob:
-    __slots__ = ("buf", "pieces", "holes", "_fence", "_token")
+    __slots__ = ("buf", "pieces", "holes", "_fence", "_token", "_moves")
 
     nowait = bool(NOWAIT)      # cleared for good when the kernel or file system refuses it
 
@@ -32,6 +32,7 @@ class ReadJob:
         self.holes = holes
         self._fence = fence
         self._token = fence.begin()
+        self._moves = fence.moves
 
     def try_now(self) -> bool:
         """Reads every piece the page cache holds; True when nothing is left."""
@@ -65,8 +66,13 @@ class ReadJob:
         self.pieces = []
         return self.buf
 
+    def intact(self) -> bool:
+        """No slot changed owner since the job began (see the fence's ``moved``):
+        what it read is its LD's. Otherwise the caller reads again."""
+        return self._fence is None or self._fence.moves == self._moves
+
     def done(self) -> None:
-        if self._fence is not None:
-            self._fence, fence = None, self._fence
-            fence.end(self._token)
+        if self._token is not None:
+            token, self._token = self._token, None
+            self._fence.end(token)
 

@@ -20,7 +20,8 @@ class BlockDevice(Protocol):
     def read_job(self, off: int, n: int):
         """The read resolved now, its drive I/O to run later (``try_now()`` on the
         loop without blocking, else ``run()`` in a worker thread; ``buf``, ``holes``;
-        ``done()`` once, always), or None when only ``read`` can do it."""
+        ``done()`` once, always; after ``run``, ``buf`` is to be read again with
+        ``read`` unless ``intact()``), or None when only ``read`` can do it."""
         ...
 
     defers_writes: bool

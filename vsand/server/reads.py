@@ -128,8 +128,15 @@ class Reads:
         err = fut.exception()
         if err is not None:
             self.error(reply, cookie, err)
-        else:
+        elif job.intact():
             reply.extend(self._reply(cookie, off, job.buf))
+        else:            # a slot it read changed owner meanwhile: read it again, here
+            try:
+                data = self.dev.read(off, len(job.buf))
+            except Exception as e:
+                self.error(reply, cookie, e)
+                return
+            reply.extend(self._reply(cookie, off, data))
 
     def _start_stream(self, flags, cookie, off, length) -> None:
         if not self.structured or flags & C.CMD_FLAG_DF:

@@ -183,6 +183,8 @@ def test_direct_mode_refused_names_the_drive(tmp_path, monkeypatch):
 
 
 class NoFence:
+    moves = 0
+
     def begin(self):
         return 0
 
