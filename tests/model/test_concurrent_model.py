@@ -33,10 +33,10 @@ What is checked, besides every LD reading byte for byte as its bytearray model
   the structural invariants (engine_invariants, check_pool) hold; check_pool
   holds always.
 
-Two engine bugs this machine found are fixed (HANDOVER_NOT_FENCED and
-HANDED_OVER_WRITES_IN_PLACE below are off; their reproducers are at the end of this
-file): a read job that began before a slot changed owner is read again, and a
-segment handed over since the last commit is not written in place.
+Two engine bugs this machine found are fixed; their reproducers are at the end of
+this file: a read job that began before a slot changed owner is read again (it is
+not ``intact()``), and a segment handed over since the last commit is not written
+in place.
 
 ``VSAND_CONCURRENT_EXAMPLES`` overrides the example count for bug hunts.
 """
@@ -64,7 +64,7 @@ from test_snapshot_model import first_diff, pattern, ranges  # noqa: E402
 from vsand.disk.check import check_pool  # noqa: E402
 from vsand.disk.pool import Pool  # noqa: E402
 from vsand.errors import InvalidArgument, IOFailure, NotFound  # noqa: E402
-from vsand.mapping.lmap import ALLOCATED, SS, entry_rsd, entry_slot  # noqa: E402
+from vsand.mapping.lmap import ALLOCATED, entry_rsd  # noqa: E402
 from vsand.meta import format as fmt  # noqa: E402
 from vsand.units import MiB, Units  # noqa: E402
 
@@ -74,22 +74,6 @@ MAX_READS = 4
 # 32 PSEGs a drive: room for every LD and copy the rules can make (no ENOSPC to
 # model), few enough RStores that freed slots are soon taken by another LD.
 DRIVE = 8 * MiB + 32 * 2 * MiB
-# FIXED ENGINE BUG (test_read_job_after_a_handover below; ReadJob.intact): the read fence
-# holds back frees, not changes of owner. A read job may resolve a segment that
-# another LD then owns alone (its LD's CFW or delete handed it to a predecessor;
-# its LD's own copy ended the sharing with the successor it read through) and
-# writes in place before the job reads: the job returns that other LD's bytes.
-# While this is True, exactly those bytes are let through (ReadInFlight.slots):
-# a write by another LD into a slot that LD already owned when the write began.
-# A slot freed and taken again (what the fence is for) is still caught. Set it to
-# False when the engine fences these too.
-HANDOVER_NOT_FENCED = False
-# FIXED ENGINE BUG (test_crash_after_a_write_into_a_handed_over_segment; cfw.redirect): a
-# CFW hands the writer's segment to its predecessor in memory only; the predecessor
-# may then write it in place before a commit, and a crash finds those bytes in the
-# writer, whose committed map still owns the segment. While this is True, an LD
-# does not write or zero a segment that, at the last durable point, another LD owned.
-HANDED_OVER_WRITES_IN_PLACE = False
 
 
 class RunWhenWaited:
@@ -118,8 +102,6 @@ class ReadInFlight:
         self.t0 = np.frombuffer(t0, np.uint8)
         self.later: list[tuple[int, np.ndarray]] = []   # (position in the job, bytes) written since t0
         self.ran = False
-        # (table, RSD, slot) resolved -> [(start, end) in the segment, position in the job]
-        self.slots: dict[tuple, list[tuple[int, int, int]]] = {}
 
 
 class ConcurrentMachine(RuleBasedStateMachine):
@@ -145,8 +127,7 @@ class ConcurrentMachine(RuleBasedStateMachine):
         self.nid = 0
         self.seed = 0
         self.reads: list[ReadInFlight] = []
-        self.owners: dict = {}
-        self.commit = None            # [job, seq at its begin, fault drawn when it ran, owners at its begin]
+        self.commit = None            # [job, seq at its begin, fault drawn when it ran]
         self.plan = None              # a BGCOPY step planned, maybe copied, not applied
         self.plan_copied = False
         for raid in raids:
@@ -192,30 +173,6 @@ class ConcurrentMachine(RuleBasedStateMachine):
     def _all_durable(self) -> None:
         """Everything so far is on disk (a flush, checkpoint, catalog operation)."""
         self._durable_at(self._tick())
-        self.owners = self._owners()
-
-    def _owners(self) -> dict:
-        """(table, RSD, slot) -> the LD whose map holds it, for HANDED_OVER_WRITES_IN_PLACE."""
-        out = {}
-        for name in self.model:
-            ld = self.pool.get(name)
-            _, es = ld.l2.allocated()
-            for e in es.tolist():
-                out[((ld.raid, ld.ldad), entry_rsd(e), entry_slot(e))] = name
-        return out
-
-    def _writes_into_handed_over(self, name: str, off: int, n: int) -> bool:
-        if not HANDED_OVER_WRITES_IN_PLACE:
-            return False
-        ld = self.pool.get(name)
-        for k in range(off // SEG, -(-(off + n) // SEG)):
-            e = ld.l2.get(k)
-            if e & ALLOCATED and not e & SS:
-                o = self.owners.get(((ld.raid, ld.ldad), entry_rsd(e), entry_slot(e)))
-                if o is not None and o != name and o in self.model:
-                    event("known bug: skipped a write into a segment handed over since the last commit")
-                    return True
-        return False
 
     def _durable_at(self, seq: int) -> None:
         if seq <= self.durable:
@@ -344,37 +301,6 @@ class ConcurrentMachine(RuleBasedStateMachine):
         self._all_durable()
 
     # -- I/O on the loop ("blk_" sorts first: hypothesis leans towards the first rules) ----
-    def _resolved_slots(self, r: ReadInFlight) -> None:
-        ld = self.pool.get(r.name)
-        for k in range(r.off // SEG, -(-(r.off + r.n) // SEG)):
-            e = ld._entry(k)
-            if e & ALLOCATED:
-                lo, hi = max(r.off, k * SEG) - k * SEG, min(r.off + r.n, (k + 1) * SEG) - k * SEG
-                r.slots.setdefault(((ld.raid, ld.ldad), entry_rsd(e), entry_slot(e)), []).append(
-                    (lo, hi, k * SEG + lo - r.off))
-
-    def _let_through_owner_writes(self, name: str, off: int, buf) -> None:
-        """HANDOVER_NOT_FENCED: before LD ``name`` writes ``buf`` at ``off``, the bytes it
-        may write in place into a slot a read job of another LD resolved, because
-        ``name`` owns that slot now, become values that job may return."""
-        if not HANDOVER_NOT_FENCED:
-            return
-        ld = self.pool.get(name)
-        new = np.frombuffer(bytes(buf), np.uint8)
-        for r in self.reads:
-            if r.ran or r.name == name:
-                continue
-            for k in range(off // SEG, -(-(off + len(buf)) // SEG)):
-                e = ld.l2.get(k)
-                if not e & ALLOCATED or e & SS:
-                    continue
-                for lo, hi, pos in r.slots.get(((ld.raid, ld.ldad), entry_rsd(e), entry_slot(e)), ()):
-                    a = max(lo, off - k * SEG)
-                    b = min(hi, off + len(buf) - k * SEG)
-                    if a < b:
-                        event("known bug: another LD owns a slot a read job resolved")
-                        r.later.append((pos + a - lo, new[k * SEG + a - off:k * SEG + b - off]))
-
     def _target(self, data) -> tuple[str, int, int] | None:
         """(LD, offset, length) for a write or zeroing; half the time, when a read job
         is in flight, one that overlaps it, which is where the fence and the "either
@@ -399,12 +325,9 @@ class ConcurrentMachine(RuleBasedStateMachine):
             self._write_at(*t)
 
     def _write_at(self, name: str, off: int, n: int) -> None:
-        if self._writes_into_handed_over(name, off, n):
-            return
         self.seed += 1
         buf = pattern(self.seed, n)
         log_start = self.pool.tx.log_start
-        self._let_through_owner_writes(name, off, buf)
         self.pool.get(name).write(off, buf)
         self._modify(name, off, buf)
         self._check_intents(name, off, n, log_start)
@@ -426,10 +349,7 @@ class ConcurrentMachine(RuleBasedStateMachine):
         if t is None:
             return
         name, off, n = t
-        if self._writes_into_handed_over(name, off, n):
-            return
         ld = self.pool.get(name)
-        self._let_through_owner_writes(name, off, bytes(n))
         if how == "trim":
             ld.trim(off, n)
         else:
@@ -452,9 +372,6 @@ class ConcurrentMachine(RuleBasedStateMachine):
         else:
             name = self._pick(data)
             k = data.draw(st.integers(0, len(self.model[name]) // SEG - 1), label="segment")
-        if self._writes_into_handed_over(name, k * SEG, SEG):
-            return
-        self._let_through_owner_writes(name, k * SEG, bytes(SEG))
         self.pool.get(name).trim(k * SEG, SEG)
         self._modify(name, k * SEG, bytes(SEG))
         self.pool.flush()
@@ -490,7 +407,6 @@ class ConcurrentMachine(RuleBasedStateMachine):
             job = self.pool.get(name).read_job(off, n)
             assert job is not None, f"{name}: read_job({off}, {n}) gave None on a healthy pool"
             r = ReadInFlight(name, off, n, job, bytes(self.model[name][off:off + n]))
-            self._resolved_slots(r)
             self.reads.append(r)
             return
         if step in ("done", "abandon"):
@@ -574,7 +490,7 @@ class ConcurrentMachine(RuleBasedStateMachine):
             self._all_durable()
             return
         job._ran = RunWhenWaited(job)
-        self.commit = [job, self.seq, False, self._owners()]
+        self.commit = [job, self.seq, False]
         event(f"commit job: {'data sync only' if job.records is None else 'records'}")
 
     def _commit_run(self, data):
@@ -609,7 +525,7 @@ class ConcurrentMachine(RuleBasedStateMachine):
             job.run()
 
     def _finish_commit(self) -> None:
-        job, begun, kind, owners = self.commit
+        job, begun, kind = self.commit
         self.commit = None
         err = job.finish()
         assert self.pool.tx.failed is None, f"one failed commit turned the pool read-only: {self.pool.tx.failed}"
@@ -623,8 +539,6 @@ class ConcurrentMachine(RuleBasedStateMachine):
         assert err is None, f"the commit job failed: {err!r} (fault: {kind})"
         if job.records is not None and self.seq > begun:
             event("commit job: with records, changes made while it was in flight")
-        if begun > self.durable:
-            self.owners = owners
         self._durable_at(begun)
 
     # -- BGCOPY: whole steps, or one planned step in flight -------------------------------------
@@ -689,7 +603,7 @@ class ConcurrentMachine(RuleBasedStateMachine):
         self._settle_reads(data)
         self._settle_plan()
         if self.commit is not None:
-            job, begun, kind, _ = self.commit
+            job, begun, kind = self.commit
             if job._ran.ran and self.pool.tx.inflight is not job and kind != "sync":
                 self._finish_commit()  # the loop finished it when it waited: its begin is durable
             self.commit = None
