@@ -5,6 +5,16 @@ from __future__ import annotations
 import pytest
 
 from poolkit import make_pool
+from vsand.physical.readjob import ReadJob
+
+
+@pytest.fixture(autouse=True)
+def fresh_nowait_state(monkeypatch):
+    """Each test starts with no run of page cache misses behind it (a process-wide
+    heuristic: see ReadJob.try_now)."""
+    monkeypatch.setattr(ReadJob, "missed", 0)
+    monkeypatch.setattr(ReadJob, "skip", 0)
+
 
 @pytest.fixture
 def pool(tmp_path):

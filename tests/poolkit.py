@@ -14,3 +14,14 @@ def make_pool(tmp_path, n: int = 8, size: int = 128 * MiB, units: Units = SMALL,
     sizes = sizes or [size] * n
     specs = [(os.path.join(str(tmp_path), f"d{i:02d}.img"), s, "default") for i, s in enumerate(sizes)]
     return Pool.create(specs, units), [p for p, _, _ in specs]
+
+
+class NoFence:
+    """A read fence with nothing to fence: for ReadJobs made by hand."""
+    moves = 0
+
+    def begin(self):
+        return 0
+
+    def end(self, token):
+        pass

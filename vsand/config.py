@@ -30,6 +30,7 @@ class Config:
     idle_timeout: int = 0                 # seconds without a request before a connection is closed; 0 = never
     memory_budget: int = MEMORY_BUDGET    # NBD reply and payload bytes of all connections beyond their floors
     io_threads: int = 16                  # worker threads for drive I/O that may block; 0 = on the event loop
+    io_engine: str = "auto"               # reads that miss the cache: uring, threads or auto
     io: str = "auto"                      # drive I/O: buffered, direct (O_DIRECT) or auto (direct for block devices)
 
     def finish(self) -> "Config":
@@ -106,10 +107,19 @@ def _io_mode(text) -> str:
     return text
 
 
+IO_ENGINES = ("auto", "uring", "threads")   # how reads that miss the page cache are done
+
+
+def _io_engine(text) -> str:
+    if text not in IO_ENGINES:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(IO_ENGINES)}, not {text!r}")
+    return text
+
+
 CHECK = {"drive_size": _size, "task_rate_mib": _rate, "task_latency_guard": _on_off,
          "accept_data_loss": _on_off, "max_connections": _positive, "idle_timeout": _count,
          "memory_budget": _size, "io_threads": _count,
-         "io": _io_mode}
+         "io": _io_mode, "io_engine": _io_engine}
 
 
 def _flatten(data: dict, where: str) -> dict:
@@ -163,6 +173,9 @@ def load(argv: list[str] | None = None) -> Config:
                     help="worker threads for drive I/O that may block the event loop: reads the "
                          "page cache misses, writes to direct drives, commits (default 16; 0 runs "
                          "it all on the event loop, one call at a time)")
+    ap.add_argument("--io-engine", type=_io_engine, metavar="auto|uring|threads",
+                    help="how drive reads the page cache misses are done: io_uring, worker "
+                         "threads, or auto (the default: io_uring when the kernel allows it)")
     ap.add_argument("--io", type=_io_mode, metavar="buffered|direct|auto",
                     help="drive I/O: through the page cache, O_DIRECT, or auto (the default: "
                          "direct for block devices, buffered for image files)")

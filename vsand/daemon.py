@@ -16,9 +16,10 @@ from .control.handlers import Handlers
 from .control.server import ControlServer
 from .disk.assembly import has_label
 from .disk.pool import Pool
-from .errors import HalfCreated, VsanError
+from .errors import HalfCreated, Unsupported, VsanError
 from .nbd.handshake import Export
 from .physical.lock import StateDirLock
+from .physical.uring import Ring
 from .server.nbd_server import NbdServer
 from .tasks import TaskRunner, Throttle, default_kinds
 from .units import format_size
@@ -134,10 +135,28 @@ class Daemon:
         finally:
             lock.release()
 
+    def _ring(self) -> Ring | None:
+        """The io_uring reads go through (config ``io_engine``), or None: worker
+        threads. Unsupported when "uring" is asked for and there is none."""
+        cfg = self.cfg
+        if cfg.io_engine == "threads" or not cfg.io_threads:
+            log.info("drive reads that miss the page cache: %s",
+                     "worker threads" if cfg.io_threads else "on the event loop (io_threads 0)")
+            return None
+        ring, why = Ring.open(asyncio.get_running_loop().call_soon)
+        if ring is None:
+            if cfg.io_engine == "uring":
+                raise Unsupported(f"io_engine uring: {why}")
+            log.info("drive reads that miss the page cache: worker threads (%s)", why)
+            return None
+        log.info("drive reads that miss the page cache: io_uring")
+        return ring
+
     async def _serve(self) -> int:
         cfg = self.cfg
         self.nbd = NbdServer(Exports(self.pool, cfg.default_export), cfg.max_connections,
-                             cfg.idle_timeout, cfg.memory_budget, cfg.io_threads)
+                             cfg.idle_timeout, cfg.memory_budget, cfg.io_threads,
+                             self._ring())
         self.tasks = TaskRunner(self.pool, default_kinds(self.pool),
                                 Throttle(cfg.task_rate_mib, cfg.task_latency_guard,
                                          foreground=lambda: self.nbd.requests),

@@ -72,8 +72,9 @@ class NbdConnection(asyncio.BufferedProtocol):
         self.wnext = 0            # where the next WRITE_CONT piece goes
         self.wcur: _Write | None = None   # the WRITE whose pieces are arriving
         self.last = 0.0           # loop time of the last bytes received
-        self.inflight = 0         # READs and WRITE pieces whose drive I/O runs in a worker thread
+        self.inflight = 0         # READs and WRITE pieces whose drive I/O runs off the loop
         self.inflight_bytes = 0
+        self.landed: list = []    # reads done off the loop, not yet answered
         self.mem = Share(server.budget, self._held, self._budget_resume)
         self.starved = False      # reading stopped for memory (the budget, or reads in flight)
         self._timer = None
@@ -278,27 +279,46 @@ class NbdConnection(asyncio.BufferedProtocol):
         if reply and not self.closed and not self.reads.hold(reply):
             self._send(reply)
 
-    def _offload(self, run, nbytes: int, answer) -> None:
-        """Runs ``run()`` in a worker thread, ``nbytes`` counted as held meanwhile;
-        then, on the loop, ``answer(fut, reply)`` puts the reply in the list
-        ``reply``, which is None once the connection has closed."""
+    def _offload(self, job, nbytes: int, answer) -> None:
+        """Has a read job's drive I/O done off the loop, ``nbytes`` counted as held
+        meanwhile; then, on the loop, ``answer(error, reply)`` puts the reply in the
+        list ``reply``, which is None once the connection has closed."""
         self.inflight += 1
         self.inflight_bytes += nbytes
-        fut = asyncio.get_running_loop().run_in_executor(self.server.io, run)
-        fut.add_done_callback(lambda f: self._offloaded(f, nbytes, answer))
-
-    def _offloaded(self, fut, nbytes: int, answer) -> None:
-        self.inflight -= 1
-        self.inflight_bytes -= nbytes
-        if self.closed:
-            answer(fut, None)
+        ring = self.server.ring
+        if ring is not None and job.start(ring, lambda err: self._offloaded(err, nbytes, answer)):
             return
-        self._answer_later(lambda reply: answer(fut, reply))
+        fut = asyncio.get_running_loop().run_in_executor(self.server.io, job.run)
+        fut.add_done_callback(lambda f: self._offloaded(f.exception(), nbytes, answer))
+
+    def _offloaded(self, err, nbytes: int, answer) -> None:
+        # Reads land in bursts (a ring's completions come together): their replies
+        # go out in one write, on the loop's next turn, not one system call each.
+        if not self.landed:
+            asyncio.get_running_loop().call_soon(self._answer_landed)
+        self.landed.append((err, nbytes, answer))
+
+    def _answer_landed(self) -> None:
+        landed, self.landed = self.landed, []
+        reply: list = []
+        for err, nbytes, answer in landed:
+            self.inflight -= 1
+            self.inflight_bytes -= nbytes
+            if self.closed:
+                answer(err, None)         # it still ends its job
+            else:
+                self._guarded(answer, err, reply)
+        self._replied(reply)
 
     def _answer_later(self, answer) -> None:
         """A reply made when a worker finished: ``answer(reply)`` fills the list."""
         reply: list = []
         self._guarded(answer, reply)
+        self._replied(reply)
+
+    def _replied(self, reply: list) -> None:
+        if self.closed:
+            return
         self._deliver(reply)
         if self.disconnecting:
             self._close_when_answered()

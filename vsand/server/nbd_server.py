@@ -36,11 +36,16 @@ class Inline(concurrent.futures.Executor):
 
 class NbdServer:
     def __init__(self, exports, max_connections: int = 1000, idle_timeout: float = 0,
-                 memory_budget: int = budget.DEFAULT, io_threads: int = IO_THREADS):
+                 memory_budget: int = budget.DEFAULT, io_threads: int = IO_THREADS,
+                 ring=None):
         """``exports``: lookup(name) -> (Export, BlockDevice) | None, listing() ->
         [Export], begin_flush() (see blockdev.Exports). ``idle_timeout`` 0: never. ``memory_budget``:
         bytes shared by all connections beyond their floors (server/budget.py).
-        ``io_threads`` 0: drive I/O runs on the loop, one call at a time."""
+        ``io_threads`` 0: drive I/O runs on the loop, one call at a time. ``ring``:
+        reads that miss the page cache go through it (physical/uring.py: the
+        daemon opens it) when the job allows, else to the worker threads; the
+        server watches its ``fileno()`` and calls ``reap()``, and closes it once
+        its ``inflight`` reads are done."""
         self.exports = exports
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
@@ -51,6 +56,9 @@ class NbdServer:
         self.connections: set[NbdConnection] = set()
         self.stopping = False
         self.committer = Committer(exports.begin_flush, self.io)
+        self.ring = ring
+        if ring is not None:
+            asyncio.get_running_loop().add_reader(ring.fileno(), ring.reap)
         self.servers: list[asyncio.base_events.Server] = []
         self.requests = 0          # requests handled so far (the task throttle's foreground signal)
 
@@ -143,3 +151,11 @@ class NbdServer:
         for srv in self.servers:
             await srv.wait_closed()
         await loop.run_in_executor(None, self.io.shutdown)   # reads in flight finish
+        ring = self.ring
+        if ring is not None:
+            while ring.inflight and loop.time() < deadline + timeout:
+                await asyncio.sleep(0.005)     # the kernel still writes into their buffers
+            loop.remove_reader(ring.fileno())
+            if not ring.inflight:
+                ring.close()
+            self.ring = None

@@ -13,8 +13,9 @@ What a Reads needs of its connection is given to it (see NbdConnection._handshak
 its budget.Share and four callables. ``send(out)`` hands replies to the client
 and says whether it takes more; ``room(n)``, how many bytes of an n-byte reply may be read
 now (0: the connection waits to be resumed); ``error(out, cookie, exc)`` appends
-the reply for a storage error; ``offload(run, nbytes, answer)`` runs a read in a
-worker thread, then ``answer(fut, out)`` on the loop. The connection learns from
+the reply for a storage error; ``offload(job, nbytes, answer)`` has a read job's
+drive I/O done off the loop (io_uring or a worker thread), then calls
+``answer(error or None, out)`` on the loop. The connection learns from
 ``stream`` whether a READ is being streamed, and calls ``go_on`` to continue it.
 """
 
@@ -81,8 +82,8 @@ class Reads:
                 job.done()
                 raise
             if not now:
-                self.offload(job.run, len(job.buf),
-                             lambda fut, reply: self._answer(fut, reply, job, cookie, off))
+                self.offload(job, len(job.buf),
+                             lambda err, reply: self._answer(err, reply, job, cookie, off))
                 return
             job.done()
             out.extend(self._reply(cookie, off, job.buf))
@@ -120,12 +121,11 @@ class Reads:
             return wire.data_chunk_head(cookie, off, len(data)), data
         return wire.simple(cookie), data
 
-    def _answer(self, fut, reply, job, cookie, off) -> None:
-        """The worker thread is done; ``reply`` is None when the connection closed."""
+    def _answer(self, err, reply, job, cookie, off) -> None:
+        """The drive I/O is done; ``reply`` is None when the connection closed."""
         job.done()
         if reply is None:
             return
-        err = fut.exception()
         if err is not None:
             self.error(reply, cookie, err)
         elif job.intact():

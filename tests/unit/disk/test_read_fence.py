@@ -121,7 +121,58 @@ def test_cold_reads_take_the_worker_path_and_read_right(tmp_path, monkeypatch):
     assert job.pieces
     assert bytes(job.run()) == data
     job.done()
-    again = a.read_job(MiB // 2, 3 * MiB)      # now cached: no worker needed
+    # The misses made the next reads skip the no-wait attempt (see the next test);
+    # once they are through, the cached data is read without a worker.
+    for _ in range(readjob.ReadJob.skip):
+        skipped = a.read_job(MiB // 2, 4096)
+        assert not skipped.try_now() and skipped.pieces
+        skipped.done()
+    again = a.read_job(MiB // 2, 3 * MiB)
     assert again.try_now() and bytes(again.buf) == data
     again.done()
+    pool.close()
+
+
+def test_a_run_of_misses_skips_the_no_wait_attempt_for_a_while(tmp_path, monkeypatch):
+    """A no-wait read that misses costs the loop the start of the kernel's read:
+    after MISSES misses in a row the next SKIP reads go straight to the slow path,
+    then the page cache is tried again; a hit ends a run of misses."""
+    pool, _ = make_pool(tmp_path)
+    a = pool.create_ld("a", 8 * MiB, raid=0)
+    a.write(0, os.urandom(MiB))
+    pool.flush()
+    real = os.preadv
+    tried = []
+
+    def counted(fd, bufs, off, flags=0):
+        if flags & readjob.NOWAIT:
+            tried.append(off)
+            if miss:
+                raise BlockingIOError(11, "would block")
+        return real(fd, bufs, off, flags)
+    monkeypatch.setattr(readjob.os, "preadv", counted)
+    monkeypatch.setattr(readjob.ReadJob, "missed", 0)
+    monkeypatch.setattr(readjob.ReadJob, "skip", 0)
+
+    def read() -> bool:
+        job = a.read_job(0, 4096)
+        try:
+            return job.try_now()
+        finally:
+            job.done()
+
+    miss = True
+    for _ in range(readjob.MISSES - 1):
+        assert not read()
+    miss = False
+    assert read()                          # a hit: the run starts again
+    miss = True
+    for _ in range(readjob.MISSES):
+        assert not read()
+    assert len(tried) == 2 * readjob.MISSES
+    for _ in range(readjob.SKIP):
+        assert not read()                  # not tried at all
+    assert len(tried) == 2 * readjob.MISSES
+    miss = False
+    assert read() and len(tried) == 2 * readjob.MISSES + 1
     pool.close()

@@ -24,6 +24,7 @@ from vsand.physical.drive import Drive
 from vsand.physical.readjob import ReadJob
 
 from loopkit import loop_devices
+from poolkit import NoFence
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -180,16 +181,6 @@ def test_direct_mode_refused_names_the_drive(tmp_path, monkeypatch):
         Drive.open(path, SIZE, io="direct")
     d = Drive.open(path, SIZE, io="buffered")      # the refused open left no lock behind
     d.close()
-
-
-class NoFence:
-    moves = 0
-
-    def begin(self):
-        return 0
-
-    def end(self, token):
-        pass
 
 
 def check_readjob(d: Drive, ref: Drive) -> None:
