@@ -64,8 +64,8 @@ class Conn:
     def error(self, out, cookie, exc):
         out.append(wire.error_reply(cookie, C.EIO, str(exc), self.reads.structured))
 
-    def offload(self, run, nbytes, answer):
-        raise AssertionError("no read goes to a worker thread here")
+    def offload(self, job, nbytes, answer):
+        raise AssertionError("no read goes off the loop here")
 
 
 def simple(cookie, err=0):

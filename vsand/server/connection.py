@@ -7,18 +7,19 @@ holds to the kernel, so a client that does not read only ever holds its last
 batch of replies (at most one READ piece, server/reads.py) and one WRITE piece
 (wire.PIECE) of requests. The transport keeps each reply object whole until its
 last byte is sent, the part the kernel took included: ``unsent`` counts them
-whole. Each connection's READs are answered by its ``Reads`` (on the loop, in
-worker threads, or streamed in pieces). Beyond budget.FLOOR, what a connection
-holds comes from the daemon's memory budget (server/budget.py); while that is
-spent, READs and WRITEs go in smaller pieces, and a connection with no room at
-all stops handling requests and reading until the budget or its own replies give
-some back.
+whole. Each connection's READs are answered by its ``Reads`` (on the loop,
+through io_uring or worker threads, or streamed in pieces) and its WRITEs by its
+``Writes`` (on the loop, or in worker threads for direct drives). Beyond
+budget.FLOOR, what a connection holds comes from the daemon's memory budget
+(server/budget.py); while that is spent, READs and WRITEs go in smaller pieces,
+and a connection with no room at all stops handling requests and reading until
+the budget or its own replies give some back.
 
-Writes, trims and commits run on the loop. FLUSH and FUA replies wait for the server's group commit, which makes
-one commit serve every connection waiting at that moment. Replies to everything
-before a DISC or a framing error are sent before the connection closes. A client
-that disappears only ever loses its own connection: every write checks
-``closed`` first.
+Trims and write-zeroes run on the loop. FLUSH and FUA replies wait for the
+server's group commit, which makes one commit serve every connection waiting at
+that moment. Replies to everything before a DISC or a framing error are sent
+before the connection closes. A client that disappears only ever loses its own
+connection: every write checks ``closed`` first.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ..nbd import wire
 from ..nbd.handshake import Closed, Handshake, Negotiated
 from .budget import Share
 from .reads import Broken, Reads
+from .writes import Writes
 
 log = logging.getLogger("vsand.server")
 HANDSHAKE_TIMEOUT = 60.0
@@ -69,8 +71,7 @@ class NbdConnection(asyncio.BufferedProtocol):
         self.reads: Reads | None = None
         self.out: list = []       # replies built, not yet handed to the transport
         self.unsent = 0           # bytes of reply objects the transport keeps
-        self.wnext = 0            # where the next WRITE_CONT piece goes
-        self.wcur: _Write | None = None   # the WRITE whose pieces are arriving
+        self.writes: Writes | None = None
         self.last = 0.0           # loop time of the last bytes received
         self.inflight = 0         # READs and WRITE pieces whose drive I/O runs off the loop
         self.inflight_bytes = 0
@@ -210,6 +211,8 @@ class NbdConnection(asyncio.BufferedProtocol):
             self.reader = wire.RequestReader(room=self._write_room)
             self.reads = Reads(self.dev, self.structured, self.mem, self._send, self._room,
                                self._storage_error, self._offload)
+            self.writes = Writes(self.dev, self.reader, self._track, self._in_worker,
+                                 self._answer_later, self._finish)
             if outcome.leftover:
                 self.reader.feed(outcome.leftover)
                 self._process()
@@ -312,6 +315,8 @@ class NbdConnection(asyncio.BufferedProtocol):
 
     def _answer_later(self, answer) -> None:
         """A reply made when a worker finished: ``answer(reply)`` fills the list."""
+        if self.closed:
+            return
         reply: list = []
         self._guarded(answer, reply)
         self._replied(reply)
@@ -333,7 +338,7 @@ class NbdConnection(asyncio.BufferedProtocol):
 
     def _request(self, out, cmd, flags, cookie, off, length, payload) -> None:
         if cmd == wire.WRITE_CONT:
-            self._write_piece(out, flags, cookie, length, payload)
+            self.writes.piece(out, payload)
             return
         self.server.requests += 1       # background tasks pace themselves by this
         dev = self.dev
@@ -349,8 +354,7 @@ class NbdConnection(asyncio.BufferedProtocol):
             out.append(wire.error_reply(cookie, err, msg, self.structured))
             return
         if cmd == C.CMD_WRITE:
-            self.wnext, self.wcur = off, _Write(cookie, flags)
-            self._write_piece(out, flags, cookie, length, payload)
+            self.writes.start(out, flags, cookie, off, payload)
             return
         try:
             if cmd == C.CMD_READ:
@@ -372,50 +376,19 @@ class NbdConnection(asyncio.BufferedProtocol):
             return
         self._done(out, cmd, flags, cookie)
 
-    def _write_piece(self, out, flags, cookie, length, payload) -> None:
-        """One piece of a WRITE's payload. The device writes it here or hands back a
-        job for a worker thread (then the payload, a view into the receive buffer,
-        is copied first); the reply goes once the last piece is written."""
-        w = self.wcur
-        last = self.reader.left == 0
-        if w.err is None:
-            dev = self.dev
-            try:
-                job = dev.write_job(self.wnext, bytes(payload) if dev.defers_writes else payload)
-                self.wnext += len(payload)
-            except Exception as e:
-                w.err, job = e, None
-                if not last:
-                    self.reader.discard_write()
-                    last = True
-            if job is not None:
-                w.pending += 1
-                self.inflight += 1
-                self.inflight_bytes += job.nbytes
-                job.when_ready(lambda: self._start_write(job, w))
-        w.last = last
-        if last and not w.pending:
-            self._answer_write(out, w)
+    def _track(self, n: int, nbytes: int) -> None:
+        self.inflight += n
+        self.inflight_bytes += nbytes
 
-    def _start_write(self, job, w: "_Write") -> None:
-        fut = asyncio.get_running_loop().run_in_executor(self.server.io, job.run)
-        fut.add_done_callback(lambda _: self._write_done(job, w))
+    def _in_worker(self, run, then) -> None:
+        fut = asyncio.get_running_loop().run_in_executor(self.server.io, run)
+        fut.add_done_callback(lambda _: then())
 
-    def _write_done(self, job, w: "_Write") -> None:
-        job.done()                  # also when closed: it holds stripes others wait for
-        self.inflight -= 1
-        self.inflight_bytes -= job.nbytes
-        w.pending -= 1
-        if job.error is not None and w.err is None:
-            w.err = job.error
-        if not (self.closed or w.pending or not w.last):
-            self._answer_later(lambda reply: self._answer_write(reply, w))
-
-    def _answer_write(self, out, w: "_Write") -> None:
-        if w.err is not None:
-            self._storage_error(out, w.cookie, w.err)
+    def _finish(self, out, cmd, flags, cookie, exc) -> None:
+        if exc is not None:
+            self._storage_error(out, cookie, exc)
         else:
-            self._done(out, C.CMD_WRITE, w.flags, w.cookie)
+            self._done(out, cmd, flags, cookie)
 
     def _done(self, out, cmd, flags, cookie) -> None:
         if flags & C.CMD_FLAG_FUA and cmd in wire.WRITES:
@@ -468,15 +441,3 @@ class NbdConnection(asyncio.BufferedProtocol):
             self.transport.close()
         else:
             self._close_when_answered()
-
-
-class _Write:
-    """A WRITE whose pieces may be written by worker threads, in any order."""
-
-    __slots__ = ("cookie", "flags", "pending", "err", "last")
-
-    def __init__(self, cookie: int, flags: int):
-        self.cookie, self.flags = cookie, flags
-        self.pending = 0            # pieces being written
-        self.err: BaseException | None = None
-        self.last = False           # its last piece has arrived (or the rest is discarded)
