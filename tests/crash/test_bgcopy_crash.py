@@ -451,7 +451,10 @@ def test_kill_with_running_and_queued_copies(tmp_path):
             qemu_io(d, "m", [f"write -P 0x{i}1 {i * MiB + 1000 * i} 5000", f"write -P 0x{i}2 {(10 + i) * MiB} 1M",
                              "flush"])
             want[f"c{i}"] = read_lun(d, "m")
-            tids[f"c{i}"] = d.ctl("snapclone.create", source="m", name=f"c{i}", rate=8 if i < 3 else 0)["task"]
+            # 2 MiB/s: the first two copies (~16 MiB each) are still under way when c1
+            # has copied 4 MiB, however long the steps below take (at 8 MiB/s c1 was
+            # sometimes done by then, and the queued c3 had started)
+            tids[f"c{i}"] = d.ctl("snapclone.create", source="m", name=f"c{i}", rate=2 if i < 3 else 0)["task"]
         states = sorted(d.ctl("task.show", id=t)["state"] for t in tids.values())
         assert states == ["queued", "running", "running"], states
         d.ctl("snapshot.create", source="c1", name="c1s")
