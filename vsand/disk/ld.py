@@ -241,9 +241,7 @@ class LogicalDisk:
         e = self.l2.get(k)
         if e & SHARED or self._seeded(k):
             e = self._unshare(k, whole=n == self.seg)
-        if e & ALLOCATED and pool.space.handed_over(self.table, e):
-            e = redirect(self, k, e, whole=n == self.seg)
-            pool.ops.set_entry(self, k, e)
+        e = self._off_handed(k, e, whole=n == self.seg)
         zero = False
         if not e & ALLOCATED:
             e, fresh = pool.space.alloc_segment(self)
@@ -254,6 +252,14 @@ class LogicalDisk:
             pool.rio.zero(self.raid, members, entry_slot(e))
         pool.tx.intend(self.table, entry_rsd(e))
         return members, entry_slot(e)
+
+    def _off_handed(self, k: int, e: int, whole: bool) -> int:
+        """Entry ``e`` of segment k, moved to a new segment first if a copy on first
+        write handed it to this LD since the last commit (see cfw.redirect)."""
+        if e & ALLOCATED and self.pool.space.handed_over(self.table, e):
+            e = redirect(self, k, e, whole)
+            self.pool.ops.set_entry(self, k, e)
+        return e
 
     def _write_segment(self, k: int, so: int, data) -> None:
         members, slot = self._prepare(k, len(data))
@@ -374,9 +380,7 @@ class LogicalDisk:
             if e & ALLOCATED and m < self.seg:
                 self._write_segment(k, so, bytes(m))
                 continue
-            if e & ALLOCATED and pool.space.handed_over(self.table, e):
-                e = redirect(self, k, e, whole=True)     # a new segment: zeroed below
-                pool.ops.set_entry(self, k, e)
+            e = self._off_handed(k, e, whole=True)     # if it moves, a new segment: zeroed below
             if not e & ALLOCATED:
                 e, fresh = pool.space.alloc_segment(self)
                 pool.ops.set_entry(self, k, e)

@@ -286,13 +286,11 @@ class NbdConnection(asyncio.BufferedProtocol):
         """Has a read job's drive I/O done off the loop, ``nbytes`` counted as held
         meanwhile; then, on the loop, ``answer(error, reply)`` puts the reply in the
         list ``reply``, which is None once the connection has closed."""
-        self.inflight += 1
-        self.inflight_bytes += nbytes
+        self._track(1, nbytes)
+        landed = lambda err: self._offloaded(err, nbytes, answer)    # noqa: E731
         ring = self.server.ring
-        if ring is not None and job.start(ring, lambda err: self._offloaded(err, nbytes, answer)):
-            return
-        fut = asyncio.get_running_loop().run_in_executor(self.server.io, job.run)
-        fut.add_done_callback(lambda f: self._offloaded(f.exception(), nbytes, answer))
+        if ring is None or not job.start(ring, landed):
+            self._in_worker(job.run, landed)
 
     def _offloaded(self, err, nbytes: int, answer) -> None:
         # Reads land in bursts (a ring's completions come together): their replies
@@ -305,8 +303,7 @@ class NbdConnection(asyncio.BufferedProtocol):
         landed, self.landed = self.landed, []
         reply: list = []
         for err, nbytes, answer in landed:
-            self.inflight -= 1
-            self.inflight_bytes -= nbytes
+            self._track(-1, -nbytes)
             if self.closed:
                 answer(err, None)         # it still ends its job
             else:
@@ -381,8 +378,9 @@ class NbdConnection(asyncio.BufferedProtocol):
         self.inflight_bytes += nbytes
 
     def _in_worker(self, run, then) -> None:
+        """``run()`` in a worker thread, then ``then(its exception or None)`` on the loop."""
         fut = asyncio.get_running_loop().run_in_executor(self.server.io, run)
-        fut.add_done_callback(lambda _: then())
+        fut.add_done_callback(lambda f: then(f.exception()))
 
     def _finish(self, out, cmd, flags, cookie, exc) -> None:
         if exc is not None:

@@ -153,7 +153,8 @@ class NbdServer:
         await loop.run_in_executor(None, self.io.shutdown)   # reads in flight finish
         ring = self.ring
         if ring is not None:
-            while ring.inflight and loop.time() < deadline + timeout:
+            deadline = loop.time() + timeout
+            while ring.inflight and loop.time() < deadline:
                 await asyncio.sleep(0.005)     # the kernel still writes into their buffers
             loop.remove_reader(ring.fileno())
             if not ring.inflight:

@@ -11,8 +11,8 @@ its payload is discarded unread and its reply is the error.
 What a Writes needs of its connection is given to it (see
 NbdConnection._handshake): the device, the request reader (``left``,
 ``discard_write``) and four callables. ``track(n, nbytes)`` counts jobs in
-flight; ``offload(run, then)`` runs ``run()`` in a worker thread, then ``then()``
-on the loop; ``later(answer)`` has ``answer(out)`` fill a reply sent when it is
+flight; ``offload(run, then)`` runs ``run()`` in a worker thread, then
+``then(exception)`` on the loop (a job keeps its own ``error``); ``later(answer)`` has ``answer(out)`` fill a reply sent when it is
 made; ``finish(out, cmd, flags, cookie, exc)`` puts the reply in ``out``: the
 error, a FUA write's reply after the commit, or the plain one.
 """
@@ -67,7 +67,7 @@ class Writes:
             if job is not None:
                 w.pending += 1
                 self.track(1, job.nbytes)
-                job.when_ready(lambda: self.offload(job.run, lambda: self._written(job, w)))
+                job.when_ready(lambda: self.offload(job.run, lambda _: self._written(job, w)))
         w.last = last
         if last and not w.pending:
             self._answer(out, w)
