@@ -15,7 +15,8 @@ Jobs:     4K random read and write at QD1 and QD32; 1 MiB sequential read and wr
           alone, then beside a second client that sends a FLUSH after every 4K write
           (fio fsync=1).
 Each cell: IOPS / MiB/s / p99 completion latency, and the ratio to nbdkit-file of the
-same mode and job; cold 4K randread QD32 is also given against fio-file.
+same mode and job; with --rounds N, every job runs N times over all targets in turn
+(this machine's speed drifts from minute to minute) and a cell is its median run; cold 4K randread QD32 is also given against fio-file.
 
 Every data set is written once (1 MiB sequential) before measuring, so reads hit
 allocated data. Targets of issue 11 (ratios, same run): cold 4K randread QD32 >= 1.0x
@@ -147,8 +148,15 @@ def flush_effect(t: Target, size: int, runtime: int) -> dict:
             "p99_ratio": beside["p99_us"] / alone["p99_us"] if alone["p99_us"] else None}
 
 
+def median_run(runs: list[dict]) -> dict:
+    """The run of median IOPS (the lower one of an even count), with every round's IOPS."""
+    r = dict(sorted(runs, key=lambda x: x["iops"])[(len(runs) - 1) // 2])
+    r["rounds_iops"] = [x["iops"] for x in runs]
+    return r
+
+
 def measure(targets: dict[str, Target], res: dict, jobs: list[str], modes: list[str],
-            flush: bool, size: int, runtime: int) -> None:
+            flush: bool, size: int, runtime: int, rounds: int = 1) -> None:
     """Lays each data set down, then runs the phases, filling res["results"] and res["flush"]."""
     laid: set[str] = set()
     for t in targets.values():
@@ -174,19 +182,21 @@ def measure(targets: dict[str, Target], res: dict, jobs: list[str], modes: list[
         cells = res["results"].setdefault(phase, {})
         for job in jobs:
             rw, bs, qd = JOBS[job]
-            for t in targets.values():
-                if t.name == CEILING and phase == "warm" and "cold" in modes:
-                    cells.setdefault(job, {})[t.name] = None
-                    continue
-                # a job must not pay for the writeback of the jobs before it
-                if phase == "cold":
-                    drop_caches()
-                else:
-                    os.sync()
-                r = fio(None, rw, bs, qd, size, runtime, engine=t.engine())
-                r["load1"] = os.getloadavg()[0]     # this machine is shared: for judging a cell
-                cells.setdefault(job, {})[t.name] = r
-                progress(f"{phase} {job} {t.name}: {fmt_cell(r, None)}")
+            runs: dict[str, list] = {}
+            for _ in range(rounds):
+                for t in targets.values():
+                    if t.name == CEILING and phase == "warm" and "cold" in modes:
+                        continue
+                    # a job must not pay for the writeback of the jobs before it
+                    if phase == "cold":
+                        drop_caches()
+                    else:
+                        os.sync()
+                    r = fio(None, rw, bs, qd, size, runtime, engine=t.engine())
+                    r["load1"] = os.getloadavg()[0]     # this machine is shared: for judging a cell
+                    runs.setdefault(t.name, []).append(r)
+                    progress(f"{phase} {job} {t.name}: {fmt_cell(r, None)}")
+            cells[job] = {n: median_run(runs[n]) if n in runs else None for n in targets}
 
 
 def progress(msg: str) -> None:
@@ -234,6 +244,8 @@ def main() -> int:
     ap.add_argument("--jobs", default=",".join([*JOBS, FLUSH]),
                     help=f"subset of {','.join([*JOBS, FLUSH])}")
     ap.add_argument("--modes", default=",".join(MODES), help="warm, cold or both")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="runs of every job over all targets in turn; a cell is the median (1)")
     ap.add_argument("--json", metavar="PATH", help="also save the results as JSON")
     ap.add_argument("--vsand-rev", metavar="REV",
                     help="measure the vsand of this commit (git archive) instead of the working tree")
@@ -253,6 +265,8 @@ def main() -> int:
     if missing:
         print(f"{', '.join(missing)} missing (`make deps` installs them as root)", file=sys.stderr)
         return 2
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
     size = parse_size(args.size)
     if size % MiB:
         ap.error("--size must be a multiple of 1 MiB (a LUN size)")
@@ -277,7 +291,7 @@ def main() -> int:
                 res["vsand"] = f"{export_tree(REPO, args.vsand_rev, src)[:12]} (git archive)"
             progress(f"vsand: {res['vsand']}")
             targets = setup(srv, work, names, size, src)
-            measure(targets, res, jobs, modes, flush, size, args.runtime)
+            measure(targets, res, jobs, modes, flush, size, args.runtime, args.rounds)
     except (RuntimeError, ControlError) as e:
         print(f"benchmark failed: {e}", file=sys.stderr)
         return 1
@@ -286,7 +300,8 @@ def main() -> int:
     res["elapsed_s"] = time.monotonic() - t0
     res["load_after"] = os.getloadavg()
     print(f"\n{res['date']}; {res['machine']}; vsand {res['vsand']}")
-    print(f"{format_size(size)} per target, {args.runtime} s per job, {res['elapsed_s']:.0f} s in all; "
+    print(f"{format_size(size)} per target, {args.runtime} s per job, {args.rounds} round(s), "
+          f"{res['elapsed_s']:.0f} s in all; "
           "load average before/after: " + " / ".join(f"{res[k][0]:.2f}" for k in ("load_before", "load_after")))
     print(report(res, list(targets)))
     if args.json:

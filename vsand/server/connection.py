@@ -94,7 +94,10 @@ class NbdConnection(asyncio.BufferedProtocol):
         # any reply bytes, resumed once it keeps none, which frees them all.
         transport.set_write_buffer_limits(high=0, low=0)
         transport.write(Handshake.greeting())
-        self._timer = asyncio.get_running_loop().call_later(HANDSHAKE_TIMEOUT, self._timeout)
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(HANDSHAKE_TIMEOUT, self._timeout)
+        # kept: asyncio.get_running_loop() costs a getpid() system call each time
+        self._clock, self._soon = loop.time, loop.call_soon
 
     def connection_lost(self, exc):
         self.closed = True
@@ -126,7 +129,7 @@ class NbdConnection(asyncio.BufferedProtocol):
         return memoryview(self._hsbuf)
 
     def buffer_updated(self, nbytes):
-        self.last = asyncio.get_running_loop().time()
+        self.last = self._clock()
         if self.reader is None:
             self._guarded(self._handshake, bytes(self._hsbuf[:nbytes]))
         else:
@@ -296,7 +299,7 @@ class NbdConnection(asyncio.BufferedProtocol):
         # Reads land in bursts (a ring's completions come together): their replies
         # go out in one write, on the loop's next turn, not one system call each.
         if not self.landed:
-            asyncio.get_running_loop().call_soon(self._answer_landed)
+            self._soon(self._answer_landed)
         self.landed.append((err, nbytes, answer))
 
     def _answer_landed(self) -> None:
