@@ -306,7 +306,9 @@ class ConcurrentMachine(RuleBasedStateMachine):
         is in flight, one that overlaps it, which is where the fence and the "either
         value" rule have work to do."""
         names = self._names()
-        aims = [r for r in self.reads if not r.ran and r.name in names]
+        # (not a read of an LD shrunk below where it began)
+        aims = [r for r in self.reads if not r.ran and r.name in names
+                and r.off < len(self.model[r.name])]
         if aims and data.draw(st.booleans(), label="overlap a read in flight"):
             r = data.draw(st.sampled_from(aims), label="read job")
             size = len(self.model[r.name])
@@ -362,11 +364,14 @@ class ConcurrentMachine(RuleBasedStateMachine):
         """Unmaps a segment (one a read job in flight resolved, when there is one),
         commits, and writes into unmapped segments of LDs of the same RAID type: the
         freed slot is taken again at once, unless a read that resolved it holds it."""
-        aims = [r for r in self.reads if not r.ran and r.name in self.model]
+        # (a read of an LD shrunk since it began may cover segments the LD lost)
+        aims = [r for r in self.reads if not r.ran and r.name in self.model
+                and r.off // SEG < len(self.model[r.name]) // SEG]
         if aims:
             r = data.draw(st.sampled_from(aims), label="read job")
             name = r.name
-            ks = list(range(r.off // SEG, (r.off + r.n - 1) // SEG + 1))
+            ks = list(range(r.off // SEG, min((r.off + r.n - 1) // SEG + 1,
+                                              len(self.model[name]) // SEG)))
             own = [j for j in ks if self.pool.get(name).l2.get(j) & ALLOCATED]
             k = data.draw(st.sampled_from(own or ks), label="segment")
         else:
@@ -531,8 +536,9 @@ class ConcurrentMachine(RuleBasedStateMachine):
         assert self.pool.tx.failed is None, f"one failed commit turned the pool read-only: {self.pool.tx.failed}"
         if kind == "sync" and job._ran.ran and err is not None:
             assert isinstance(err, IOFailure), f"a failed data sync gave {type(err).__name__}: {err}"
-            # Nothing of it is durable: what it covered is the next commit's again.
-            assert job.records is None or not self.pool.journal.empty(), \
+            # Nothing of it is durable: what it covered is the next commit's again,
+            # unless a catalog operation or checkpoint since made everything durable.
+            assert job.records is None or not self.pool.journal.empty() or self.durable >= begun, \
                 "a commit whose data sync failed left the journal empty: its changes are lost"
             event("commit job: data sync failed")
             return
