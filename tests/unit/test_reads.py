@@ -22,7 +22,7 @@ class Dev:
     def __init__(self, fail_at=None):
         self.fail_at = fail_at      # reads from this offset on fail
 
-    def read_job(self, off, n):
+    def read_now(self, off, n):
         return None                 # only ``read`` can do it: no worker threads here
 
     def read(self, off, n):

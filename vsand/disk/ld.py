@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from ..errors import IOFailure, OutOfRange, ReadOnly
 from ..mapping.lmap import ALLOCATED, SHARED, SP, SS, L2map, entry_rsd, entry_slot
-from ..physical.readjob import ReadJob
+from ..physical.readjob import ReadJob, read_cached
 from .cfw import redirect, unshare
 from .role import Role
 from .sharing import resolve_range, start_chain_cache
@@ -160,6 +160,31 @@ class LogicalDisk:
                                    entry_slot(e), so, mv[pos:pos + m])
             pos += m
         return buf
+
+    def read_now(self, off: int, n: int) -> bytearray | ReadJob | None:
+        """``read_job``, except that a read of one drive piece that the page cache
+        holds is done at once, without a job: its bytes (nothing is fenced, since
+        nothing can change between the map lookup and the read)."""
+        self._check(off, n)
+        pool = self.pool
+        k, so = divmod(off, self.seg)
+        if so + n > self.seg:
+            return self.read_job(off, n)
+        e = self._entry(k)
+        if not e & ALLOCATED:
+            return ReadJob(n, [], True, pool.space.fence)
+        pieces: list = []
+        if not pool.rio.plan(self.raid, pool.space.members(self.table, entry_rsd(e)),
+                             entry_slot(e), so, n, 0, pieces):
+            return None
+        tried = False
+        if len(pieces) == 1:
+            drive, doff, _, _ = pieces[0]
+            got = read_cached(drive, doff, n)
+            if got.__class__ is bytearray:
+                return got
+            tried = got
+        return ReadJob(n, pieces, False, pool.space.fence, tried)
 
     def read_job(self, off: int, n: int) -> ReadJob | None:
         """The read of [off, off+n) resolved now, its drive I/O to run later (maybe

@@ -29,25 +29,52 @@ MISSES = 4
 SKIP = 64
 
 
+def read_cached(drive, off: int, n: int) -> bytearray | bool:
+    """The ``n`` bytes at ``off`` of ``drive`` if the page cache holds them all,
+    read without blocking on the caller's thread (the event loop's). Else whether
+    the cache was tried (True: it missed, so a ReadJob should not try again; False:
+    not tried, as ``try_now`` would not have: a drive with a path of its own, no
+    RWF_NOWAIT, or a run of misses being skipped)."""
+    if not ReadJob.nowait or ReadJob.skip or type(drive) is not Drive or drive.failed \
+            or drive.direct:
+        return False
+    buf = bytearray(n)
+    try:
+        got = os.preadv(drive.fd, [buf], off, NOWAIT)
+    except BlockingIOError:
+        got = 0
+    except OSError as e:
+        if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+            ReadJob.nowait = False
+            return False
+        raise IOFailure(f"read {drive.path}@{off}: {e.strerror}") from e
+    if got < n:              # not all cached (or a short image's end): a ReadJob reads it
+        ReadJob.miss()
+        return True
+    ReadJob.missed = 0
+    return buf
+
+
 class ReadJob:
     __slots__ = ("buf", "pieces", "holes", "_fence", "_token", "_moves", "_left", "_err",
-                 "_landed")
+                 "_landed", "_tried")
 
     nowait = bool(NOWAIT)      # cleared for good when the kernel or file system refuses it
     missed = 0                 # no-wait reads in a row that missed
     skip = 0                   # reads left that do not try
 
-    def __init__(self, n: int, pieces: list, holes: bool, fence):
+    def __init__(self, n: int, pieces: list, holes: bool, fence, tried: bool = False):
         self.buf = bytearray(n)          # holes stay zero
         self.pieces = pieces
         self.holes = holes
+        self._tried = tried              # read_cached missed already: try_now does not retry
         self._fence = fence
         self._token = fence.begin()
         self._moves = fence.moves
 
     def try_now(self) -> bool:
         """Reads every piece the page cache holds; True when nothing is left."""
-        if not ReadJob.nowait:
+        if not ReadJob.nowait or self._tried:
             return not self.pieces
         if ReadJob.skip:
             ReadJob.skip -= 1
@@ -70,13 +97,17 @@ class ReadJob:
                     raise IOFailure(f"read {drive.path}@{off}: {e.strerror}") from e
             if got < k:                  # not cached (or a short image's end): the slow path
                 left.append((drive, off + got, bo + got, k - got))
-                ReadJob.missed += 1
-                if ReadJob.missed >= MISSES:
-                    ReadJob.missed, ReadJob.skip = 0, SKIP
+                ReadJob.miss()
             else:
                 ReadJob.missed = 0
         self.pieces = left
         return not left
+
+    @staticmethod
+    def miss() -> None:
+        ReadJob.missed += 1
+        if ReadJob.missed >= MISSES:
+            ReadJob.missed, ReadJob.skip = 0, SKIP
 
     def run(self) -> bytearray:
         mv = memoryview(self.buf)

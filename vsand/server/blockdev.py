@@ -17,11 +17,13 @@ class BlockDevice(Protocol):
         """[(length, allocated)] covering exactly [off, off+n)."""
         ...
 
-    def read_job(self, off: int, n: int):
-        """The read resolved now, its drive I/O to run later (``try_now()`` on the
-        loop without blocking, else ``run()`` in a worker thread; ``buf``, ``holes``;
+    def read_now(self, off: int, n: int):
+        """The bytes, when the page cache held them all (a bytearray, read on the
+        loop without blocking); else the read resolved now as a job whose drive
+        I/O runs later (``try_now()`` on the loop without blocking, else ``run()``
+        in a worker thread or ``start`` on an io_uring; ``buf``, ``holes``;
         ``done()`` once, always; after ``run``, ``buf`` is to be read again with
-        ``read`` unless ``intact()``), or None when only ``read`` can do it."""
+        ``read`` unless ``intact()``); or None when only ``read`` can do it."""
         ...
 
     defers_writes: bool

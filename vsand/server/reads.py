@@ -74,7 +74,10 @@ class Reads:
         m.used += length
         dev = self.dev
         sparse = self.structured and not flags & C.CMD_FLAG_DF   # holes as hole chunks
-        job = dev.read_job(off, length)
+        job = dev.read_now(off, length)
+        if job.__class__ is bytearray:       # the page cache held it all
+            out.extend(self._reply(cookie, off, job))
+            return
         if job is not None and not (sparse and job.holes):
             try:
                 now = job.try_now()

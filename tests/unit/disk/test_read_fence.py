@@ -17,6 +17,26 @@ A = b"A" * MiB
 B = b"B" * MiB
 
 
+class NoWaitReads:
+    """Counts the no-wait reads (``tried``) and makes them miss while ``miss`` is
+    set; the skip heuristic starts from nothing."""
+
+    def __init__(self, monkeypatch):
+        self.tried: list[int] = []
+        self.miss = False
+        real = os.preadv
+
+        def counted(fd, bufs, off, flags=0):
+            if flags & readjob.NOWAIT:
+                self.tried.append(off)
+                if self.miss:
+                    raise BlockingIOError(11, "would block")
+            return real(fd, bufs, off, flags)
+        monkeypatch.setattr(readjob.os, "preadv", counted)
+        monkeypatch.setattr(readjob.ReadJob, "missed", 0)
+        monkeypatch.setattr(readjob.ReadJob, "skip", 0)
+
+
 def fill(ld, start: int) -> int:
     """Writes segments of ``ld`` from ``start`` until the pool is full; returns the
     next segment number."""
@@ -141,18 +161,8 @@ def test_a_run_of_misses_skips_the_no_wait_attempt_for_a_while(tmp_path, monkeyp
     a = pool.create_ld("a", 8 * MiB, raid=0)
     a.write(0, os.urandom(MiB))
     pool.flush()
-    real = os.preadv
-    tried = []
-
-    def counted(fd, bufs, off, flags=0):
-        if flags & readjob.NOWAIT:
-            tried.append(off)
-            if miss:
-                raise BlockingIOError(11, "would block")
-        return real(fd, bufs, off, flags)
-    monkeypatch.setattr(readjob.os, "preadv", counted)
-    monkeypatch.setattr(readjob.ReadJob, "missed", 0)
-    monkeypatch.setattr(readjob.ReadJob, "skip", 0)
+    nw = NoWaitReads(monkeypatch)
+    tried = nw.tried
 
     def read() -> bool:
         job = a.read_job(0, 4096)
@@ -161,18 +171,64 @@ def test_a_run_of_misses_skips_the_no_wait_attempt_for_a_while(tmp_path, monkeyp
         finally:
             job.done()
 
-    miss = True
+    nw.miss = True
     for _ in range(readjob.MISSES - 1):
         assert not read()
-    miss = False
+    nw.miss = False
     assert read()                          # a hit: the run starts again
-    miss = True
+    nw.miss = True
     for _ in range(readjob.MISSES):
         assert not read()
     assert len(tried) == 2 * readjob.MISSES
     for _ in range(readjob.SKIP):
         assert not read()                  # not tried at all
     assert len(tried) == 2 * readjob.MISSES
-    miss = False
+    nw.miss = False
     assert read() and len(tried) == 2 * readjob.MISSES + 1
+    pool.close()
+
+
+def test_read_now_serves_a_cached_piece_at_once_and_tries_the_cache_once(tmp_path, monkeypatch):
+    """``read_now``: a read of one drive piece that the page cache holds comes back
+    as its bytes, with nothing fenced; one that misses comes back as a job that does
+    not try the cache a second time (a miss costs the loop the start of the kernel's
+    read); a hole, a read over two segments and a run of misses being skipped come
+    back as jobs whose ``try_now`` behaves as before."""
+    pool, _ = make_pool(tmp_path)
+    a = pool.create_ld("a", 8 * MiB, raid=0)
+    data = os.urandom(2 * MiB)
+    a.write(0, data)
+    pool.flush()
+    fence = pool.space.fence
+    nw = NoWaitReads(monkeypatch)
+    tried = nw.tried
+
+    got = a.read_now(4096, 8192)
+    assert type(got) is bytearray and bytes(got) == data[4096:12288]
+    assert len(tried) == 1 and not fence.active
+
+    nw.miss = True
+    job = a.read_now(8192, 4096)
+    assert isinstance(job, readjob.ReadJob) and fence.active
+    assert not job.try_now() and len(tried) == 2        # not tried again
+    assert bytes(job.run()) == data[8192:12288]
+    job.done()
+    assert readjob.ReadJob.missed == 1
+
+    nw.miss = False
+    hole = a.read_now(4 * MiB, 4096)
+    assert hole.holes and hole.try_now() and bytes(hole.buf) == bytes(4096)
+    hole.done()
+    two = a.read_now(MiB - 4096, 8192)                   # over two segments: a job
+    assert isinstance(two, readjob.ReadJob) and two.try_now()
+    assert bytes(two.buf) == data[MiB - 4096:MiB + 4096]
+    two.done()
+
+    monkeypatch.setattr(readjob.ReadJob, "skip", 2)
+    n = len(tried)
+    skipped = a.read_now(0, 4096)
+    assert isinstance(skipped, readjob.ReadJob) and len(tried) == n
+    assert not skipped.try_now() and readjob.ReadJob.skip == 1   # skipped once, by the job
+    skipped.done()
+    assert not fence.active
     pool.close()
