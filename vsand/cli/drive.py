@@ -6,15 +6,27 @@ from .ctl import size, table
 
 
 def register(sub, common) -> None:
-    g = sub.add_parser("drive", help="drive commands (list)", description="Inspect the pool's drives.")
+    g = sub.add_parser("drive", help="drive commands (list, fail)",
+                       description="Inspect the pool's drives, fail one.")
     gs = g.add_subparsers(title="commands", dest="drive_cmd", metavar="COMMAND", required=True)
     p = gs.add_parser("list", parents=[common], help="list the pool's drives",
                       description="List the pool's drives with their usage and state.")
     p.set_defaults(func=drive_list, cmd="drive list", _parser=p)
+    p = gs.add_parser("fail", parents=[common], help="fail a drive (its RAID1/5 data runs degraded)",
+                      description="Mark drive INDEX failed, durably: vsand stops using it, RAID1 "
+                                  "and RAID5 LUNs read their data from redundancy, RAID0 LUNs with "
+                                  "data on it give EIO for that data.")
+    p.add_argument("index", type=int, help="the drive's INDEX (see `drive list`)")
+    p.set_defaults(func=drive_fail, cmd="drive fail", _parser=p)
 
 
 def drive_list(ctx, args) -> int:
     return ctx.emit(ctx.call("drive.list"), render)
+
+
+def drive_fail(ctx, args) -> int:
+    return ctx.emit(ctx.call("drive.fail", index=args.index),
+                    lambda d: f"drive {d['index']} ({d['path']}) failed: {d['state']}")
 
 
 def render(drives: list) -> str:
@@ -26,9 +38,10 @@ def render(drives: list) -> str:
         use = f"{100 * (total - free) / total:.1f}%" if total else "-"
         rows.append([d.get("index", "-"), d.get("path", "-"), size(d.get("size")), use,
                      f"{free}/{total}", d.get("ldad", "-"),
-                     "FAILED" if d.get("failed") else "ok", "yes" if d.get("quorum") else ""])
-    out = table(["INDEX", "PATH", "SIZE", "USED", "FREE PSEGS", "LDAD", "STATE", "QUORUM"], rows,
-                right=(0, 2, 3, 4))
+                     "FAILED" if d.get("failed") else "ok", d.get("io_errors", 0),
+                     "yes" if d.get("quorum") else ""])
+    out = table(["INDEX", "PATH", "SIZE", "USED", "FREE PSEGS", "LDAD", "STATE", "ERRORS", "QUORUM"],
+                rows, right=(0, 2, 3, 4, 7))
     why = [f"drive {d.get('index')}: {d['state']}" for d in drives
            if d.get("failed") and str(d.get("state", "")).startswith("failed")]
     return "\n".join([out, *why])

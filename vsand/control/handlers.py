@@ -7,6 +7,7 @@ thing at a time), which is the quiesce a snapshot needs.
 
 from __future__ import annotations
 
+import logging
 import os
 
 from ..disk import snapclone
@@ -14,6 +15,8 @@ from ..errors import InvalidArgument
 from ..tasks import BGCOPY
 from ..tasks.runner import check_rate
 from .schema import POOL_SETTINGS
+
+log = logging.getLogger("vsand.control")
 
 # pool.set keys (schema.POOL_SETTINGS) -> (the pool's record key, effective value)
 POOL_KEYS = {"snapclone_mode": (snapclone.SETTING, lambda pool: snapclone.mode(pool.settings))}
@@ -87,6 +90,16 @@ class Handlers:
 
     def drive_list(self):
         return self.pool.status()["drives"]
+
+    def drive_fail(self, index):
+        """An operator's verdict: the drive is failed, durably, when this returns;
+        RAID1/5 RStores on it run degraded from then on."""
+        if index in self.pool.failed_drives:
+            raise InvalidArgument(f"drive {index} is failed already: {self.pool.failed_drives[index]}")
+        self.pool.fail_drive(index, "failed by command")
+        log.warning("drive %d (%s) failed by command; its RStores run degraded", index,
+                    self.pool.drives[index].path)
+        return next(d for d in self.pool.status()["drives"] if d["index"] == index)
 
     # ---- snapclones and background tasks ------------------------------------------------
     def snapclone_create(self, source, name, rate=None):

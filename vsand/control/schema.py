@@ -23,6 +23,7 @@ OPS: dict[str, dict[str, tuple[type, bool]]] = {
     "lun.delete": {"name": (str, True)},
     "lun.set": {"name": (str, True), "read_only": (bool, False)},
     "drive.list": {},
+    "drive.fail": {"index": (int, True)},
     "snapshot.create": {"source": (str, True), "name": (str, True), "reserve": (bool, False)},
     "snapshot.delete": {"name": (str, True)},
     "tree": {"name": (str, True)},

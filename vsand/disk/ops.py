@@ -102,6 +102,12 @@ class Ops:
         if self.pool.tasks.pop(task_id, None) is not None:
             self.pool.journal.add({"t": "task", "drop": task_id})
 
+    def drive_failed(self, index: int, why: str) -> None:
+        """Failure detection's verdict (disk/detector.py): the drive is failed now in
+        memory, and durably with the next commit."""
+        self.pool.mark_failed(index, why)
+        self.pool.journal.add({"t": "dfail", "d": index, "why": why})
+
     # ---- catalog operations: committed first, then applied ---------------------------------
     def execute(self, rec: dict):
         """Commits everything pending and ``rec`` as one unit, then applies ``rec``

@@ -33,6 +33,7 @@ from ..units import Units, format_size
 from . import bgcopy, health, recovery, sharing, snapclone
 from .assembly import assemble, close_all
 from .catalog import Catalog
+from .detector import Detector
 from .journal import Journal
 from .ld import LogicalDisk
 from .ops import Ops
@@ -79,6 +80,8 @@ class Pool:
         self.meta = MetaStore({i: drives[i] for i in self.quorum_ids}, units.quorum)
         self.tx = Transactions(self, self.meta, sb)
         self.failed_drives: dict[int, str] = {}    # index -> why, durable
+        self.detector = Detector(self)
+        self.rio.on_error = self.detector.error
         # Background tasks (vsand/tasks) keep their durable state here, opaque to the
         # pool: id -> msgpack-able dict; pool-wide settings likewise (e.g. "snapclone").
         self.tasks: dict[int, dict] = {}
@@ -468,6 +471,7 @@ class Pool:
             drives.append({"index": i, "path": r["path"], "size": r["size"], "ldad": r["ldad"],
                            "psegs": ds.npsegs, "free_psegs": max(0, ds.free - ds.reserve),
                            "failed": self.drives[i].failed, "quorum": i in self.quorum_ids,
+                           "io_errors": self.detector.errors.get(i, 0),
                            "state": ("failed: " + self.failed_drives.get(i, "failed"))
                            if self.drives[i].failed else "ok"})
         return {"pool": self.pool_uuid, "units": u.to_dict(), "drives": drives,

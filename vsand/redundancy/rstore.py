@@ -4,6 +4,13 @@
 drive) in RSD member order (see geometry). A drive with ``failed`` set is treated
 as absent: RAID1 uses the other copy, RAID5 reconstructs from the other columns
 (at most one failed member per stripe), RAID0 fails with EIO.
+
+A member call that fails (IOFailure) is reported to ``on_error(drive, exc,
+fail)``, the pool's failure detection (DESIGN.md §5), which counts it and may fail
+the drive. ``fail`` asks for the drive to be failed at once: a member that missed a
+write holds stale data that nothing could tell from good data. A read that fails
+on RAID1/5 is then served from redundancy, as if the member were absent; a write
+goes on with the other members, so that the stripe holds the new data.
 """
 
 from __future__ import annotations
@@ -18,19 +25,43 @@ from .parity import xor_all
 Members = list[tuple[int, int]]
 
 
+class _Degraded(Exception):
+    """A RAID5 write met a read error before writing anything: its drive is failed
+    now, and the write starts again on the degraded stripe."""
+
+
 class RStoreIO:
     def __init__(self, drives: dict, stripe_unit: int):
         self.drives = drives
         self.su = stripe_unit
+        self.on_error = None        # (drive index, IOFailure, fail at once) -> None
 
     def _ok(self, member: tuple[int, int]) -> bool:
         return not self.drives[member[0]].failed
 
+    def _error(self, d: int, exc: IOFailure, fail: bool) -> None:
+        if self.on_error is not None:
+            self.on_error(d, exc, fail)
+
     def _pread(self, member, slot: int, uo: int, n: int) -> bytes:
-        return self.drives[member[0]].pread(member[1] + slot * self.su + uo, n)
+        try:
+            return self.drives[member[0]].pread(member[1] + slot * self.su + uo, n)
+        except IOFailure as e:
+            self._error(member[0], e, False)
+            raise
 
     def _pwrite(self, member, slot: int, uo: int, data) -> None:
         self.drives[member[0]].pwrite(member[1] + slot * self.su + uo, data)
+
+    def _put(self, member, slot: int, uo: int, data) -> None:
+        """A member write of a RAID1/5 stripe: a failure fails the drive and the
+        write goes on without it (the other members still make the stripe whole)."""
+        try:
+            self._pwrite(member, slot, uo, data)
+        except IOFailure as e:
+            self._error(member[0], e, True)
+            if self._ok(member):     # not failed (no detection, or another thread's I/O)
+                raise
 
     # ---- read --------------------------------------------------------------------
     def read(self, raid: int, members: Members, slot: int, off: int, n: int) -> bytes:
@@ -41,7 +72,11 @@ class RStoreIO:
                 d, base = members[col]
                 drive = self.drives[d]
                 if not drive.failed:
-                    return drive.pread(base + slot * su + uo, n)
+                    try:
+                        return drive.pread(base + slot * su + uo, n)
+                    except IOFailure as e:
+                        self._error(d, e, False)
+                        raise
             return self._read_col(raid, members, slot, col, uo, n)
         buf = bytearray(n)
         self.read_into(raid, members, slot, off, memoryview(buf))
@@ -52,9 +87,14 @@ class RStoreIO:
         for col, uo, bo, k in split(off, len(out), self.su):
             m = self._healthy_member(raid, members, slot, col)
             if m is not None:
-                self.drives[m[0]].readinto(m[1] + slot * self.su + uo, out[bo:bo + k])
-            else:
-                out[bo:bo + k] = self._read_col(raid, members, slot, col, uo, k)
+                try:
+                    self.drives[m[0]].readinto(m[1] + slot * self.su + uo, out[bo:bo + k])
+                    continue
+                except IOFailure as e:
+                    self._error(m[0], e, False)
+                    if raid == 0:
+                        raise
+            out[bo:bo + k] = self._read_col(raid, members, slot, col, uo, k, avoid=m)
 
     def plan(self, raid: int, members: Members, slot: int, off: int, n: int, bo: int,
              out: list) -> bool:
@@ -87,19 +127,27 @@ class RStoreIO:
         m = members[data_members(raid, slot, col)[0]]
         return m if self._ok(m) else None
 
-    def _read_col(self, raid, members, slot, col, uo, n) -> bytes:
+    def _read_col(self, raid, members, slot, col, uo, n, avoid=None) -> bytes:
+        """Column ``col``'s bytes, from redundancy when its member is failed, is
+        ``avoid`` (a read of it just failed) or fails now."""
         if raid == 1:
             a, b = members[2 * col], members[2 * col + 1]
             if (slot + col) & 1:  # spread reads over both copies
                 a, b = b, a
-            if self._ok(a):
-                return self._pread(a, slot, uo, n)
-            if self._ok(b):
-                return self._pread(b, slot, uo, n)
-            raise IOFailure(f"RAID1 column {col}: both copies failed")
+            for m in (a, b):
+                if m is not avoid and self._ok(m):
+                    try:
+                        return self._pread(m, slot, uo, n)
+                    except IOFailure:
+                        avoid = m
+            raise IOFailure(f"RAID1 column {col}: no copy could be read")
         m = members[data_members(raid, slot, col)[0]]
-        if self._ok(m):
-            return self._pread(m, slot, uo, n)
+        if m is not avoid and self._ok(m):
+            try:
+                return self._pread(m, slot, uo, n)
+            except IOFailure:
+                if raid == 0:
+                    raise
         if raid == 0:
             raise IOFailure(f"RAID0 member on failed drive {m[0]}")
         return self._reconstruct(members, slot, m, uo, n)
@@ -108,7 +156,10 @@ class RStoreIO:
         others = [m for m in members if m is not missing]
         if not all(self._ok(m) for m in others):
             raise IOFailure("RAID5 stripe lost two members")
-        return xor_all((self._pread(m, slot, uo, n) for m in others), n)
+        try:
+            return xor_all([self._pread(m, slot, uo, n) for m in others], n)
+        except IOFailure as e:
+            raise IOFailure(f"RAID5 stripe lost two members ({e.message})") from e
 
     # ---- write -------------------------------------------------------------------
     def write(self, raid: int, members: Members, slot: int, off: int, data) -> None:
@@ -119,7 +170,11 @@ class RStoreIO:
                 d, base = members[col]
                 drive = self.drives[d]
                 if not drive.failed:
-                    drive.pwrite(base + slot * su + uo, data)
+                    try:
+                        drive.pwrite(base + slot * su + uo, data)
+                    except IOFailure as e:
+                        self._error(d, e, False)
+                        raise
                     return
         mv = memoryview(data)
         if not len(mv):
@@ -135,12 +190,48 @@ class RStoreIO:
             live = [t for t in targets if self._ok(t)]
             if not live:
                 raise IOFailure(f"RAID{raid} column {col}: no live member")
+            if raid == 0:
+                try:
+                    self._pwrite(live[0], slot, uo, mv[bo:bo + k])
+                except IOFailure as e:
+                    self._error(live[0][0], e, False)
+                    raise
+                continue
             for i, t in enumerate(live):
                 if i:
                     crashpoint("raid1.between_copies")
-                self._pwrite(t, slot, uo, mv[bo:bo + k])
+                self._put(t, slot, uo, mv[bo:bo + k])
+            if not any(self._ok(t) for t in live):
+                raise IOFailure(f"RAID1 column {col}: no copy could be written")
 
     def _write5(self, members, slot, pieces, mv) -> None:
+        try:
+            self._write5_once(members, slot, pieces, mv)
+        except _Degraded:                 # a read before any write failed its drive
+            try:
+                self._write5_once(members, slot, pieces, mv)
+            except _Degraded as e:
+                raise IOFailure("RAID5 stripe lost two members") from e
+        # Two members that this write should have written are gone: the stripe
+        # cannot give its data back.
+        touched = [members[data_members(5, slot, col)[0]] for col, _, _, _ in pieces]
+        touched.append(members[parity_member(slot)])
+        if sum(not self._ok(m) for m in touched) > 1:
+            raise IOFailure("RAID5 stripe lost two members")
+
+    def _get5(self, member, slot: int, uo: int, n: int) -> bytes:
+        """A read that a RAID5 write needs before it writes: a failure fails the
+        drive (the write cannot wait for a rebuild) and the write starts again,
+        degraded."""
+        try:
+            return self.drives[member[0]].pread(member[1] + slot * self.su + uo, n)
+        except IOFailure as e:
+            self._error(member[0], e, True)
+            if self._ok(member):
+                raise
+            raise _Degraded() from e
+
+    def _write5_once(self, members, slot, pieces, mv) -> None:
         su = self.su
         pm = members[parity_member(slot)]
         full = len(pieces) == DATA_COLUMNS and all(uo == 0 and k == su for _, uo, _, k in pieces)
@@ -150,31 +241,31 @@ class RStoreIO:
             parity = xor_all((mv[bo:bo + k] for _, _, bo, k in pieces), su)
             for col, (uo, bo, k, m) in cols.items():
                 if self._ok(m):
-                    self._pwrite(m, slot, uo, mv[bo:bo + k])
+                    self._put(m, slot, uo, mv[bo:bo + k])
             crashpoint("raid5.between_data_parity")
             if self._ok(pm):
-                self._pwrite(pm, slot, 0, parity)
+                self._put(pm, slot, 0, parity)
             return
         plo = min(uo for uo, _, _, _ in cols.values())
         phi = max(uo + k for uo, _, k, _ in cols.values())
         if not self._ok(pm):
             # No parity to keep: write the data columns only.
             for uo, bo, k, m in cols.values():
-                self._pwrite(m, slot, uo, mv[bo:bo + k])
+                self._put(m, slot, uo, mv[bo:bo + k])
             return
         if failed_data:
             self._reconstruct_write(members, slot, cols, mv, plo, phi, pm)
             return
         # Read-modify-write: new parity = old parity ^ old data ^ new data.
-        acc = np.frombuffer(self._pread(pm, slot, plo, phi - plo), dtype=np.uint8).copy()
+        acc = np.frombuffer(self._get5(pm, slot, plo, phi - plo), dtype=np.uint8).copy()
         for uo, bo, k, m in cols.values():
-            old = np.frombuffer(self._pread(m, slot, uo, k), dtype=np.uint8)
+            old = np.frombuffer(self._get5(m, slot, uo, k), dtype=np.uint8)
             new = np.frombuffer(mv[bo:bo + k], dtype=np.uint8)
             acc[uo - plo:uo - plo + k] ^= old ^ new
         for uo, bo, k, m in cols.values():
-            self._pwrite(m, slot, uo, mv[bo:bo + k])
+            self._put(m, slot, uo, mv[bo:bo + k])
         crashpoint("raid5.between_data_parity")
-        self._pwrite(pm, slot, plo, acc.tobytes())
+        self._put(pm, slot, plo, acc.tobytes())
 
     def _reconstruct_write(self, members, slot, cols, mv, plo, phi, pm) -> None:
         """Degraded write that touches the failed column: rebuild the stripe region
@@ -190,8 +281,8 @@ class RStoreIO:
         for col in range(DATA_COLUMNS):
             m = members[data_members(5, slot, col)[0]]
             if col in cols and self._ok(m):
-                self._pwrite(m, slot, plo, region[col].tobytes())
-        self._pwrite(pm, slot, plo, xor_all(region, n))
+                self._put(m, slot, plo, region[col].tobytes())
+        self._put(pm, slot, plo, xor_all(region, n))
 
     # ---- whole-stripe operations ---------------------------------------------------
     def zero(self, raid: int, members: Members, slot: int) -> None:

@@ -3,7 +3,9 @@
 A READ's map is resolved on the loop; what the page cache holds is read there
 without blocking (RWF_NOWAIT), the rest in a worker thread while the loop goes
 on, and its reply goes out when it completes (NBD allows any order; storage
-fences the slots it resolved until then). A READ larger than ``READ_PIECE``, or
+fences the slots it resolved until then). An I/O error on those paths sends the
+READ to the device's plain ``read`` on the loop, which storage serves from
+redundancy when there is some. A READ larger than ``READ_PIECE``, or
 larger than the connection's room in the memory budget (server/budget.py), is a
 ``Stream``: read and sent piece by piece as the client takes it. While one is
 under way the connection handles no other request, and replies made meanwhile
@@ -74,25 +76,31 @@ class Reads:
         m.used += length
         dev = self.dev
         sparse = self.structured and not flags & C.CMD_FLAG_DF   # holes as hole chunks
-        job = dev.read_now(off, length)
-        if job.__class__ is bytearray:       # the page cache held it all
-            out.extend(self._reply(cookie, off, job))
-            return
-        if job is not None and not (sparse and job.holes):
-            try:
-                now = job.try_now()
-            except BaseException:
-                job.done()
-                raise
-            if not now:
-                self.offload(job, len(job.buf),
-                             lambda err, reply: self._answer(err, reply, job, cookie, off))
+        try:
+            job = dev.read_now(off, length)
+            if job.__class__ is bytearray:       # the page cache held it all
+                out.extend(self._reply(cookie, off, job))
                 return
-            job.done()
-            out.extend(self._reply(cookie, off, job.buf))
-            return
-        if job is not None:
-            job.done()
+            if job is not None and not (sparse and job.holes):
+                try:
+                    now = job.try_now()
+                except BaseException:
+                    job.done()
+                    raise
+                if not now:
+                    self.offload(job, len(job.buf),
+                                 lambda err, reply: self._answer(err, reply, job, cookie, off))
+                    return
+                job.done()
+                out.extend(self._reply(cookie, off, job.buf))
+                return
+            if job is not None:
+                job.done()
+        except Exception as e:
+            # An I/O error on the fast paths: ``read`` may still serve it (storage
+            # reads it from redundancy, if there is some); any other error is the reply.
+            if getattr(e, "errno", None) != C.EIO:
+                raise
         if not sparse:
             out.extend(self._reply(cookie, off, dev.read(off, length)))
             return
@@ -129,11 +137,12 @@ class Reads:
         job.done()
         if reply is None:
             return
-        if err is not None:
-            self.error(reply, cookie, err)
-        elif job.intact():
+        if err is None and job.intact():
             reply.extend(self._reply(cookie, off, job.buf))
-        else:            # a slot it read changed owner meanwhile: read it again, here
+        else:
+            # A drive error (``read`` serves it from redundancy when there is some,
+            # and failure detection counts it), or a slot it read changed owner
+            # meanwhile: read it again, here.
             try:
                 data = self.dev.read(off, len(job.buf))
             except Exception as e:

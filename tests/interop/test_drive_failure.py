@@ -1,0 +1,141 @@
+"""A drive that really fails under a running daemon (issue 12 items 1 and 6): one of
+the five drives is an image served by ``nbdkit file`` with the error filter, seen
+by vsand as a FUSE file (nbdfuse). When the filter's trigger file appears, every
+read of that drive fails with EIO: the RAID5 LUN still reads back byte for byte
+(no client-visible error), the daemon logs each error and fails the drive at the
+limit, and the failure survives a kill -9 after the next FLUSH. Also `vsanctl
+drive fail` by hand."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from blockstack import Stack
+from conftest import Daemon, healthy, need, run
+from vsand.disk.detector import ERROR_LIMIT
+
+MiB = 1 << 20
+SIZE = 256 * MiB
+VSANCTL = [sys.executable, "-m", "vsand.cli.vsanctl"]
+
+
+def qemu_io(uri: str, *cmds: str) -> subprocess.CompletedProcess:
+    args = ["qemu-io", "-t", "none", "-f", "raw"]
+    for c in cmds:
+        args += ["-c", c]
+    return run(args + [uri], check=False, timeout=120)
+
+
+def wait_for(what, cond, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def failing_drive(tmp_path):
+    """(path vsand opens, trigger file): reads fail with EIO while the trigger exists."""
+    need("nbdkit", "nbdfuse", "qemu-io")
+    if os.geteuid() != 0:
+        pytest.skip("nbdfuse's FUSE mount needs root here")
+    img = tmp_path / "flaky.raw"
+    with open(img, "wb") as f:
+        f.truncate(SIZE)
+    trigger = tmp_path / "fail-reads"
+    sock = tmp_path / "nbdkit.sock"
+    kit = subprocess.Popen(["nbdkit", "-f", "-U", str(sock), "--filter=error", "file", str(img),
+                            "error=EIO", "error-pread-rate=100%", f"error-pread-file={trigger}"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stack = Stack(str(tmp_path / "stack"), f"nbd+unix:///?socket={sock}")
+    try:
+        wait_for("nbdkit's socket", lambda: sock.exists() or kit.poll() is not None)
+        assert kit.poll() is None, "nbdkit exited"
+        stack.fuse = subprocess.Popen(["nbdfuse", stack.fusedir, stack.uri],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for("nbdfuse's file", lambda: os.path.exists(stack.file))
+        yield stack.file, trigger
+    finally:
+        assert not stack.detach()
+        kit.terminate()
+        kit.wait(30)
+
+
+def test_read_errors_on_a_raid5_drive_are_served_from_parity_and_fail_the_drive(tmp_path, failing_drive):
+    flaky, trigger = failing_drive
+    plain = []
+    for i in range(4):
+        p = tmp_path / f"d{i}.img"
+        with open(p, "wb") as f:
+            f.truncate(SIZE)
+        plain.append(str(p))
+    drives = [*plain, flaky]
+    d = Daemon(tmp_path / "state", extra=[a for p in drives for a in ("--drive", p)] + ["--io", "buffered"])
+    d.start()
+    try:
+        index = next(x["index"] for x in d.ctl("drive.list") if x["path"] == flaky)
+        d.ctl("lun.create", name="r5", size=64 * MiB, raid=5)
+        uri = d.uri("r5")
+        r = qemu_io(uri, "write -P 0x3c 0 64M", "flush")
+        assert r.returncode == 0, r.stdout + r.stderr
+        # the drive's pages out of the cache, so that vsand's reads reach nbdkit
+        fd = os.open(flaky, os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+        trigger.touch()
+        r = qemu_io(uri, "read -P 0x3c 0 64M")
+        assert r.returncode == 0 and "verification failed" not in r.stdout, r.stdout + r.stderr
+        info = next(x for x in d.ctl("drive.list") if x["index"] == index)
+        assert info["failed"] and "I/O errors" in info["state"], info
+        assert info["io_errors"] == ERROR_LIMIT
+        log = d.read_log()
+        assert log.count("I/O error") >= ERROR_LIMIT - 1 and f"drive {index} ({flaky}) failed" in log, log
+        # a FLUSH commits the failure with it; the machine then dies
+        r = qemu_io(uri, "write -P 0x5e 1M 64k", "flush")
+        assert r.returncode == 0, r.stdout + r.stderr
+        d.stop(signal.SIGKILL)
+        trigger.unlink()             # the drive reads again, but it is failed for good
+        d.start()
+        info = next(x for x in d.ctl("drive.list") if x["index"] == index)
+        assert info["failed"], info
+        r = qemu_io(uri, "read -P 0x3c 0 1M", "read -P 0x5e 1M 64k", "read -P 0x3c 1114112 65994752")
+        assert r.returncode == 0 and "verification failed" not in r.stdout, r.stdout + r.stderr
+        healthy(d)
+    finally:
+        d.stop()
+
+
+def test_vsanctl_drive_fail(tmp_path):
+    need("qemu-io")
+    d = Daemon(tmp_path / "state", drive_size="256M").start()
+    try:
+        d.ctl("lun.create", name="m", size=32 * MiB, raid=1)
+        r = qemu_io(d.uri("m"), "write -P 0x77 0 32M", "flush")
+        assert r.returncode == 0, r.stdout + r.stderr
+        ctl = VSANCTL + ["--control", d.control]
+        r = run(ctl + ["drive", "fail", "5"])
+        assert "drive 5" in r.stdout and "failed by command" in r.stdout, r.stdout
+        r = run(ctl + ["drive", "list"])
+        row = next(line for line in r.stdout.splitlines() if line.split()[:1] == ["5"])
+        assert "FAILED" in row, r.stdout
+        r = run(ctl + ["drive", "fail", "5"], check=False)
+        assert r.returncode != 0 and "failed already" in r.stderr and "Traceback" not in r.stderr, r
+        r = run(ctl + ["drive", "fail", "42"], check=False)
+        assert r.returncode != 0 and "no drive 42" in r.stderr and "Traceback" not in r.stderr, r
+        r = run(ctl + ["drive", "fail", "x"], check=False)
+        assert r.returncode == 2 and "invalid int value" in r.stderr, r
+        assert "failed by command" in d.read_log()
+        r = qemu_io(d.uri("m"), "read -P 0x77 0 32M")
+        assert r.returncode == 0 and "verification failed" not in r.stdout, r.stdout + r.stderr
+        d.stop(signal.SIGKILL)                     # the failure was durable when the command returned
+        d.start()
+        assert next(x for x in d.ctl("drive.list") if x["index"] == 5)["failed"]
+        healthy(d)
+    finally:
+        d.stop()
