@@ -32,6 +32,7 @@ class Config:
     io_threads: int = 16                  # worker threads for drive I/O that may block; 0 = on the event loop
     io_engine: str = "auto"               # reads that miss the cache: uring, threads or auto
     io: str = "auto"                      # drive I/O: buffered, direct (O_DIRECT) or auto (direct for block devices)
+    drive_error_limit: int = 4            # I/O errors a drive may give before it is failed
 
     def finish(self) -> "Config":
         self.state_dir = os.path.abspath(self.state_dir)
@@ -119,7 +120,7 @@ def _io_engine(text) -> str:
 CHECK = {"drive_size": _size, "task_rate_mib": _rate, "task_latency_guard": _on_off,
          "accept_data_loss": _on_off, "max_connections": _positive, "idle_timeout": _count,
          "memory_budget": _size, "io_threads": _count,
-         "io": _io_mode, "io_engine": _io_engine}
+         "io": _io_mode, "io_engine": _io_engine, "drive_error_limit": _positive}
 
 
 def _flatten(data: dict, where: str) -> dict:
@@ -179,6 +180,9 @@ def load(argv: list[str] | None = None) -> Config:
     ap.add_argument("--io", type=_io_mode, metavar="buffered|direct|auto",
                     help="drive I/O: through the page cache, O_DIRECT, or auto (the default: "
                          "direct for block devices, buffered for image files)")
+    ap.add_argument("--drive-error-limit", type=_positive, metavar="N",
+                    help="I/O errors a drive may give before it is failed (default 4); a drive "
+                         "that misses a write of a RAID1/5 stripe is failed at once")
     args = ap.parse_args(argv)
     cfg = Config()
     if args.config:

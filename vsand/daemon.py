@@ -128,6 +128,7 @@ class Daemon:
         lock.acquire()
         try:
             self.pool = open_pool(cfg)
+            self.pool.detector.limit = cfg.drive_error_limit
             try:
                 return await self._serve()
             finally:

@@ -114,12 +114,16 @@ def test_bad_config_and_unopenable_pool_fail_cleanly(tmp_path):
                               ("--idle-timeout", "-5", "must be >= 0, not '-5'"),
                               ("--io-threads", "-1", "must be >= 0, not '-1'"),
                               ("--io-threads", "some", "not a whole number: 'some'"),
-                              ("--io-engine", "aio", "expected one of auto, uring, threads, not 'aio'")):
+                              ("--io-engine", "aio", "expected one of auto, uring, threads, not 'aio'"),
+                              ("--drive-error-limit", "0", "must be at least 1")):
         r = run(VSAND + [flag, value], check=False, cwd=ROOT)
         assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, r.stderr
     bad.write_text('io_engine = "libaio"\n')
     r = run(VSAND + ["--config", str(bad)], check=False, cwd=ROOT)
     assert r.returncode == 2 and "io_engine" in r.stderr and "libaio" in r.stderr, r.stderr
+    bad.write_text('drive_error_limit = "lots"\n')
+    r = run(VSAND + ["--config", str(bad)], check=False, cwd=ROOT)
+    assert r.returncode == 2 and "drive_error_limit" in r.stderr and "lots" in r.stderr, r.stderr
     bad.write_text('max_connections = 0\n')
     r = run(VSAND + ["--config", str(bad)], check=False, cwd=ROOT)
     assert r.returncode == 2 and "max_connections" in r.stderr and "at least 1" in r.stderr, r.stderr

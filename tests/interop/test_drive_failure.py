@@ -39,9 +39,10 @@ def wait_for(what, cond, timeout=60):
         time.sleep(0.05)
 
 
-@pytest.fixture
-def failing_drive(tmp_path):
-    """(path vsand opens, trigger file): reads fail with EIO while the trigger exists."""
+@pytest.fixture(params=["pread"])
+def failing_drive(tmp_path, request):
+    """(path vsand opens, trigger file): calls of the kind ``request.param`` (pread,
+    pwrite) fail with EIO while the trigger exists."""
     need("nbdkit", "nbdfuse", "qemu-io")
     if os.geteuid() != 0:
         pytest.skip("nbdfuse's FUSE mount needs root here")
@@ -51,7 +52,8 @@ def failing_drive(tmp_path):
     trigger = tmp_path / "fail-reads"
     sock = tmp_path / "nbdkit.sock"
     kit = subprocess.Popen(["nbdkit", "-f", "-U", str(sock), "--filter=error", "file", str(img),
-                            "error=EIO", "error-pread-rate=100%", f"error-pread-file={trigger}"],
+                            "error=EIO", f"error-{request.param}-rate=100%",
+                            f"error-{request.param}-file={trigger}"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     stack = Stack(str(tmp_path / "stack"), f"nbd+unix:///?socket={sock}")
     try:
@@ -67,23 +69,34 @@ def failing_drive(tmp_path):
         kit.wait(30)
 
 
-def test_read_errors_on_a_raid5_drive_are_served_from_parity_and_fail_the_drive(tmp_path, failing_drive):
-    flaky, trigger = failing_drive
-    plain = []
-    for i in range(4):
+def daemon_with(tmp_path, flaky: str, *extra: str, plain: int = 4) -> Daemon:
+    """A daemon on ``plain`` image files and ``flaky`` (the last drive)."""
+    files = []
+    for i in range(plain):
         p = tmp_path / f"d{i}.img"
         with open(p, "wb") as f:
             f.truncate(SIZE)
-        plain.append(str(p))
-    drives = [*plain, flaky]
-    d = Daemon(tmp_path / "state", extra=[a for p in drives for a in ("--drive", p)] + ["--io", "buffered"])
-    d.start()
+        files.append(str(p))
+    return Daemon(tmp_path / "state", extra=[a for p in (*files, flaky) for a in ("--drive", p)]
+                  + ["--io", "buffered", *extra]).start()
+
+
+def filled_lun(d: Daemon, flaky: str, raid: int, pattern: int) -> tuple[int, str]:
+    """(the flaky drive's index, the URI of a 64 MiB LUN of ``raid`` full of ``pattern``,
+    flushed)."""
+    index = next(x["index"] for x in d.ctl("drive.list") if x["path"] == flaky)
+    d.ctl("lun.create", name=f"r{raid}", size=64 * MiB, raid=raid)
+    uri = d.uri(f"r{raid}")
+    r = qemu_io(uri, f"write -P {pattern:#x} 0 64M", "flush")
+    assert r.returncode == 0, r.stdout + r.stderr
+    return index, uri
+
+
+def test_read_errors_on_a_raid5_drive_are_served_from_parity_and_fail_the_drive(tmp_path, failing_drive):
+    flaky, trigger = failing_drive
+    d = daemon_with(tmp_path, flaky)
     try:
-        index = next(x["index"] for x in d.ctl("drive.list") if x["path"] == flaky)
-        d.ctl("lun.create", name="r5", size=64 * MiB, raid=5)
-        uri = d.uri("r5")
-        r = qemu_io(uri, "write -P 0x3c 0 64M", "flush")
-        assert r.returncode == 0, r.stdout + r.stderr
+        index, uri = filled_lun(d, flaky, 5, 0x3c)
         # the drive's pages out of the cache, so that vsand's reads reach nbdkit
         fd = os.open(flaky, os.O_RDONLY)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
@@ -105,6 +118,32 @@ def test_read_errors_on_a_raid5_drive_are_served_from_parity_and_fail_the_drive(
         info = next(x for x in d.ctl("drive.list") if x["index"] == index)
         assert info["failed"], info
         r = qemu_io(uri, "read -P 0x3c 0 1M", "read -P 0x5e 1M 64k", "read -P 0x3c 1114112 65994752")
+        assert r.returncode == 0 and "verification failed" not in r.stdout, r.stdout + r.stderr
+        healthy(d)
+    finally:
+        d.stop()
+
+
+@pytest.mark.parametrize("failing_drive", ["pwrite"], indirect=True)
+def test_a_raid1_copy_that_misses_a_write_is_failed_at_once(tmp_path, failing_drive):
+    """Write errors: the drive is failed at the first one (whatever the limit), the
+    client's write and FLUSH succeed, and everything reads back, also after kill -9."""
+    flaky, trigger = failing_drive
+    d = daemon_with(tmp_path, flaky, "--drive-error-limit", "100", plain=7)   # a RAID1 RStore spans 8 drives
+    try:
+        index, uri = filled_lun(d, flaky, 1, 0x11)
+        trigger.touch()
+        r = qemu_io(uri, "write -P 0x22 0 64M", "flush")
+        assert r.returncode == 0, r.stdout + r.stderr
+        info = next(x for x in d.ctl("drive.list") if x["index"] == index)
+        assert info["failed"] and "missed a write" in info["state"] and info["io_errors"] == 1, info
+        r = qemu_io(uri, "read -P 0x22 0 64M")
+        assert r.returncode == 0 and "verification failed" not in r.stdout, r.stdout + r.stderr
+        d.stop(signal.SIGKILL)
+        trigger.unlink()
+        d.start()
+        assert next(x for x in d.ctl("drive.list") if x["index"] == index)["failed"]
+        r = qemu_io(uri, "read -P 0x22 0 64M")
         assert r.returncode == 0 and "verification failed" not in r.stdout, r.stdout + r.stderr
         healthy(d)
     finally:
