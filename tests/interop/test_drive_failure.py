@@ -178,3 +178,21 @@ def test_vsanctl_drive_fail(tmp_path):
         healthy(d)
     finally:
         d.stop()
+
+
+def test_a_drive_image_truncated_while_the_daemon_runs(tmp_path):
+    """Item 6: an image file cut short under the running daemon reads as I/O errors
+    (not zeros), the RAID5 LUN reads back whole from parity, the drive is failed."""
+    need("qemu-io")
+    d = Daemon(tmp_path / "state", drives=5, drive_size="256M").start()
+    try:
+        victim = next(x for x in d.ctl("drive.list") if not x["quorum"])
+        index, uri = filled_lun(d, victim["path"], 5, 0x6b)
+        os.truncate(victim["path"], 0)
+        r = qemu_io(uri, "read -P 0x6b 0 64M")
+        assert r.returncode == 0 and "verification failed" not in r.stdout, r.stdout + r.stderr
+        info = next(x for x in d.ctl("drive.list") if x["index"] == index)
+        assert info["failed"] and "truncated" in info["state"], info
+        healthy(d)
+    finally:
+        d.stop()

@@ -124,8 +124,17 @@ class Drive:
         except OSError as e:
             raise IOFailure(f"read {self.path}@{off}: {e.strerror}") from e
         if len(data) < n:  # past the end of a short image: reads as zeros
+            self._short(off, len(data))
             data += bytes(n - len(data))
         return data
+
+    def _short(self, off: int, got: int) -> None:
+        """A read ended after ``got`` bytes: past the size the drive had when opened
+        it reads as zeros; before it, the drive shrank under us (an image file
+        truncated): an I/O error, not zeros in place of data."""
+        if off + got < self.size:
+            raise IOFailure(f"read {self.path}@{off + got}: the drive ends before its "
+                            f"{self.size} bytes (truncated?)")
 
     def readinto(self, off: int, buf: memoryview) -> None:
         """Fills ``buf`` from ``off`` without an intermediate bytes object."""
@@ -137,6 +146,7 @@ class Drive:
         except OSError as e:
             raise IOFailure(f"read {self.path}@{off}: {e.strerror}") from e
         if got < len(buf):
+            self._short(off, got)
             buf[got:] = bytes(len(buf) - got)
 
     def _read_direct(self, off: int, buf: memoryview) -> None:
@@ -145,6 +155,7 @@ class Drive:
         except OSError as e:
             raise IOFailure(f"read {self.path}@{off}: {e.strerror}") from e
         if got < len(buf):
+            self._short(off, got)
             buf[got:] = bytes(len(buf) - got)
 
     def pwrite(self, off: int, data) -> None:

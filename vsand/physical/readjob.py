@@ -142,6 +142,8 @@ class ReadJob:
     def _in(self, ring, drive: Drive, off: int, bo: int, into: bytearray, res: int) -> None:
         if res > 0 and into is not self.buf:
             self.buf[bo:bo + res] = memoryview(into)[:res]
+        if res == 0 and off < drive.size:    # the drive shrank under us: see Drive._short
+            res = -errno.EIO
         if res < 0:
             if self._err is None:
                 self._err = IOFailure(f"read {drive.path}@{off}: {os.strerror(-res)}")

@@ -133,3 +133,17 @@ def test_a_second_failure_in_a_raid5_stripe_is_an_error_not_wrong_data(tmp_path)
     with pytest.raises(IOFailure):
         ld.read(0, 4096)                  # column 0 needs column 1, which fails
     pool.close()
+
+
+def test_a_drive_image_truncated_under_the_pool_reads_as_errors_not_zeros(tmp_path):
+    """Past the size a drive had when opened a read gives zeros (a short image's
+    end); before it, a read that ends early means the image shrank: an I/O error,
+    served from redundancy and counted, never zeros in place of data."""
+    pool, paths, _ = pool_on_faults(tmp_path)
+    ld, data = lun_with_data(pool, 5, 4 * MiB)
+    d, at = member_of(pool, ld, 0)
+    os.truncate(pool.drives[d].path, at)
+    for _ in range(ERROR_LIMIT):
+        assert ld.read(0, 4 * MiB) == data
+    assert pool.drives[d].failed and "truncated" in pool.failed_drives[d]
+    pool.close()
