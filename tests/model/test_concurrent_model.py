@@ -739,3 +739,26 @@ def test_crash_after_a_write_into_a_handed_over_segment(tmp_path):
     got = pool.get("L").read(0, SEG)
     pool.close()
     assert got in (b"A" * SEG, bytes(SEG)), f"L after the crash starts {got[:4]!r}"
+
+
+def test_a_snapshot_that_unshares_keeps_its_committed_bytes_across_a_crash(tmp_path):
+    """Found by this model in CI: a snapshot writes a whole segment it read through
+    its LUN (it gets its own copy; the LUN's Sp bit is cleared in memory), then the
+    LUN writes that segment in place, then the machine dies before a commit. The
+    committed maps still have the snapshot reading the LUN's allocation, so the
+    LUN's write must go to a new segment (a handover, cfw.redirect)."""
+    paths = [os.path.join(str(tmp_path), f"d{i}.img") for i in range(8)]
+    pool = Pool.create([(p, DRIVE, "default") for p in paths], Units(quorum=8 * MiB))
+    a = pattern(1, 3 * SEG + 5)
+    pool.create_ld("ld1", 4 * MiB, raid=0).write(0, a)
+    pool.snapshot("ld1", "ld2")
+    pool.flush()
+    pool.get("ld2").write(0, pattern(2, SEG))
+    pool.get("ld1").write(0, b"\x00")
+    drop(pool)
+    pool = Pool.open(paths)
+    assert pool.get("ld2").read(0, SEG) == a[:SEG]
+    assert pool.get("ld1").read(0, SEG) == a[:SEG]
+    pool.flush()
+    assert check_pool(pool) == []
+    pool.close()

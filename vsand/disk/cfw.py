@@ -50,6 +50,10 @@ def unshare(ld, k: int, whole: bool, trim: bool = False, eager: bool = False) ->
         ops.set_entry(ld, k, e)
         succ = ld.succ
         ops.set_entry(succ, k, succ.l2.get(k) & ~SP)
+        if he & ALLOCATED:
+            # Until the next commit the committed maps still have me reading the
+            # holder's bytes: its next write must not land on them in place (redirect).
+            pool.space.hand_over(ld.table, he)
     elif sharing.seeded(ld, k):
         # My successor's Sp stands over my own copy, which is about to change, so it
         # no longer equals the successor's content.
