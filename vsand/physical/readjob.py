@@ -29,6 +29,21 @@ MISSES = 4
 SKIP = 64
 
 
+def _nowait(drive, buf, off: int) -> int | None:
+    """Bytes of ``buf`` read from the page cache without blocking (0: not cached);
+    None when the kernel or file system refuses RWF_NOWAIT, which is then not tried
+    again."""
+    try:
+        return os.preadv(drive.fd, [buf], off, NOWAIT)
+    except BlockingIOError:
+        return 0
+    except OSError as e:
+        if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+            ReadJob.nowait = False
+            return None
+        raise IOFailure(f"read {drive.path}@{off}: {e.strerror}") from e
+
+
 def read_cached(drive, off: int, n: int) -> bytearray | bool:
     """The ``n`` bytes at ``off`` of ``drive`` if the page cache holds them all,
     read without blocking on the caller's thread (the event loop's). Else whether
@@ -39,15 +54,9 @@ def read_cached(drive, off: int, n: int) -> bytearray | bool:
             or drive.direct:
         return False
     buf = bytearray(n)
-    try:
-        got = os.preadv(drive.fd, [buf], off, NOWAIT)
-    except BlockingIOError:
-        got = 0
-    except OSError as e:
-        if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):
-            ReadJob.nowait = False
-            return False
-        raise IOFailure(f"read {drive.path}@{off}: {e.strerror}") from e
+    got = _nowait(drive, buf, off)
+    if got is None:
+        return False
     if got < n:              # not all cached (or a short image's end): a ReadJob reads it
         ReadJob.miss()
         return True
@@ -85,16 +94,7 @@ class ReadJob:
             if type(drive) is not Drive or drive.failed or drive.direct:
                 left.append((drive, off, bo, k))     # a stand-in, wrapped or direct drive: its own path
                 continue
-            try:
-                got = os.preadv(drive.fd, [mv[bo:bo + k]], off, NOWAIT)
-            except BlockingIOError:
-                got = 0
-            except OSError as e:
-                if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):
-                    ReadJob.nowait = False
-                    got = 0
-                else:
-                    raise IOFailure(f"read {drive.path}@{off}: {e.strerror}") from e
+            got = _nowait(drive, mv[bo:bo + k], off) or 0
             if got < k:                  # not cached (or a short image's end): the slow path
                 left.append((drive, off + got, bo + got, k - got))
                 ReadJob.miss()
