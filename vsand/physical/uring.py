@@ -11,8 +11,14 @@ cold, 39k reads/s through the ring against 23k through a thread pool handing
 completions back in batches and 13k through asyncio's ``run_in_executor``; page
 cache hits 227k/s against 61k and 21k. The binding is PyPI's ``liburing``
 (maintained, a wheel with liburing built in). Where it cannot be used (not
-installed, a kernel or seccomp policy that refuses io_uring) ``open`` says why
-and the server reads in worker threads instead.
+installed, a kernel or seccomp policy that refuses io_uring, a wheel built for
+instructions this CPU lacks) ``open`` says why and the server reads in worker
+threads instead.
+
+That last case is not hypothetical: liburing 2026.3.x wheels die with SIGILL on
+an AMD EPYC without AVX-512 (seen here, 2026-12-03), at the first call, which no
+Python code can catch. So the first ``open`` in a process tries the binding in a
+child process first.
 """
 
 from __future__ import annotations
@@ -21,6 +27,9 @@ import collections
 import errno
 import logging
 import os
+import signal
+import subprocess
+import sys
 
 try:
     import liburing as L
@@ -35,6 +44,33 @@ ENTRIES = 256          # submission queue, and reads in flight at most: more wai
                        # overflow: the kernel keeps the excess but raises no eventfd for it.
 
 
+_PROBE = ("import liburing as L\n"
+          "r = L.Ring()\n"
+          "L.io_uring_queue_init(8, r)\n"
+          "L.io_uring_queue_exit(r)\n")
+_probed: str | None = None      # "" when the binding works in this process's Python
+
+
+def _probe() -> str:
+    """Why the binding cannot be used here ("" when it can), found in a child."""
+    global _probed
+    if _probed is None:
+        try:
+            r = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True,
+                               timeout=60)
+            if r.returncode < 0:
+                _probed = (f"the liburing module crashed a test process "
+                           f"({signal.Signals(-r.returncode).name}): its build does not run on this machine")
+            elif r.returncode:
+                _probed = "the liburing module failed in a test process: " + \
+                    (r.stderr.strip().splitlines() or ["exit %d" % r.returncode])[-1]
+            else:
+                _probed = ""
+        except (OSError, subprocess.TimeoutExpired) as e:
+            _probed = f"the liburing module could not be tried: {e}"
+    return _probed
+
+
 class Ring:
     __slots__ = ("_ring", "_cqe", "_efd", "_schedule", "_waiting", "_queued", "_next",
                  "_backlog", "_cap", "inflight")
@@ -44,6 +80,9 @@ class Ring:
         """A ring, or None and why not."""
         if L is None:
             return None, f"the liburing module is not available ({_missing})"
+        why = _probe()
+        if why:
+            return None, why
         try:
             return cls(schedule, entries), ""
         except OSError as e:

@@ -163,3 +163,18 @@ def test_without_the_binding_the_reason_is_given(monkeypatch):
     monkeypatch.setattr(uring, "_missing", "No module named 'liburing'", raising=False)
     ring, why = uring.Ring.open(lambda fn: None)
     assert ring is None and "liburing" in why
+
+
+def test_a_binding_that_crashes_the_process_is_found_in_a_child(monkeypatch):
+    """A wheel built for instructions this CPU lacks dies with SIGILL at its first
+    call, which no Python code could catch: open() tries it in a child first."""
+    monkeypatch.setattr(uring, "_probed", None)
+    monkeypatch.setattr(uring, "_PROBE", "import os, signal\nos.kill(os.getpid(), signal.SIGILL)\n")
+    if uring.L is None:
+        monkeypatch.setattr(uring, "L", object())
+    ring, why = uring.Ring.open(lambda fn: None)
+    assert ring is None and "crashed" in why and "SIGILL" in why
+    monkeypatch.setattr(uring, "_probed", None)
+    monkeypatch.setattr(uring, "_PROBE", "raise OSError(38, 'Function not implemented')\n")
+    ring, why = uring.Ring.open(lambda fn: None)
+    assert ring is None and "Function not implemented" in why
