@@ -21,7 +21,8 @@ from .nbd.handshake import Export
 from .physical.lock import StateDirLock
 from .physical.uring import Ring
 from .server.nbd_server import NbdServer
-from .tasks import TaskRunner, Throttle, default_kinds
+from .tasks import REBUILD, TaskRunner, Throttle, default_kinds
+from .tasks.rebuild import TARGET as WHOLE_POOL
 from .units import format_size
 
 log = logging.getLogger("vsand")
@@ -181,6 +182,9 @@ class Daemon:
         resumed = self.tasks.resume()
         if resumed:
             log.info("resuming background task(s) %s", ", ".join(map(str, resumed)))
+        # A drive failing mid-request starts a rebuild once that request is over.
+        self.pool.on_failure = lambda index: loop.call_soon(self._rebuild)
+        self._rebuild()
         sd_notify("READY=1\nSTATUS=serving")
         await self.stop_event.wait()
         log.info("stopping: draining connections")
@@ -191,6 +195,19 @@ class Daemon:
         self._unlink((cfg.control,) + own)
         log.info("stopped cleanly")
         return 0
+
+    def _rebuild(self) -> None:
+        """Starts a rebuild when failed drives left something to rebuild and none runs."""
+        tasks = self.tasks
+        if tasks.stopping or any(t.active and t.kind == REBUILD for t in tasks.tasks.values()):
+            return
+        try:
+            todo = len(self.pool.damage().todo)
+            if todo:
+                t = tasks.start(REBUILD, WHOLE_POOL)
+                log.warning("rebuilding %d RStore member(s) of failed drives: task %d", todo, t.id)
+        except VsanError as e:
+            log.error("cannot start a rebuild: %s", e.message)
 
     async def _listen(self, inherited) -> None:
         cfg = self.cfg

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import need, run
+from daemonkit import need, run
 
 
 class Stack:

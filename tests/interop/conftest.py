@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+import flakydrive
 from daemonkit import O_DIRECT, ROOT, SYS_PY, VSAND, Daemon, free_port, healthy, need, run  # noqa: F401 (used by the tests)
 
 
@@ -37,3 +38,10 @@ def fresh_daemon(tmp_path):
     d = Daemon(tmp_path / "state").start()
     yield d
     d.stop()
+
+
+@pytest.fixture
+def failing_drive(tmp_path, request):
+    """(drive path, trigger file): see flakydrive.py; parametrize indirectly with
+    "pread" or "pwrite"."""
+    yield from flakydrive.failing_drive(tmp_path, request)

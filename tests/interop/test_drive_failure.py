@@ -10,91 +10,20 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
-import time
 
 import pytest
 
-from blockstack import Stack
 from conftest import Daemon, healthy, need, run
+from flakydrive import MiB, daemon_with, filled_lun, qemu_io
 from vsand.disk.detector import ERROR_LIMIT
 
-MiB = 1 << 20
-SIZE = 256 * MiB
 VSANCTL = [sys.executable, "-m", "vsand.cli.vsanctl"]
-
-
-def qemu_io(uri: str, *cmds: str) -> subprocess.CompletedProcess:
-    args = ["qemu-io", "-t", "none", "-f", "raw"]
-    for c in cmds:
-        args += ["-c", c]
-    return run(args + [uri], check=False, timeout=120)
-
-
-def wait_for(what, cond, timeout=60):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
-@pytest.fixture(params=["pread"])
-def failing_drive(tmp_path, request):
-    """(path vsand opens, trigger file): calls of the kind ``request.param`` (pread,
-    pwrite) fail with EIO while the trigger exists."""
-    need("nbdkit", "nbdfuse", "qemu-io")
-    if os.geteuid() != 0:
-        pytest.skip("nbdfuse's FUSE mount needs root here")
-    img = tmp_path / "flaky.raw"
-    with open(img, "wb") as f:
-        f.truncate(SIZE)
-    trigger = tmp_path / "fail-reads"
-    sock = tmp_path / "nbdkit.sock"
-    kit = subprocess.Popen(["nbdkit", "-f", "-U", str(sock), "--filter=error", "file", str(img),
-                            "error=EIO", f"error-{request.param}-rate=100%",
-                            f"error-{request.param}-file={trigger}"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    stack = Stack(str(tmp_path / "stack"), f"nbd+unix:///?socket={sock}")
-    try:
-        wait_for("nbdkit's socket", lambda: sock.exists() or kit.poll() is not None)
-        assert kit.poll() is None, "nbdkit exited"
-        stack.fuse = subprocess.Popen(["nbdfuse", stack.fusedir, stack.uri],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for("nbdfuse's file", lambda: os.path.exists(stack.file))
-        yield stack.file, trigger
-    finally:
-        assert not stack.detach()
-        kit.terminate()
-        kit.wait(30)
-
-
-def daemon_with(tmp_path, flaky: str, *extra: str, plain: int = 4) -> Daemon:
-    """A daemon on ``plain`` image files and ``flaky`` (the last drive)."""
-    files = []
-    for i in range(plain):
-        p = tmp_path / f"d{i}.img"
-        with open(p, "wb") as f:
-            f.truncate(SIZE)
-        files.append(str(p))
-    return Daemon(tmp_path / "state", extra=[a for p in (*files, flaky) for a in ("--drive", p)]
-                  + ["--io", "buffered", *extra]).start()
-
-
-def filled_lun(d: Daemon, flaky: str, raid: int, pattern: int) -> tuple[int, str]:
-    """(the flaky drive's index, the URI of a 64 MiB LUN of ``raid`` full of ``pattern``,
-    flushed)."""
-    index = next(x["index"] for x in d.ctl("drive.list") if x["path"] == flaky)
-    d.ctl("lun.create", name=f"r{raid}", size=64 * MiB, raid=raid)
-    uri = d.uri(f"r{raid}")
-    r = qemu_io(uri, f"write -P {pattern:#x} 0 64M", "flush")
-    assert r.returncode == 0, r.stdout + r.stderr
-    return index, uri
 
 
 def test_read_errors_on_a_raid5_drive_are_served_from_parity_and_fail_the_drive(tmp_path, failing_drive):
     flaky, trigger = failing_drive
-    d = daemon_with(tmp_path, flaky)
+    d = daemon_with(tmp_path, flaky).start()
     try:
         index, uri = filled_lun(d, flaky, 5, 0x3c)
         # the drive's pages out of the cache, so that vsand's reads reach nbdkit
@@ -129,7 +58,7 @@ def test_a_raid1_copy_that_misses_a_write_is_failed_at_once(tmp_path, failing_dr
     """Write errors: the drive is failed at the first one (whatever the limit), the
     client's write and FLUSH succeed, and everything reads back, also after kill -9."""
     flaky, trigger = failing_drive
-    d = daemon_with(tmp_path, flaky, "--drive-error-limit", "100", plain=7)   # a RAID1 RStore spans 8 drives
+    d = daemon_with(tmp_path, flaky, "--drive-error-limit", "100", plain=7).start()   # a RAID1 RStore spans 8 drives
     try:
         index, uri = filled_lun(d, flaky, 1, 0x11)
         trigger.touch()

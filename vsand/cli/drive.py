@@ -29,6 +29,13 @@ def drive_fail(ctx, args) -> int:
                     lambda d: f"drive {d['index']} ({d['path']}) failed: {d['state']}")
 
 
+def _state(d: dict) -> str:
+    if not d.get("failed"):
+        return "ok"
+    left = d.get("rebuild_left", 0)
+    return f"FAILED, {left} to rebuild" if left else "FAILED, rebuilt"
+
+
 def render(drives: list) -> str:
     if not drives:
         return "no drives"
@@ -38,7 +45,7 @@ def render(drives: list) -> str:
         use = f"{100 * (total - free) / total:.1f}%" if total else "-"
         rows.append([d.get("index", "-"), d.get("path", "-"), size(d.get("size")), use,
                      f"{free}/{total}", d.get("ldad", "-"),
-                     "FAILED" if d.get("failed") else "ok", d.get("io_errors", 0),
+                     _state(d), d.get("io_errors", 0),
                      "yes" if d.get("quorum") else ""])
     out = table(["INDEX", "PATH", "SIZE", "USED", "FREE PSEGS", "LDAD", "STATE", "ERRORS", "QUORUM"],
                 rows, right=(0, 2, 3, 4, 7))

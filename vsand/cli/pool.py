@@ -7,7 +7,8 @@ from .ctl import kv
 
 
 def register(sub, common) -> None:
-    g = sub.add_parser("pool", help="pool settings (show, set)", description="Pool-wide settings.")
+    g = sub.add_parser("pool", help="pool settings and rebuild (show, set, rebuild)",
+                       description="Pool-wide settings; start a rebuild.")
     gs = g.add_subparsers(title="commands", dest="pool_cmd", metavar="COMMAND", required=True)
     p = gs.add_parser("show", parents=[common], help="show the pool's settings",
                       description="Show the pool's settings and the daemon's background-task limits.")
@@ -18,6 +19,12 @@ def register(sub, common) -> None:
     p.add_argument("key", metavar="KEY")
     p.add_argument("value", metavar="VALUE")
     p.set_defaults(func=set_, cmd="pool set", _parser=p)
+    p = gs.add_parser("rebuild", parents=[common], help="start a rebuild of what failed drives held",
+                      description="Start a rebuild task: every RAID1/5 RStore with a member on a "
+                                  "failed drive gets a new member on a working drive. One starts "
+                                  "by itself when a drive fails; this is for after one ended for "
+                                  "want of free space. Follow it with `vsanctl task wait ID`.")
+    p.set_defaults(func=rebuild, cmd="pool rebuild", _parser=p)
 
 
 def show(ctx, a) -> int:
@@ -27,6 +34,11 @@ def show(ctx, a) -> int:
 def set_(ctx, a) -> int:
     res = ctx.call("pool.set", key=a.key, value=a.value)
     return ctx.emit(res, lambda r: f"{a.key} = {r['settings'].get(a.key)}")
+
+
+def rebuild(ctx, a) -> int:
+    res = ctx.call("pool.rebuild")
+    return ctx.emit(res, lambda r: f"rebuild started as task {r['id']}: {r['total']} member(s) to rebuild")
 
 
 def render(r: dict) -> str:

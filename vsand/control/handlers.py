@@ -12,7 +12,8 @@ import os
 
 from ..disk import snapclone
 from ..errors import InvalidArgument
-from ..tasks import BGCOPY
+from ..tasks import BGCOPY, REBUILD
+from ..tasks.rebuild import TARGET as POOL
 from ..tasks.runner import check_rate
 from .schema import POOL_SETTINGS
 
@@ -135,6 +136,15 @@ class Handlers:
                 "choices": {k: list(v) for k, v in POOL_SETTINGS.items()},
                 "tasks": {"rate_mib": self.cfg.task_rate_mib,
                           "latency_guard": self.cfg.task_latency_guard}}
+
+    def pool_rebuild(self):
+        """Starts a rebuild by hand, e.g. after one ended for want of room and
+        space was freed; one starts by itself when a drive fails."""
+        dmg = self.pool.damage()
+        if not dmg.todo:
+            raise InvalidArgument("nothing to rebuild: no RStore has a member on a failed drive"
+                                  + (f" that redundancy can restore ({dmg.lost} lost data)" if dmg.lost else ""))
+        return self.tasks.start(REBUILD, POOL).info(self.tasks.clock())
 
     def pool_set(self, key, value):
         if key not in POOL_SETTINGS:

@@ -35,6 +35,7 @@ OPS: dict[str, dict[str, tuple[type, bool]]] = {
     "task.set": {"id": (int, True), "rate": (int, True)},
     "pool.get": {},
     "pool.set": {"key": (str, True), "value": (str, True)},
+    "pool.rebuild": {},
 }
 
 # pool.set: the settings an administrator may change, and their allowed values.

@@ -40,6 +40,9 @@ class Plan:
         self.pool, self.c, self.jobs = pool, c, jobs
         self.handled, self.phase, self.remaining = handled, phase, remaining
         self.error: BaseException | None = None
+        # its member lists must stay valid until finish: no rebuild switches meanwhile
+        self.pinned = bool(jobs)
+        pool.space.pinned += self.pinned
 
     def io(self) -> None:
         """Copies the planned segments; no map or pool state is touched."""
@@ -55,6 +58,8 @@ class Plan:
 
     def finish(self) -> dict:
         pool, c = self.pool, self.c
+        pool.space.pinned -= self.pinned
+        self.pinned = False
         applied = 0
         alive = pool.catalog.by_id.get(c.id) is c and c.role.copying
         for j in self.jobs:

@@ -8,7 +8,8 @@ to read it ``live`` (what it reads may then be half-written).
 
 A report has three parts: ``problems`` (inconsistencies, or data no redundancy
 can read: exit 1), ``degraded`` (failed or missing drives whose data redundancy
-still covers: exit 3), ``notes`` (facts worth telling: exit unchanged).
+still covers, not yet rebuilt, or holding a metadata copy: exit 3), ``notes``
+(facts worth telling, such as a failed drive that was rebuilt: exit unchanged).
 """
 
 from __future__ import annotations
@@ -59,8 +60,14 @@ def check_report(paths: list[str], parity: bool = False, live: bool = False) -> 
         for i, d in pool.drives.items():
             if d.failed and i not in failed:
                 failed[i] = getattr(d, "why", "failed")
+        left = pool.damage().by_drive(pool) if failed else {}
         for i, why in sorted(failed.items()):
-            rep.degraded.append(f"drive {i} ({pool.drive_recs[i]['path']}): {why}")
+            what = f"drive {i} ({pool.drive_recs[i]['path']}): {why}"
+            if left.get(i) or i in pool.quorum_ids:
+                rep.degraded.append(what + (f"; {left[i]} member(s) to rebuild" if left.get(i) else
+                                            "; it held a metadata copy"))
+            else:   # rebuilt: no RStore has a member on it any more
+                rep.notes.append(what + "; rebuilt, nothing depends on it")
         for name, n in sorted(pool.degraded.items()):
             rep.problems.append(f"LD {name}: {n} segment(s) unreadable: no redundancy covers "
                                 f"the failed drives they sit on")

@@ -88,8 +88,15 @@ class Ops:
         old = table.set_member(idx, col, member)
         space = self.pool.space
         space.forget_members(table, idx)
-        for d, g in space.physical(table.raid, [old]):
-            self.pool.allocator.free_later(d, g)
+        # A read running off the loop may still be reading the old PSEG: it is read
+        # again on the loop (the fence's moves), and the PSEG is freed after it.
+        space.fence.moved()
+        alloc, gone = self.pool.allocator, space.physical(table.raid, [old])
+
+        def free_old() -> None:
+            for d, g in gone:
+                alloc.free_later(d, g)
+        space.fence.after_reads(free_old)
         self.pool.journal.add({"t": "rsm", "raid": table.raid, "ldad": table.ldad, "i": idx,
                                "c": col, "m": member})
 

@@ -30,7 +30,7 @@ from ..physical.drive import Drive
 from ..redundancy.rstore import RStoreIO
 from ..redundancy.writejob import StripeLocks
 from ..units import Units, format_size
-from . import bgcopy, health, recovery, sharing, snapclone
+from . import bgcopy, health, rebuild, recovery, sharing, snapclone
 from .assembly import assemble, close_all
 from .catalog import Catalog
 from .detector import Detector
@@ -80,6 +80,7 @@ class Pool:
         self.meta = MetaStore({i: drives[i] for i in self.quorum_ids}, units.quorum)
         self.tx = Transactions(self, self.meta, sb)
         self.failed_drives: dict[int, str] = {}    # index -> why, durable
+        self.on_failure = None      # (drive index) -> None, at run time: the daemon's rebuild
         self.detector = Detector(self)
         self.rio.on_error = self.detector.error
         # Background tasks (vsand/tasks) keep their durable state here, opaque to the
@@ -423,6 +424,25 @@ class Pool:
         self.drives[index].failed = True
         self.allocator.drives[index].failed = True
         self.failed_drives[index] = why
+        if self.on_failure is not None:
+            self.on_failure(index)
+
+    def rebuild_plan(self, budget: int, skip: set):
+        """A rebuild step in three parts, like ``bgcopy_plan`` (see rebuild.py);
+        None when no damaged column outside ``skip`` is left."""
+        return rebuild.plan(self, budget, skip)
+
+    def rebuild_step(self, budget: int, skip: set | None = None) -> dict | None:
+        """One whole rebuild step on the calling thread (tests, tools)."""
+        p = rebuild.plan(self, budget, skip or set())
+        if p is None:
+            return None
+        p.io()
+        return p.finish()
+
+    def damage(self) -> rebuild.Damage:
+        """What failed drives took: columns to rebuild, columns lost."""
+        return rebuild.survey(self)
 
     def sync_data(self) -> None:
         """fdatasync of every working drive; also safe from a worker thread (the task
@@ -465,6 +485,7 @@ class Pool:
 
     def status(self) -> dict:
         u = self.units
+        left = rebuild.survey(self).by_drive(self) if self.failed_drives else {}
         drives = []
         for i, r in sorted(self.drive_recs.items()):
             ds = self.allocator.drives[i]
@@ -472,6 +493,7 @@ class Pool:
                            "psegs": ds.npsegs, "free_psegs": max(0, ds.free - ds.reserve),
                            "failed": self.drives[i].failed, "quorum": i in self.quorum_ids,
                            "io_errors": self.detector.errors.get(i, 0),
+                           "rebuild_left": left.get(i, 0),
                            "state": ("failed: " + self.failed_drives.get(i, "failed"))
                            if self.drives[i].failed else "ok"})
         return {"pool": self.pool_uuid, "units": u.to_dict(), "drives": drives,

@@ -32,6 +32,9 @@ class Space:
         # commit: the committed maps still give them to the LD that had them, so
         # their new owner must not write them in place before that commit (cfw.py).
         self.handed: set[tuple[int, str, int]] = set()
+        # Copies running off the loop through member lists fixed when they were
+        # planned (BGCOPY steps): no member may be switched while any runs.
+        self.pinned = 0
 
     def table(self, raid: int, ldad: str) -> RsdTable:
         t = self.tables.get((raid, ldad))

@@ -147,6 +147,31 @@ class Allocator:
             else:
                 return out
 
+    def take_spare(self, ldad: str, raid: int, drives: set[int]) -> tuple[int, int] | None:
+        """(drive, PSEG) for a member that replaces one of an RStore whose members sit
+        on ``drives`` (the failed or leaving one included), on another drive of the
+        same RSS, or None when no drive there has room. RAID1 takes the same PSEG
+        on the drive returned and its partner."""
+        group = next((g for g in self.rss.get(ldad, ()) if drives & set(g)), None)
+        if group is None:
+            return None
+        if raid == 1:
+            pairs = [(self.drives[a], self.drives[self.partner(a)]) for a in group
+                     if a in self._partner and a < self._partner[a]
+                     and a not in drives and self._partner[a] not in drives]
+            pairs = [p for p in pairs if self.usable(p[0]) > 0 and self.usable(p[1]) > 0]
+            pairs.sort(key=lambda p: (-min(self._frac(p[0]), self._frac(p[1])), p[0].index))
+            for a, b in pairs:
+                g = self._take_common(a, b)
+                if g is not None:
+                    return a.index, g
+            return None
+        ok = [self.drives[i] for i in group if i not in drives and self.usable(self.drives[i]) > 0]
+        if not ok:
+            return None
+        d = max(ok, key=lambda d: (self._frac(d), self.usable(d), -d.index))
+        return d.index, d.take()
+
     def _take_common(self, a: DriveSpace, b: DriveSpace) -> int | None:
         n = min(a.npsegs, b.npsegs)
         both = a.used[:n] | b.used[:n]
@@ -164,6 +189,11 @@ class Allocator:
             return self._partner[drive]
         except KeyError:
             raise InvalidArgument(f"drive {drive} has no RSS pair") from None
+
+    def mirrored_by(self, drives) -> list[int]:
+        """The drives whose RSS pair partner is one of ``drives``."""
+        ds = set(drives)
+        return sorted(a for a, b in self._partner.items() if b in ds)
 
     def alloc_meta(self, drive: int, n: int) -> list[int]:
         """PSEGs for checkpoint blobs; may use the drive's metadata reserve."""

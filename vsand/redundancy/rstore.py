@@ -11,6 +11,10 @@ the drive. ``fail`` asks for the drive to be failed at once: a member that misse
 write holds stale data that nothing could tell from good data. A read that fails
 on RAID1/5 is then served from redundancy, as if the member were absent; a write
 goes on with the other members, so that the stripe holds the new data.
+
+A member being copied elsewhere (rebuild, leveling) is ``watch``ed: every write
+or zeroing of its RStore's stripes from then on is noted, by the stripe, so the
+mover can copy those stripes again before it switches the member.
 """
 
 from __future__ import annotations
@@ -35,6 +39,26 @@ class RStoreIO:
         self.drives = drives
         self.su = stripe_unit
         self.on_error = None        # (drive index, IOFailure, fail at once) -> None
+        # RStores being copied, by their first member, and the (first member, slot)
+        # written since; sets, so writer threads need no lock (add is atomic)
+        self.watched: set = set()
+        self.touched: set = set()
+
+    def watch(self, members: Members) -> None:
+        self.watched.add(members[0])
+
+    def unwatch(self, members: Members) -> list[int]:
+        """Ends a watch: the slots written since it began."""
+        key = members[0]
+        self.watched.discard(key)
+        slots = sorted(s for k, s in list(self.touched) if k == key)
+        for s in slots:
+            self.touched.discard((key, s))
+        return slots
+
+    def _note(self, members: Members, slot: int) -> None:
+        if members[0] in self.watched:
+            self.touched.add((members[0], slot))
 
     def _ok(self, member: tuple[int, int]) -> bool:
         return not self.drives[member[0]].failed
@@ -163,6 +187,8 @@ class RStoreIO:
 
     # ---- write -------------------------------------------------------------------
     def write(self, raid: int, members: Members, slot: int, off: int, data) -> None:
+        if self.watched:
+            self._note(members, slot)
         su = self.su
         if raid == 0:
             col, uo = divmod(off, su)
@@ -284,9 +310,45 @@ class RStoreIO:
                 self._put(m, slot, plo, region[col].tobytes())
         self._put(pm, slot, plo, xor_all(region, n))
 
+    # ---- moving a member ------------------------------------------------------------
+    def copy_member(self, raid: int, members: Members, col: int, targets: Members,
+                    slots: list[int]) -> int:
+        """Writes the bytes of stored column ``col`` (RAID5: member ``col``; RAID1:
+        the copies 2col and 2col+1) in stripes ``slots`` to every member of
+        ``targets``: read from a healthy copy of it, else rebuilt from the others.
+        Contiguous stripes move in one read and one write per drive. Returns the
+        bytes written; raises IOFailure when they cannot be had or written."""
+        if raid == 1:
+            sources = [m for m in members[2 * col:2 * col + 2] if self._ok(m)]
+        else:
+            sources = [members[col]] if self._ok(members[col]) else []
+        if raid == 5 and not sources:
+            others = [m for i, m in enumerate(members) if i != col]
+            if not all(self._ok(m) for m in others):
+                raise IOFailure("RAID5 stripe lost two members")
+        elif not sources:
+            raise IOFailure(f"RAID{raid} column {col}: no copy left to rebuild from")
+        su, moved = self.su, 0
+        for first, count in _runs(slots):
+            n = count * su
+            if sources:
+                data = self._pread(sources[0], first, 0, n)
+            else:
+                data = xor_all([self._pread(m, first, 0, n) for m in others], n)
+            for t in targets:
+                try:
+                    self._pwrite(t, first, 0, data)
+                except IOFailure as e:
+                    self._error(t[0], e, False)
+                    raise
+                moved += n
+        return moved
+
     # ---- whole-stripe operations ---------------------------------------------------
     def zero(self, raid: int, members: Members, slot: int) -> None:
         """Zeroes the segment on every live member (parity of zeros is zeros)."""
+        if self.watched:
+            self._note(members, slot)
         for m in members:
             if self._ok(m):
                 self.drives[m[0]].zero(m[1] + slot * self.su, self.su)
@@ -315,3 +377,14 @@ class RStoreIO:
             return all(self._pread(members[2 * c], slot, 0, su) == self._pread(members[2 * c + 1], slot, 0, su)
                        for c in range(DATA_COLUMNS))
         return True
+
+
+def _runs(slots: list[int]) -> list[tuple[int, int]]:
+    """(first, count) of each run of consecutive numbers in sorted ``slots``."""
+    out: list[tuple[int, int]] = []
+    for s in slots:
+        if out and out[-1][0] + out[-1][1] == s:
+            out[-1] = (out[-1][0], out[-1][1] + 1)
+        else:
+            out.append((s, 1))
+    return out

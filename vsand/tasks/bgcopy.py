@@ -13,8 +13,9 @@ NAME = "bgcopy"
 
 
 class BgCopy:
-    def __init__(self, engine):
+    def __init__(self, engine, moving=None):
         self.engine = engine     # the pool: bgcopy_step, clone_state
+        self.moving = moving or asyncio.Lock()    # shared with rebuild (see there)
 
     def check(self, target: str) -> int:
         """Work known to remain for a new task on ``target`` (raises NotFound). A
@@ -25,6 +26,10 @@ class BgCopy:
         """Plans on the loop, copies in a worker thread (the bytes move while NBD
         requests are served; file and block I/O release the GIL), applies on the loop.
         Only planning and applying count as the loop time the throttle paces."""
+        async with self.moving:
+            return await self._step(target, max_segments)
+
+    async def _step(self, target: str, max_segments: int) -> Step:
         clock = time.perf_counter
         t0 = clock()
         plan = self.engine.bgcopy_plan(target, max_segments)

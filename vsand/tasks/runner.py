@@ -250,6 +250,7 @@ class TaskRunner:
                     log.debug("presync: %s", e)
             t0 = self.clock()
             self._flush()
+            faults.crashpoint(f"{t.kind}.after_commit")
             self.throttle.account(self.clock() - t0)
 
     def _flush(self) -> None:

@@ -172,7 +172,7 @@ async def test_start_refuses_bad_requests(env):
     with pytest.raises(NotFound):
         runner.start("bgcopy", "missing")
     with pytest.raises(InvalidArgument, match="unknown task kind"):
-        runner.start("rebuild", "c")
+        runner.start("no-such-kind", "c")
     for bad in (-1, 1.5, True, "10"):
         with pytest.raises(InvalidArgument, match="rate"):
             runner.start("bgcopy", "c", rate=bad)

@@ -1,0 +1,190 @@
+"""Rebuild under a running daemon (issue 12 item 2): a drive starts failing (real
+write errors from nbdkit's error filter behind nbdfuse) while fio writes and
+verifies a RAID1 or RAID5 LUN; the daemon fails the drive, starts a rebuild task
+by itself, and fio sees no error and no verify failure through the failure, the
+whole rebuild and after it. Then the data is checked again after a restart and
+with `vsand check --parity`. Also kill -9 at chosen points of a rebuild: the next
+start resumes it and nothing is lost."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, Daemon, healthy, need, run
+from flakydrive import MiB, daemon_with, qemu_io, wait_for
+
+LUN = 96 * MiB
+VSANCTL = [sys.executable, "-m", "vsand.cli.vsanctl"]
+
+
+def need_fio_nbd() -> None:
+    need("fio")
+    r = subprocess.run(["fio", "--enghelp=nbd"], capture_output=True, text=True, timeout=30)
+    if r.returncode != 0 or "uri" not in r.stdout:
+        pytest.skip("fio was built without the nbd engine")
+
+
+def fio_cmd(uri: str, *extra: str) -> list[str]:
+    return ["fio", "--name=rebuild", "--ioengine=nbd", f"--uri={uri}", "--rw=randwrite",
+            "--bsrange=4k-128k", f"--size={LUN}", "--iodepth=8", "--verify=crc32c",
+            "--verify_fatal=1", "--verify_state_save=0", "--randseed=777", "--fsync=16",
+            "--output-format=json", *extra]
+
+
+def fio_result(r: subprocess.CompletedProcess | tuple) -> dict:
+    out, err, rc = r
+    assert rc == 0, f"fio -> {rc}\n{out[-3000:]}\n{err[-3000:]}"
+    assert "verify:" not in err and "bad magic" not in err, err[-3000:]
+    job = json.loads(out[out.index("{"):])["jobs"][0]
+    assert job["error"] == 0, job
+    return job
+
+
+def rebuilds(d: Daemon) -> list[dict]:
+    return [t for t in d.ctl("task.list") if t["kind"] == "rebuild"]
+
+
+def drive(d: Daemon, index: int) -> dict:
+    return next(x for x in d.ctl("drive.list") if x["index"] == index)
+
+
+def check_parity(d: Daemon) -> None:
+    """`vsand check --parity` on the daemon's drives (its state dir, or the --drive
+    paths it was given)."""
+    drives = [d.args[i + 1] for i, a in enumerate(d.args) if a == "--drive"]
+    where = [a for p in drives for a in ("--drive", p)] or [d.state_dir]
+    r = run([sys.executable, "-m", "vsand", "check", "--parity", *where], check=False, cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("raid,plain", [(5, 5), (1, 9)])     # room for a spare member / pair
+@pytest.mark.parametrize("failing_drive", ["pwrite"], indirect=True)
+def test_fio_verify_through_a_drive_failure_and_its_rebuild(tmp_path, failing_drive, raid, plain):
+    need_fio_nbd()
+    flaky, trigger = failing_drive
+    # a slow rebuild, so that fio's writes and verifies run all through it
+    d = daemon_with(tmp_path, flaky, "--task-rate-mib", "8", plain=plain).start()
+    try:
+        index = next(x["index"] for x in d.ctl("drive.list") if x["path"] == flaky)
+        d.ctl("lun.create", name="v", size=LUN, raid=raid)
+        uri = d.uri("v")
+        fio = subprocess.Popen(fio_cmd(uri, "--loops=3"), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+        # the drive starts failing once fio has written a good part of the LUN
+        wait_for("fio's first writes", lambda: fio.poll() is not None
+                 or d.ctl("lun.show", name="v")["allocated"] >= LUN // 2)
+        trigger.touch()
+        saw_running = False
+        while fio.poll() is None:
+            saw_running |= any(t["state"] == "running" for t in rebuilds(d))
+            time.sleep(0.05)
+        out, err = fio.communicate()
+        job = fio_result((out, err, fio.returncode))
+        assert job["write"]["io_bytes"] == 3 * LUN and job["read"]["io_bytes"] == 3 * LUN
+        info = drive(d, index)
+        assert info["failed"] and "missed a write" in info["state"], info
+        assert saw_running, "fio ended before the rebuild ran: the test proves nothing"
+        task = rebuilds(d)[0]
+        r = run(VSANCTL + ["--control", d.control, "task", "wait", str(task["id"])], check=False, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        task = rebuilds(d)[0]
+        assert task["state"] == "done" and task["done"] > 0, task
+        assert drive(d, index)["rebuild_left"] == 0
+        r = run(VSANCTL + ["--control", d.control, "drive", "list"])
+        assert "FAILED, rebuilt" in r.stdout, r.stdout
+        log = d.read_log()
+        assert f"drive {index} ({flaky}) failed" in log and "rebuilding" in log, log
+        fio_result(_run(fio_cmd(uri, "--verify_only")))
+        healthy(d)
+        assert d.stop() == 0, d.read_log()
+        check_parity(d)
+        trigger.unlink()
+        d.start()
+        fio_result(_run(fio_cmd(d.uri("v"), "--verify_only")))
+        assert rebuilds(d)[-1]["state"] == "done", "a restart found something left to rebuild"
+    finally:
+        d.stop()
+
+
+def _run(cmd) -> tuple:
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    return r.stdout, r.stderr, r.returncode
+
+
+@pytest.mark.parametrize("point", ["rebuild.before_copy:2", "rebuild.after_copy:3",
+                                   "rebuild.after_switch:3", "rebuild.after_commit:1"])
+def test_kill_9_during_a_rebuild_resumes_and_loses_nothing(tmp_path, point):
+    """The process kills itself at ``point`` (name:n, the n-th time it passes it);
+    the rebuild is slowed (4 MiB/s) so that its periodic commit (every 5 s) comes
+    before its end."""
+    need("qemu-io")
+    d = Daemon(tmp_path / "state", drives=6, drive_size="256M", extra=["--task-rate-mib", "4"]).start()
+    try:
+        d.ctl("lun.create", name="r5", size=128 * MiB, raid=5)
+        uri = d.uri("r5")
+        r = qemu_io(uri, "write -P 0x5a 0 128M", "flush")
+        assert r.returncode == 0, r.stdout + r.stderr
+        victim = next(x["index"] for x in d.ctl("drive.list") if not x["quorum"])
+        assert d.stop() == 0
+        d.env = {"VSAND_CRASHPOINT": point}
+        d.start()
+        d.ctl("drive.fail", index=victim)
+        wait_for("the crash", lambda: not d.alive(), timeout=120)
+        assert d.proc.returncode == -signal.SIGKILL, d.read_log()
+        d.env = {}
+        d.start()
+        assert "resuming background task" in d.read_log(), d.read_log()
+        r = qemu_io(uri, "read -P 0x5a 0 128M")
+        assert r.returncode == 0 and "verification failed" not in r.stdout, r.stdout + r.stderr
+        task = rebuilds(d)[-1]
+        d.ctl("task.set", id=task["id"], rate=0)
+        r = run(VSANCTL + ["--control", d.control, "task", "wait", str(task["id"])], check=False, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert drive(d, victim)["rebuild_left"] == 0
+        r = qemu_io(uri, "read -P 0x5a 0 128M")
+        assert r.returncode == 0 and "verification failed" not in r.stdout, r.stdout + r.stderr
+        healthy(d)
+        assert d.stop() == 0
+        check_parity(d)
+    finally:
+        d.stop()
+
+
+def test_no_room_to_rebuild_is_said_and_the_pool_runs_degraded(tmp_path):
+    """Five drives: a RAID5 RStore uses all of them, so a failed one's members have
+    nowhere to go. The rebuild task ends failed with the reason, the drive list
+    says what is left, the data reads back; `pool rebuild` refuses with the reason
+    on a healthy pool."""
+    need("qemu-io")
+    d = Daemon(tmp_path / "state", drives=5, drive_size="256M").start()
+    try:
+        ctl = VSANCTL + ["--control", d.control]
+        r = run(ctl + ["pool", "rebuild"], check=False)
+        assert r.returncode != 0 and "nothing to rebuild" in r.stderr and "Traceback" not in r.stderr, r
+        d.ctl("lun.create", name="r5", size=32 * MiB, raid=5)
+        uri = d.uri("r5")
+        r = qemu_io(uri, "write -P 0x33 0 32M", "flush")
+        assert r.returncode == 0, r.stdout + r.stderr
+        victim = next(x["index"] for x in d.ctl("drive.list") if not x["quorum"])
+        d.ctl("drive.fail", index=victim)
+        wait_for("the rebuild to end", lambda: rebuilds(d) and rebuilds(d)[-1]["state"] not in ("queued", "running"))
+        task = rebuilds(d)[-1]
+        assert task["state"] == "failed" and "cannot be rebuilt" in task["error"], task
+        info = drive(d, victim)
+        assert info["rebuild_left"] > 0, info
+        r = run(ctl + ["drive", "list"])
+        assert f"FAILED, {info['rebuild_left']} to rebuild" in r.stdout, r.stdout
+        assert "cannot be rebuilt" in d.read_log()
+        r = qemu_io(uri, "read -P 0x33 0 32M")
+        assert r.returncode == 0 and "verification failed" not in r.stdout, r.stdout + r.stderr
+        r = run(ctl + ["pool", "rebuild"], check=False)      # still no room: it fails again, with the reason
+        assert r.returncode == 0 and "rebuild started as task" in r.stdout, r
+        healthy(d)
+    finally:
+        d.stop()
