@@ -103,14 +103,19 @@ class Plan:
         self.pool, self.moves, self.skipped, self.remaining = pool, moves, skipped, remaining
 
     def io(self) -> None:
-        """Copies every planned column; no map or pool state is touched."""
-        rio, slots = self.pool.rio, list(range(self.pool.units.rstore_segments))
+        """Copies every planned column, one after the other."""
         for m in self.moves:
-            try:
-                m.nbytes = rio.copy_member(m.table.raid, m.members, m.col, m.targets, slots)
-            except IOFailure as e:
-                m.error = e
-            crashpoint("rebuild.after_copy")
+            self.copy(m)
+
+    def copy(self, m: Move) -> None:
+        """Copies one planned column; touches no map or pool state, so the moves of
+        a plan may be copied in parallel threads."""
+        try:
+            m.nbytes = self.pool.rio.copy_member(m.table.raid, m.members, m.col, m.targets,
+                                                 list(range(self.pool.units.rstore_segments)))
+        except IOFailure as e:
+            m.error = e
+        crashpoint("rebuild.after_copy")
 
     def finish(self) -> dict:
         """On the loop, after ``io``: the switches, durable with the next commit."""
