@@ -3,12 +3,14 @@ write errors from nbdkit's error filter behind nbdfuse) while fio writes and
 verifies a RAID1 or RAID5 LUN; the daemon fails the drive, starts a rebuild task
 by itself, and fio sees no error and no verify failure through the failure, the
 whole rebuild and after it. Then the data is checked again after a restart and
-with `vsand check --parity`. Also kill -9 at chosen points of a rebuild: the next
-start resumes it and nothing is lost."""
+with `vsand check --parity`. Also kill -9 at chosen points of a rebuild (the next
+start resumes it and nothing is lost), a pool with no room to rebuild, and ext4
+mounted through nbdfuse and a loop device across a failure and its rebuild."""
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -16,6 +18,7 @@ import time
 
 import pytest
 
+from blockstack import Stack, e2fsck_clean, need_kernel_path, tree_sums, write_file
 from conftest import ROOT, Daemon, healthy, need, run
 from flakydrive import MiB, daemon_with, qemu_io, wait_for
 
@@ -187,4 +190,50 @@ def test_no_room_to_rebuild_is_said_and_the_pool_runs_degraded(tmp_path):
         assert r.returncode == 0 and "rebuild started as task" in r.stdout, r
         healthy(d)
     finally:
+        d.stop()
+
+
+def test_ext4_through_nbdfuse_and_loop_across_a_failure_and_its_rebuild(tmp_path):
+    """A mounted ext4 on a RAID5 LUN (nbdfuse + loop device) keeps every file's
+    sha256 while a drive is failed, while it is rebuilt (files written meanwhile)
+    and after; e2fsck clean, `vsand check --parity` clean."""
+    need_kernel_path()
+    # a slow rebuild (4 MiB/s), so that the second set of files is written during it
+    d = Daemon(tmp_path / "state", drives=6, drive_size="512M", extra=["--task-rate-mib", "4"]).start()
+    stack = None
+    try:
+        d.ctl("lun.create", name="fs", size=256 * MiB, raid=5)
+        stack = Stack(str(tmp_path / "stack"), d.uri("fs"))
+        stack.attach()
+        stack.mkfs()
+        stack.mount()
+        want = {}
+        for i in range(24):
+            want.update({f"a/{i}": write_file(stack.mnt, f"a/{i}", os.urandom((i + 1) * 97 * 1024))})
+        run(["sync"])
+        victim = next(x["index"] for x in d.ctl("drive.list") if not x["quorum"])
+        d.ctl("drive.fail", index=victim)
+        for i in range(24):          # written during the rebuild
+            want.update({f"b/{i}": write_file(stack.mnt, f"b/{i}", os.urandom((i + 1) * 61 * 1024))})
+        run(["sync"])
+        assert tree_sums(stack.mnt) == want
+        task = rebuilds(d)[-1]
+        assert task["state"] == "running", ("the rebuild ended before the files were written", task)
+        d.ctl("task.set", id=task["id"], rate=0)
+        r = run(VSANCTL + ["--control", d.control, "task", "wait", str(task["id"])], check=False, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert drive(d, victim)["rebuild_left"] == 0
+        stack.umount()
+        run(["sh", "-c", "echo 3 > /proc/sys/vm/drop_caches"])
+        e2fsck_clean(stack.loop, "the rebuilt LUN")
+        stack.mount()
+        assert tree_sums(stack.mnt) == want
+        assert not stack.detach()
+        stack = None
+        healthy(d)
+        assert d.stop() == 0
+        check_parity(d)
+    finally:
+        if stack is not None:
+            stack.detach()
         d.stop()
