@@ -7,8 +7,8 @@ from .ctl import kv
 
 
 def register(sub, common) -> None:
-    g = sub.add_parser("pool", help="pool settings and rebuild (show, set, rebuild)",
-                       description="Pool-wide settings; start a rebuild.")
+    g = sub.add_parser("pool", help="pool settings, rebuild, scrub (show, set, rebuild, scrub)",
+                       description="Pool-wide settings; start a rebuild or a scrub.")
     gs = g.add_subparsers(title="commands", dest="pool_cmd", metavar="COMMAND", required=True)
     p = gs.add_parser("show", parents=[common], help="show the pool's settings",
                       description="Show the pool's settings and the daemon's background-task limits.")
@@ -25,6 +25,15 @@ def register(sub, common) -> None:
                                   "by itself when a drive fails; this is for after one ended for "
                                   "want of free space. Follow it with `vsanctl task wait ID`.")
     p.set_defaults(func=rebuild, cmd="pool rebuild", _parser=p)
+    p = gs.add_parser("scrub", parents=[common], help="check and repair every RAID1/5 stripe",
+                      description="Start a scrub task: every allocated RAID1/RAID5 stripe is "
+                                  "read; a member that cannot be read is written again from "
+                                  "redundancy, RAID5 parity that disagrees is recomputed from "
+                                  "the data, a RAID1 second copy that differs takes the first "
+                                  "copy's bytes. Read errors count against their drive. What "
+                                  "was repaired is logged; the task shows how many. Follow it "
+                                  "with `vsanctl task wait ID`.")
+    p.set_defaults(func=scrub, cmd="pool scrub", _parser=p)
 
 
 def show(ctx, a) -> int:
@@ -39,6 +48,11 @@ def set_(ctx, a) -> int:
 def rebuild(ctx, a) -> int:
     res = ctx.call("pool.rebuild")
     return ctx.emit(res, lambda r: f"rebuild started as task {r['id']}: {r['total']} member(s) to rebuild")
+
+
+def scrub(ctx, a) -> int:
+    res = ctx.call("pool.scrub")
+    return ctx.emit(res, lambda r: f"scrub started as task {r['id']}: {r['total']} stripe(s) to check")
 
 
 def render(r: dict) -> str:

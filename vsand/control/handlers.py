@@ -12,7 +12,7 @@ import os
 
 from ..disk import snapclone
 from ..errors import InvalidArgument
-from ..tasks import BGCOPY, REBUILD
+from ..tasks import BGCOPY, REBUILD, SCRUB
 from ..tasks.rebuild import TARGET as POOL
 from ..tasks.runner import check_rate
 from .schema import POOL_SETTINGS
@@ -145,6 +145,10 @@ class Handlers:
             raise InvalidArgument("nothing to rebuild: no RStore has a member on a failed drive"
                                   + (f" that redundancy can restore ({dmg.lost} lost data)" if dmg.lost else ""))
         return self.tasks.start(REBUILD, POOL).info(self.tasks.clock())
+
+    def pool_scrub(self):
+        """Starts a scrub: every allocated RAID1/5 stripe read, checked, repaired."""
+        return self.tasks.start(SCRUB, POOL).info(self.tasks.clock())
 
     def pool_set(self, key, value):
         if key not in POOL_SETTINGS:

@@ -36,6 +36,7 @@ OPS: dict[str, dict[str, tuple[type, bool]]] = {
     "pool.get": {},
     "pool.set": {"key": (str, True), "value": (str, True)},
     "pool.rebuild": {},
+    "pool.scrub": {},
 }
 
 # pool.set: the settings an administrator may change, and their allowed values.

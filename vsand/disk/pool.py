@@ -30,7 +30,7 @@ from ..physical.drive import Drive
 from ..redundancy.rstore import RStoreIO
 from ..redundancy.writejob import StripeLocks
 from ..units import Units, format_size
-from . import bgcopy, health, rebuild, recovery, sharing, snapclone
+from . import bgcopy, health, rebuild, recovery, scrub, sharing, snapclone
 from .assembly import assemble, close_all
 from .catalog import Catalog
 from .detector import Detector
@@ -439,6 +439,17 @@ class Pool:
             return None
         p.io()
         return p.finish()
+
+    def scrub_step(self, cursor: scrub.Cursor, budget: int) -> dict:
+        """One scrub step (see scrub.py): about ``budget`` stripes checked and repaired."""
+        return scrub.step(self, cursor, budget)
+
+    def scrub_stripes(self) -> int:
+        return scrub.stripes(self)
+
+    @staticmethod
+    def scrub_cursor() -> scrub.Cursor:
+        return scrub.Cursor()
 
     def damage(self) -> rebuild.Damage:
         """What failed drives took: columns to rebuild, columns lost."""

@@ -344,6 +344,52 @@ class RStoreIO:
                 moved += n
         return moved
 
+    # ---- scrub ----------------------------------------------------------------------
+    def scrub(self, raid: int, members: Members, slot: int) -> list[str]:
+        """Checks stripe ``slot`` and repairs it; returns what was repaired ([] when
+        it was whole). A member that cannot be read is written again from
+        redundancy (a drive remaps a bad sector on write), after the error was
+        reported like any other. Without checksums a disagreement cannot say which
+        member is wrong, so, as md's "repair" does, RAID5 parity is recomputed from
+        the data columns and a RAID1 column's second copy takes the first's bytes.
+        A stripe with a member on a failed drive is the rebuild's business."""
+        if not all(self._ok(m) for m in members) or raid not in (1, 5):
+            return []
+        su, bufs, bad = self.su, [], []
+        for i, m in enumerate(members):
+            try:
+                bufs.append(self._pread(m, slot, 0, su))
+            except IOFailure:
+                bufs.append(None)
+                bad.append(i)
+        if any(not self._ok(m) for m in members):
+            return []                  # an error just failed a drive
+        out = []
+        if raid == 5:
+            if len(bad) > 1:
+                return [f"members {bad} unreadable: stripe lost"]
+            if bad:
+                i = bad[0]
+                bufs[i] = xor_all([b for b in bufs if b is not None], su)
+                self._put(members[i], slot, 0, bufs[i])
+                out.append(f"member {i} rewritten after a read error")
+            elif np.frombuffer(xor_all(bufs, su), dtype=np.uint8).any():
+                p = parity_member(slot)
+                self._put(members[p], slot, 0,
+                          xor_all([b for i, b in enumerate(bufs) if i != p], su))
+                out.append("parity recomputed")
+            return out
+        for c in range(DATA_COLUMNS):
+            a, b = 2 * c, 2 * c + 1
+            if a in bad and b in bad:
+                out.append(f"column {c}: both copies unreadable")
+            elif a in bad or b in bad or bufs[a] != bufs[b]:
+                src, dst = (b, a) if a in bad else (a, b)
+                self._put(members[dst], slot, 0, bufs[src])
+                out.append(f"column {c}: copy {dst % 2} " + ("rewritten after a read error"
+                                                              if dst in bad else "differed"))
+        return out
+
     # ---- whole-stripe operations ---------------------------------------------------
     def zero(self, raid: int, members: Members, slot: int) -> None:
         """Zeroes the segment on every live member (parity of zeros is zeros)."""
