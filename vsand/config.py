@@ -33,6 +33,7 @@ class Config:
     io_engine: str = "auto"               # reads that miss the cache: uring, threads or auto
     io: str = "auto"                      # drive I/O: buffered, direct (O_DIRECT) or auto (direct for block devices)
     drive_error_limit: int = 4            # I/O errors a drive may give before it is failed
+    scrub_interval: int = 30 * 86400      # seconds between scrubs (0 = never); like Debian's monthly mdadm check
 
     def finish(self) -> "Config":
         self.state_dir = os.path.abspath(self.state_dir)
@@ -108,6 +109,23 @@ def _io_mode(text) -> str:
     return text
 
 
+DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text) -> int:
+    """'30d', '12h', '90m', '45s', a number of seconds, or 'off' / 0 -> seconds."""
+    t = str(text).strip().lower()
+    if t in ("off", "0", "never"):
+        return 0
+    try:
+        n = int(t[:-1]) * DURATION[t[-1]] if t[-1:] in DURATION else int(t)
+    except (ValueError, IndexError):
+        n = -1
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"expected a duration such as 30d, 12h, 90m or 45s, or off, not {text!r}")
+    return n
+
+
 IO_ENGINES = ("auto", "uring", "threads")   # how reads that miss the page cache are done
 
 
@@ -120,7 +138,8 @@ def _io_engine(text) -> str:
 CHECK = {"drive_size": _size, "task_rate_mib": _rate, "task_latency_guard": _on_off,
          "accept_data_loss": _on_off, "max_connections": _positive, "idle_timeout": _count,
          "memory_budget": _size, "io_threads": _count,
-         "io": _io_mode, "io_engine": _io_engine, "drive_error_limit": _positive}
+         "io": _io_mode, "io_engine": _io_engine, "drive_error_limit": _positive,
+         "scrub_interval": _duration}
 
 
 def _flatten(data: dict, where: str) -> dict:
@@ -183,6 +202,9 @@ def load(argv: list[str] | None = None) -> Config:
     ap.add_argument("--drive-error-limit", type=_positive, metavar="N",
                     help="I/O errors a drive may give before it is failed (default 4); a drive "
                          "that misses a write of a RAID1/5 stripe is failed at once")
+    ap.add_argument("--scrub-interval", type=_duration, metavar="DURATION",
+                    help="start a scrub this long after the last one ended (or after this start, "
+                         "when none is recorded): 30d (the default), 12h, 90m, 45s, or off")
     args = ap.parse_args(argv)
     cfg = Config()
     if args.config:

@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import sys
+import time
 
 from . import faults
 from .config import Config, load
@@ -21,8 +22,9 @@ from .nbd.handshake import Export
 from .physical.lock import StateDirLock
 from .physical.uring import Ring
 from .server.nbd_server import NbdServer
-from .tasks import REBUILD, TaskRunner, Throttle, default_kinds
+from .tasks import REBUILD, SCRUB, TaskRunner, Throttle, default_kinds
 from .tasks.rebuild import TARGET as WHOLE_POOL
+from .tasks.scrub import LAST as SCRUB_LAST
 from .units import format_size
 
 log = logging.getLogger("vsand")
@@ -185,10 +187,14 @@ class Daemon:
         # A drive failing mid-request starts a rebuild once that request is over.
         self.pool.on_failure = lambda index: loop.call_soon(self._rebuild)
         self._rebuild()
+        scrubs = loop.create_task(self._scrub_schedule(), name="vsand-scrub-schedule") \
+            if cfg.scrub_interval else None
         sd_notify("READY=1\nSTATUS=serving")
         await self.stop_event.wait()
         log.info("stopping: draining connections")
         sd_notify("STOPPING=1")
+        if scrubs is not None:
+            scrubs.cancel()
         await self.tasks.stop()        # at a step boundary; they resume at the next start
         await self.nbd.stop()
         await self.control.close()
@@ -208,6 +214,26 @@ class Daemon:
                 log.warning("rebuilding %d RStore member(s) of failed drives: task %d", todo, t.id)
         except VsanError as e:
             log.error("cannot start a rebuild: %s", e.message)
+
+    async def _scrub_schedule(self) -> None:
+        """Starts a scrub every ``scrub_interval`` after the last one ended (the pool
+        records when); a pool that never had one counts from this start."""
+        every, since = self.cfg.scrub_interval, time.time()
+        while True:
+            last = self.pool.settings.get(SCRUB_LAST, since)
+            wait = last + every - time.time()
+            if wait > 0:
+                await asyncio.sleep(min(wait, 3600))    # a wall clock set forward is seen within the hour
+                continue
+            since = time.time()
+            tasks = self.tasks
+            if not any(t.active and t.kind == SCRUB for t in tasks.tasks.values()):
+                try:
+                    t = tasks.start(SCRUB, WHOLE_POOL)
+                    log.info("periodic scrub (every %d s): task %d", every, t.id)
+                except VsanError as e:
+                    log.error("cannot start the periodic scrub: %s", e.message)
+            await asyncio.sleep(min(every, 3600))
 
     async def _listen(self, inherited) -> None:
         cfg = self.cfg

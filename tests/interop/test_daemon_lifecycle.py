@@ -116,7 +116,9 @@ def test_bad_config_and_unopenable_pool_fail_cleanly(tmp_path):
                               ("--io-threads", "-1", "must be >= 0, not '-1'"),
                               ("--io-threads", "some", "not a whole number: 'some'"),
                               ("--io-engine", "aio", "expected one of auto, uring, threads, not 'aio'"),
-                              ("--drive-error-limit", "0", "must be at least 1")):
+                              ("--drive-error-limit", "0", "must be at least 1"),
+                              ("--scrub-interval", "soon", "expected a duration such as 30d"),
+                              ("--scrub-interval", "3x", "expected a duration such as 30d")):
         r = run(VSAND + [flag, value], check=False, cwd=ROOT)
         assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, r.stderr
     bad.write_text('io_engine = "libaio"\n')

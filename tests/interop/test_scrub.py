@@ -9,7 +9,7 @@ import os
 import sys
 
 from conftest import ROOT, Daemon, healthy, need, run
-from flakydrive import MiB, qemu_io
+from flakydrive import MiB, qemu_io, wait_for
 
 VSANCTL = [sys.executable, "-m", "vsand.cli.vsanctl"]
 QUORUM = 64 * MiB       # the default units' metadata area at the start of each drive
@@ -50,5 +50,32 @@ def test_scrub_repairs_a_stripe_changed_behind_the_daemons_back(tmp_path):
         assert d.stop() == 0
         r = run([sys.executable, "-m", "vsand", "check", "--parity", d.state_dir], check=False, cwd=ROOT)
         assert r.returncode == 0, r.stdout + r.stderr
+    finally:
+        d.stop()
+
+
+def test_periodic_scrub(tmp_path):
+    """``--scrub-interval 2s``: a scrub starts two seconds after the start (none was
+    recorded), and the next one two seconds after it ended, counted from the time
+    the pool recorded, also across a restart."""
+    need("qemu-io")
+    d = Daemon(tmp_path / "state", drives=6, drive_size="256M", extra=["--scrub-interval", "2s"]).start()
+    try:
+        d.ctl("lun.create", name="r5", size=8 * MiB, raid=5)
+        r = qemu_io(d.uri("r5"), "write -P 0x42 0 8M", "flush")
+        assert r.returncode == 0, r.stdout + r.stderr
+
+        def scrubs(state="done"):
+            return [t for t in d.ctl("task.list") if t["kind"] == "scrub" and t["state"] == state]
+
+        wait_for("the first periodic scrub", lambda: len(scrubs()) >= 1)
+        wait_for("the second periodic scrub", lambda: len(scrubs()) >= 2)
+        first, second = scrubs()[:2]
+        assert second["started"] - first["finished"] >= 1.5, (first, second)
+        assert "periodic scrub (every 2 s)" in d.read_log()
+        assert d.stop() == 0
+        d.start()
+        wait_for("a scrub after the restart", lambda: len(scrubs()) >= 3)
+        healthy(d)
     finally:
         d.stop()

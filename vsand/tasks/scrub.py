@@ -6,11 +6,14 @@ show in the task's phase and in the log."""
 
 from __future__ import annotations
 
+import time
+
 from ..errors import InvalidArgument
 from .task import Step
 
 NAME = "scrub"
 TARGET = "pool"
+LAST = "scrub_last"      # pool setting: wall time the last whole scrub ended
 
 
 class Scrub:
@@ -32,6 +35,7 @@ class Scrub:
         phase = f"{len(self.cursor.repaired)} repaired"
         if r["done"]:
             self.cursor = None
+            self.engine.set_setting(LAST, time.time())      # durable: the schedule counts from it
         return Step(r["checked"], r["bytes"], left, r["done"], phase)
 
     @staticmethod
