@@ -113,7 +113,7 @@ class Plan:
         try:
             m.nbytes = self.pool.rio.copy_member(m.table.raid, m.members, m.col, m.targets,
                                                  list(range(self.pool.units.rstore_segments)))
-        except IOFailure as e:
+        except Exception as e:  # noqa: BLE001 (finish discards the move and reports it)
             m.error = e
         crashpoint("rebuild.after_copy")
 
@@ -122,8 +122,14 @@ class Plan:
         pool = self.pool
         pool.stripes.drain()          # writes begun before now land before the check
         switched, nbytes = 0, 0
+        # One watch per RStore, whichever of its columns move: what was written
+        # goes to every move of it (a move discarded must not take it from another)
+        touched_by: dict = {}
         for m in self.moves:
-            touched = pool.rio.unwatch(m.members)
+            key_ = m.members[0]
+            if key_ not in touched_by:
+                touched_by[key_] = pool.rio.unwatch(m.members)
+            touched = touched_by[key_]
             if m.error is None and self._still(m):
                 try:
                     if touched:   # written since the copy read them: copy them again

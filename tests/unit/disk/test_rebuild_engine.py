@@ -13,6 +13,7 @@ import pytest
 from poolkit import make_pool
 from vsand.disk.check import check_pool
 from vsand.disk.pool import Pool
+from vsand.errors import IOFailure
 from vsand.mapping.lmap import entry_rsd
 from vsand.mapping.rsd import unpack_member
 from vsand.units import MiB
@@ -187,5 +188,54 @@ def test_raid1_column_moves_as_a_pair(tmp_path):
     nd, ng = unpack_member(ld.table.members(0)[0])
     assert nd not in (d, pool.allocator.partner(d))
     placement_ok(pool)
+    assert ld.read(0, len(data)) == data
+    pool.close()
+
+
+def test_two_columns_of_one_raid1_rstore_in_one_step_share_what_was_written(tmp_path):
+    """Two failed drives in different pairs of one RAID1 RStore: both columns move in
+    one step. The first move's copy fails (a transient EIO on its target), a client
+    writes the second column during the copy: the second move must copy that stripe
+    again, not lose it to the first move's discarded watch (found in review)."""
+    pool, paths = make_pool(tmp_path, n=11)
+    ld = pool.create_ld("a", 8 * MiB, raid=1)
+    data = bytearray(os.urandom(8 * MiB))
+    ld.write(0, data)
+    pool.flush()
+    t = ld.table
+    drives = [unpack_member(m)[0] for m in t.members(0)]
+    cand = [pool.allocator.partner(d) for d in drives]
+    cand = [d for d in cand if d not in pool.quorum_ids] + [d for d in cand if d in pool.quorum_ids]
+    pool.fail_drive(cand[0])
+    pool.fail_drive(cand[1])
+    p = pool.rebuild_plan(8, set())
+    mv = [m for m in p.moves if m.idx == 0]
+    assert len(mv) == 2
+    td, toff = mv[0].targets[0]
+    drive = pool.drives[td]
+    real = drive.pwrite
+    hit = []
+
+    def flaky(off, buf):
+        if not hit and off == toff:
+            hit.append(off)
+            raise IOFailure("a transient EIO")
+        return real(off, buf)
+    drive.pwrite = flaky
+    p.io()
+    drive.pwrite = real
+    assert hit and mv[0].error is not None
+    off = mv[1].col * pool.units.stripe_unit + 4096          # segment 0, the second move's column
+    patch = os.urandom(8192)
+    ld.write(off, patch)
+    data[off:off + len(patch)] = patch
+    r = p.finish()
+    assert r["copied"] == 1 and len(r["failed"]) == 1
+    pool.flush()
+    for m in mv:             # a switched column must now be read from its new pair alone
+        if t.members(0)[m.col] != m.stored[m.col]:
+            for d, _ in m.sources:
+                if not pool.drives[d].failed:
+                    pool.mark_failed(d, "test")
     assert ld.read(0, len(data)) == data
     pool.close()
