@@ -21,6 +21,7 @@ import pytest
 from blockstack import Stack, e2fsck_clean, need_kernel_path, tree_sums, write_file
 from conftest import ROOT, Daemon, healthy, need, run
 from flakydrive import MiB, daemon_with, qemu_io, wait_for
+from vsand.control.client import ControlError
 
 LUN = 96 * MiB
 VSANCTL = [sys.executable, "-m", "vsand.cli.vsanctl"]
@@ -236,4 +237,50 @@ def test_ext4_through_nbdfuse_and_loop_across_a_failure_and_its_rebuild(tmp_path
     finally:
         if stack is not None:
             stack.detach()
+        d.stop()
+
+
+def test_a_second_failure_during_a_rebuild_fails_only_what_it_took(tmp_path):
+    """Two drives of eight, in different RAID1 pairs, fail, the second while the
+    first is being rebuilt (slowly). The RAID1 LUN loses nothing (each column still
+    has a copy); on the RAID5 LUN, every 1 MiB reads back right or gives EIO (the
+    stripes that had members on both), never other bytes; the daemon lives, and
+    the rebuild says what was lost."""
+    need("qemu-io")
+    d = Daemon(tmp_path / "state", drives=8, drive_size="256M", extra=["--task-rate-mib", "1"]).start()
+    try:
+        d.ctl("lun.create", name="r5", size=64 * MiB, raid=5)
+        d.ctl("lun.create", name="r1", size=64 * MiB, raid=1)
+        for name, p in (("r5", 0x2d), ("r1", 0x1e)):
+            r = qemu_io(d.uri(name), f"write -P {p:#x} 0 64M", "flush")
+            assert r.returncode == 0, r.stdout + r.stderr
+        a, b = 3, 4           # no metadata copy; pairs (2, 3) and (4, 5)
+        d.ctl("drive.fail", index=a)
+        wait_for("the rebuild to start", lambda: rebuilds(d) and rebuilds(d)[-1]["state"] == "running")
+        d.ctl("drive.fail", index=b)
+        r = qemu_io(d.uri("r1"), "read -P 0x1e 0 64M")
+        assert r.returncode == 0 and "verification failed" not in r.stdout, r.stdout + r.stderr
+        lost = 0
+        for mib in range(64):
+            r = qemu_io(d.uri("r5"), f"read -P 0x2d {mib}M 1M")
+            assert "verification failed" not in r.stdout, r.stdout
+            if r.returncode:
+                assert "Input/output error" in r.stdout + r.stderr, r.stdout + r.stderr
+                lost += 1
+        assert d.alive()
+        task = rebuilds(d)[-1]
+        try:
+            d.ctl("task.set", id=task["id"], rate=0)
+        except ControlError as e:         # it may have ended already: little was left to rebuild
+            assert "already finished" in str(e), e
+        wait_for("the rebuild to end", lambda: rebuilds(d)[-1]["state"] not in ("queued", "running"), timeout=300)
+        log = d.read_log()
+        if lost:
+            assert "lost data on more failed drives than their redundancy covers" in log, log
+        r = qemu_io(d.uri("r1"), "read -P 0x1e 0 64M")
+        assert r.returncode == 0 and "verification failed" not in r.stdout, r.stdout + r.stderr
+        qemu_io(d.uri("r5"), "write -P 0x3e 0 64M")     # EIO where lost: the daemon lives on
+        assert d.alive()
+        healthy(d)
+    finally:
         d.stop()
