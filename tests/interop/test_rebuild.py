@@ -284,3 +284,54 @@ def test_a_second_failure_during_a_rebuild_fails_only_what_it_took(tmp_path):
         healthy(d)
     finally:
         d.stop()
+
+
+def test_drive_add_gives_a_rebuild_the_room_it_lacked(tmp_path):
+    """Five drives, RAID5: a failed drive has nowhere to go. `vsanctl drive add`
+    (the next simulated drive) adds capacity at once; the rebuild that lacked room
+    starts by itself and completes; the drive is there after kill -9 and a restart;
+    bad adds are refused with the reason. Also an image file given by PATH."""
+    need("qemu-io")
+    d = Daemon(tmp_path / "state", drives=5, drive_size="256M").start()
+    try:
+        ctl = VSANCTL + ["--control", d.control]
+        d.ctl("lun.create", name="r5", size=32 * MiB, raid=5)
+        uri = d.uri("r5")
+        r = qemu_io(uri, "write -P 0x77 0 32M", "flush")
+        assert r.returncode == 0, r.stdout + r.stderr
+        victim = next(x["index"] for x in d.ctl("drive.list") if not x["quorum"])
+        d.ctl("drive.fail", index=victim)
+        wait_for("the rebuild to give up", lambda: rebuilds(d) and rebuilds(d)[-1]["state"] == "failed")
+        free = d.ctl("status")["free"]
+        r = run(ctl + ["drive", "add"])
+        assert "drive 5 (" in r.stdout and "added" in r.stdout, r.stdout
+        assert d.ctl("status")["free"] > free
+        wait_for("the rebuild onto the new drive", lambda: rebuilds(d)[-1]["state"] == "done", timeout=120)
+        assert drive(d, victim)["rebuild_left"] == 0
+        assert "added to LDAD default" in d.read_log()
+        # refused, with the reason
+        r = run(ctl + ["drive", "add", d.ctl("drive.list")[0]["path"]], check=False)
+        assert r.returncode == 1 and "is a drive of this pool already" in r.stderr, r
+        other = Daemon(tmp_path / "other", drives=4, drive_size="128M").start()
+        other_drive = other.ctl("drive.list")[0]["path"]
+        other.stop()
+        r = run(ctl + ["drive", "add", other_drive], check=False)
+        assert r.returncode == 1 and "another vsand pool" in r.stderr and "Traceback" not in r.stderr, r
+        r = run(ctl + ["drive", "add", str(tmp_path / "nothere.img")], check=False)
+        assert r.returncode == 1 and "does not exist" in r.stderr, r
+        r = run(ctl + ["drive", "add", "--size", "lots"], check=False)
+        assert r.returncode == 2, r
+        r = run(ctl + ["drive", "add", str(tmp_path / "extra.img"), "--size", "256M"])
+        assert "drive 6 (" in r.stdout, r.stdout
+        d.stop(signal.SIGKILL)                    # both adds were durable when they returned
+        d.start()
+        paths = {x["index"]: x for x in d.ctl("drive.list")}
+        assert 5 in paths and 6 in paths and not paths[6]["failed"], paths
+        assert paths[6]["path"] == str(tmp_path / "extra.img")
+        r = qemu_io(uri, "read -P 0x77 0 32M")
+        assert r.returncode == 0 and "verification failed" not in r.stdout, r.stdout + r.stderr
+        healthy(d)
+        assert d.stop() == 0
+        check_parity(d)
+    finally:
+        d.stop()

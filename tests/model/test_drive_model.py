@@ -3,7 +3,7 @@
 A hypothesis state machine on an 11-drive pool (one RSS: five RAID1 pairs and one
 more drive, so a RAID1 column and a RAID5 member each have somewhere to go)
 drives random create (RAID1 / RAID5) / write / trim / snapshot of any LD /
-snapclone with BGCOPY steps / delete / drive failure (of a drive that holds no
+snapclone with BGCOPY steps / delete / drive add / drive failure (of a drive that holds no
 metadata copy; a second one only once the first is rebuilt, so redundancy always
 covers what is lost) / rebuild steps with random budgets / a rebuild step split
 as the daemon runs it (plan, copy, then writes, trims, snapshots, deletes, BGCOPY
@@ -194,6 +194,13 @@ class DriveMachine(RuleBasedStateMachine):
         ok = [i for i in sorted(self.pool.drives) if i not in self.pool.quorum_ids
               and not self.pool.drives[i].failed]
         self.pool.fail_drive(data.draw(st.sampled_from(ok), label="drive"))
+
+    @precondition(lambda self: self.plan is None and len(self.pool.drives) < 14)
+    @rule(mib=st.sampled_from([64, 96, 160]))
+    def add_drive(self, mib):
+        """A drive added at run time (the twelfth starts a second RSS): found again
+        at every reopen though only the first paths are given."""
+        self.pool.add_drive(os.path.join(self.tmp, f"added{len(self.pool.drives)}.img"), mib * MiB)
 
     @precondition(lambda self: self.plan is None and self._failed())
     @rule(budget=st.integers(1, 8))

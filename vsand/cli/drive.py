@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from .ctl import size, table
+import os
+
+from .ctl import size, size_arg, table
 
 
 def register(sub, common) -> None:
-    g = sub.add_parser("drive", help="drive commands (list, fail)",
-                       description="Inspect the pool's drives, fail one.")
+    g = sub.add_parser("drive", help="drive commands (list, fail, add)",
+                       description="Inspect the pool's drives, fail one, add one.")
     gs = g.add_subparsers(title="commands", dest="drive_cmd", metavar="COMMAND", required=True)
     p = gs.add_parser("list", parents=[common], help="list the pool's drives",
                       description="List the pool's drives with their usage and state.")
@@ -18,6 +20,18 @@ def register(sub, common) -> None:
                                   "data on it give EIO for that data.")
     p.add_argument("index", type=int, help="the drive's INDEX (see `drive list`)")
     p.set_defaults(func=drive_fail, cmd="drive fail", _parser=p)
+    p = gs.add_parser("add", parents=[common], help="add a drive to the pool",
+                      description="Add a drive: its label is written, it joins an RSS of its "
+                                  "LDAD (the smallest with fewer than 11 drives), and its capacity "
+                                  "is usable at once; a rebuild that lacked room starts. PATH "
+                                  "may be a block device or an image file (created with --size "
+                                  "when missing); without PATH, the daemon's next simulated "
+                                  "drive under its state directory. A drive of another pool is "
+                                  "refused. Data already stored does not move onto it.")
+    p.add_argument("path", nargs="?", metavar="PATH", help="the drive (default: the next simulated drive)")
+    p.add_argument("--size", type=size_arg, metavar="SIZE", help="size of an image file to create (e.g. 4G)")
+    p.add_argument("--ldad", default="default", help="the LDAD it joins (default: default)")
+    p.set_defaults(func=drive_add, cmd="drive add", _parser=p)
 
 
 def drive_list(ctx, args) -> int:
@@ -34,6 +48,14 @@ def _state(d: dict) -> str:
         return "ok"
     left = d.get("rebuild_left", 0)
     return f"FAILED, {left} to rebuild" if left else "FAILED, rebuilt"
+
+
+def drive_add(ctx, args) -> int:
+    kw = {k: v for k, v in (("drive", args.path and os.path.abspath(args.path)),
+                            ("size", args.size), ("ldad", args.ldad)) if v is not None}
+    return ctx.emit(ctx.call("drive.add", **kw),
+                    lambda d: f"drive {d['index']} ({d['path']}, {size(d['size'])}) added: "
+                              f"{d['free_psegs']} free PSEGs")
 
 
 def render(drives: list) -> str:

@@ -15,6 +15,7 @@ from ..errors import InvalidArgument
 from ..tasks import BGCOPY, REBUILD, SCRUB
 from ..tasks.rebuild import TARGET as POOL
 from ..tasks.runner import check_rate
+from ..units import format_size
 from .schema import POOL_SETTINGS
 
 log = logging.getLogger("vsand.control")
@@ -24,12 +25,14 @@ POOL_KEYS = {"snapclone_mode": (snapclone.SETTING, lambda pool: snapclone.mode(p
 
 
 class Handlers:
-    def __init__(self, pool, nbd, tasks, cfg):
-        """``nbd``: the NBD server (connections, disconnect); ``tasks``: the task runner."""
+    def __init__(self, pool, nbd, tasks, cfg, rebuild=lambda: None):
+        """``nbd``: the NBD server (connections, disconnect); ``tasks``: the task runner;
+        ``rebuild``: starts a rebuild when there is something to rebuild and none runs."""
         self.pool = pool
         self.nbd = nbd
         self.tasks = tasks
         self.cfg = cfg
+        self.rebuild = rebuild
 
     def status(self):
         st = self.pool.status()
@@ -101,6 +104,24 @@ class Handlers:
         log.warning("drive %d (%s) failed by command; its RStores run degraded", index,
                     self.pool.drives[index].path)
         return next(d for d in self.pool.status()["drives"] if d["index"] == index)
+
+    def drive_add(self, drive=None, size=None, ldad="default"):
+        """A new drive (its path), its capacity usable at once; durable when this
+        returns. With no path, the next image file under the state directory's drives/ (the
+        daemon's own simulated drives), of the configured size unless given."""
+        path = drive
+        if path is None:
+            if self.cfg.drive_paths:
+                raise InvalidArgument("give the new drive's PATH: this daemon's drives are "
+                                      "listed in its configuration, not kept in its state directory")
+            index = max(self.pool.drive_recs) + 1
+            path = os.path.join(self.cfg.state_dir, "drives", f"drive-{index:02d}.img")
+            size = size or self.cfg.drive_size
+        rec = self.pool.add_drive(path, size, ldad)
+        log.warning("drive %d (%s, %s) added to LDAD %s", rec["i"], rec["path"],
+                    format_size(rec["size"]), ldad)
+        self.rebuild()           # a pool short of room for a rebuild may have it now
+        return next(d for d in self.pool.status()["drives"] if d["index"] == rec["i"])
 
     # ---- snapclones and background tasks ------------------------------------------------
     def snapclone_create(self, source, name, rate=None):

@@ -24,6 +24,7 @@ OPS: dict[str, dict[str, tuple[type, bool]]] = {
     "lun.set": {"name": (str, True), "read_only": (bool, False)},
     "drive.list": {},
     "drive.fail": {"index": (int, True)},
+    "drive.add": {"drive": (str, False), "size": (int, False), "ldad": (str, False)},
     "snapshot.create": {"source": (str, True), "name": (str, True), "reserve": (bool, False)},
     "snapshot.delete": {"name": (str, True)},
     "tree": {"name": (str, True)},

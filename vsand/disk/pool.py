@@ -21,7 +21,6 @@ import numpy as np
 from ..errors import Corrupt, Degraded, InvalidArgument, NoSpace, NotFound, VsanError
 from ..faults import crashpoint
 from ..mapping.lmap import entry_rsd, entry_slot, owned
-from ..mapping.rsd import MAX_PSEGS
 from ..meta import format as fmt
 from ..meta.store import MetaStore
 from ..physical import lock
@@ -30,7 +29,7 @@ from ..physical.drive import Drive
 from ..redundancy.rstore import RStoreIO
 from ..redundancy.writejob import StripeLocks
 from ..units import Units, format_size
-from . import bgcopy, health, rebuild, recovery, scrub, sharing, snapclone
+from . import bgcopy, health, membership, rebuild, recovery, scrub, sharing, snapclone
 from .assembly import assemble, close_all
 from .catalog import Catalog
 from .detector import Detector
@@ -93,6 +92,7 @@ class Pool:
         self.replayed = 0
         self.degraded: dict[str, int] = {}         # LD -> segments unreadable (failed drives)
         self.strangers: list[str] = []             # paths given that are not drives of it
+        self.opener = None          # (path, size) -> drive, as this pool's drives were opened
 
     # ---- creation and opening -------------------------------------------------------
     @classmethod
@@ -115,14 +115,7 @@ class Pool:
             for i, (path, size, ldad) in enumerate(specs):
                 d = drive_factory(path, size)
                 drives[i] = d
-                npsegs = (d.size - units.quorum) // units.pseg
-                if npsegs < 1:
-                    raise InvalidArgument(f"drive {path}: {d.size} bytes leaves no room for a PSEG")
-                lab = fmt.Label(pool_uuid, uuid.uuid4(), i, units.pseg, units.quorum, d.size)
-                d.pwrite(fmt.LABEL_OFF, fmt.pack_label(lab))
-                d.fsync()
-                recs.append({"i": i, "uuid": str(lab.drive_uuid), "path": os.path.abspath(path),
-                             "size": d.size, "npsegs": min(npsegs, MAX_PSEGS), "ldad": ldad})
+                recs.append(membership.format_drive(d, pool_uuid, i, units, path, ldad))
             ldads: dict[str, list[int]] = {}
             for r in recs:
                 ldads.setdefault(r["ldad"], []).append(r["i"])
@@ -132,6 +125,7 @@ class Pool:
                   "quorum": sorted(drives)[:QUORUM_COPIES], "ckpt": None, "log_seq": 1,
                   "log_salt": salt}
             pool = cls(units, drives, sb)
+            pool.opener = drive_factory
             pool.meta.reset_log(1, salt)
             pool.meta.write_superblock(pool.tx.superblock(None, 1, salt))
             pool.tx.ensure_meta_reserve()
@@ -153,8 +147,18 @@ class Pool:
         mode = None if live else (lock.SHARED if readonly else lock.EXCLUSIVE)
         factory = drive_factory or functools.partial(Drive.open, lock=mode, io=io)
         asm = assemble(paths, factory)
+        # A drive added at run time sits where the pool recorded it, maybe not among
+        # the paths configured: look there too (drives given at creation are the
+        # caller's to list, so that leaving one out stays possible).
+        given = {os.path.abspath(p) for p in paths}
+        more = [r["path"] for r in asm.sb["drives"] if r.get("added") and r["path"] not in given
+                and os.path.exists(r["path"])]
+        if more:
+            close_all(asm.drives)
+            asm = assemble(list(paths) + more, factory)
         try:
             pool = cls(Units.from_dict(asm.sb["units"]), asm.drives, asm.sb)
+            pool.opener = factory
             pool.meta.gen = asm.gen
             pool.readonly = readonly
             pool.strangers = asm.strangers
@@ -419,6 +423,10 @@ class Pool:
         if index not in self.drives:
             raise NotFound(f"no drive {index}")
         self.ops.execute({"t": "dfail", "d": index, "why": why})
+
+    def add_drive(self, path: str, size: int | None = None, ldad: str = "default") -> dict:
+        """Adds a drive (membership.py); its record. Durable when this returns."""
+        return membership.add(self, path, size, ldad, self.opener)
 
     def mark_failed(self, index: int, why: str) -> None:
         self.drives[index].failed = True

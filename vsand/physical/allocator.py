@@ -74,8 +74,26 @@ class Allocator:
         self.drives = {d.index: d for d in drives}
         self.rss = rss  # ldad -> list of RSS (lists of drive indices)
         self.pending: list[tuple[int, int]] = []
-        self._partner = {g[j]: g[j ^ 1] for gs in rss.values() for g in gs
+        self._pair()
+
+    def _pair(self) -> None:
+        """RSS pairs: positions 0-1, 2-3, ... of each RSS (an odd one out has none)."""
+        self._partner = {g[j]: g[j ^ 1] for gs in self.rss.values() for g in gs
                          for j in range(len(g) - len(g) % 2)}
+
+    def add_drive(self, d: DriveSpace) -> None:
+        """A new drive joins the smallest RSS of its LDAD that has fewer than RSS_MAX
+        drives (at the end, so every pair stays as it was; it pairs with a drive
+        that had no partner, which therefore held no RAID1 copy), or starts an RSS
+        of its own when all are full."""
+        self.drives[d.index] = d
+        groups = self.rss.setdefault(d.ldad, [])
+        room = [g for g in groups if len(g) < RSS_MAX]
+        if room:
+            min(room, key=len).append(d.index)
+        else:
+            groups.append([d.index])
+        self._pair()
 
     # ---- queries -------------------------------------------------------------------
     def ldads(self) -> list[str]:
