@@ -20,7 +20,7 @@ def rec(i, state, target, done=0, total=0, kind="bgcopy"):
 async def test_resume_restarts_queued_and_running_tasks_only():
     clock = Clock()
     saved = {3: rec(3, "running", "a", done=40, total=100), 5: rec(5, "queued", "b"),
-             7: rec(7, "done", "x"), 8: rec(8, "cancelled", "y"), 9: rec(9, "running", "z", kind="scrub")}
+             7: rec(7, "done", "x"), 8: rec(8, "cancelled", "y"), 9: rec(9, "running", "z", kind="no-such-kind")}
     pool = FakePool(clock, saved)
     pool.add_clone("a", 100)
     pool.clones["a"]["next"] = 40
