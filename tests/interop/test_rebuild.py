@@ -58,6 +58,12 @@ def drive(d: Daemon, index: int) -> dict:
     return next(x for x in d.ctl("drive.list") if x["index"] == index)
 
 
+def reads_back(uri: str, *cmds: str) -> None:
+    """qemu-io ``cmds`` (reads with -P) succeed and every pattern matches."""
+    r = qemu_io(uri, *cmds)
+    assert r.returncode == 0 and "verification failed" not in r.stdout, r.stdout + r.stderr
+
+
 def check_parity(d: Daemon) -> None:
     """`vsand check --parity` on the daemon's drives (its state dir, or the --drive
     paths it was given)."""
@@ -144,15 +150,13 @@ def test_kill_9_during_a_rebuild_resumes_and_loses_nothing(tmp_path, point):
         d.env = {}
         d.start()
         assert "resuming background task" in d.read_log(), d.read_log()
-        r = qemu_io(uri, "read -P 0x5a 0 128M")
-        assert r.returncode == 0 and "verification failed" not in r.stdout, r.stdout + r.stderr
+        reads_back(uri, "read -P 0x5a 0 128M")
         task = rebuilds(d)[-1]
         d.ctl("task.set", id=task["id"], rate=0)
         r = run(VSANCTL + ["--control", d.control, "task", "wait", str(task["id"])], check=False, timeout=300)
         assert r.returncode == 0, r.stdout + r.stderr
         assert drive(d, victim)["rebuild_left"] == 0
-        r = qemu_io(uri, "read -P 0x5a 0 128M")
-        assert r.returncode == 0 and "verification failed" not in r.stdout, r.stdout + r.stderr
+        reads_back(uri, "read -P 0x5a 0 128M")
         healthy(d)
         assert d.stop() == 0
         check_parity(d)
@@ -185,8 +189,7 @@ def test_no_room_to_rebuild_is_said_and_the_pool_runs_degraded(tmp_path):
         r = run(ctl + ["drive", "list"])
         assert f"FAILED, {info['rebuild_left']} to rebuild" in r.stdout, r.stdout
         assert "cannot be rebuilt" in d.read_log()
-        r = qemu_io(uri, "read -P 0x33 0 32M")
-        assert r.returncode == 0 and "verification failed" not in r.stdout, r.stdout + r.stderr
+        reads_back(uri, "read -P 0x33 0 32M")
         r = run(ctl + ["pool", "rebuild"], check=False)      # still no room: it fails again, with the reason
         assert r.returncode == 0 and "rebuild started as task" in r.stdout, r
         healthy(d)
@@ -258,8 +261,7 @@ def test_a_second_failure_during_a_rebuild_fails_only_what_it_took(tmp_path):
         d.ctl("drive.fail", index=a)
         wait_for("the rebuild to start", lambda: rebuilds(d) and rebuilds(d)[-1]["state"] == "running")
         d.ctl("drive.fail", index=b)
-        r = qemu_io(d.uri("r1"), "read -P 0x1e 0 64M")
-        assert r.returncode == 0 and "verification failed" not in r.stdout, r.stdout + r.stderr
+        reads_back(d.uri("r1"), "read -P 0x1e 0 64M")
         lost = 0
         for mib in range(64):
             r = qemu_io(d.uri("r5"), f"read -P 0x2d {mib}M 1M")
@@ -277,8 +279,7 @@ def test_a_second_failure_during_a_rebuild_fails_only_what_it_took(tmp_path):
         log = d.read_log()
         if lost:
             assert "lost data on more failed drives than their redundancy covers" in log, log
-        r = qemu_io(d.uri("r1"), "read -P 0x1e 0 64M")
-        assert r.returncode == 0 and "verification failed" not in r.stdout, r.stdout + r.stderr
+        reads_back(d.uri("r1"), "read -P 0x1e 0 64M")
         qemu_io(d.uri("r5"), "write -P 0x3e 0 64M")     # EIO where lost: the daemon lives on
         assert d.alive()
         healthy(d)
@@ -328,8 +329,7 @@ def test_drive_add_gives_a_rebuild_the_room_it_lacked(tmp_path):
         paths = {x["index"]: x for x in d.ctl("drive.list")}
         assert 5 in paths and 6 in paths and not paths[6]["failed"], paths
         assert paths[6]["path"] == str(tmp_path / "extra.img")
-        r = qemu_io(uri, "read -P 0x77 0 32M")
-        assert r.returncode == 0 and "verification failed" not in r.stdout, r.stdout + r.stderr
+        reads_back(uri, "read -P 0x77 0 32M")
         healthy(d)
         assert d.stop() == 0
         check_parity(d)

@@ -452,12 +452,9 @@ class Pool:
         """One scrub step (see scrub.py): about ``budget`` stripes checked and repaired."""
         return scrub.step(self, cursor, budget)
 
-    def scrub_stripes(self) -> int:
-        return scrub.stripes(self)
-
-    @staticmethod
-    def scrub_cursor() -> scrub.Cursor:
-        return scrub.Cursor()
+    def scrub_cursor(self) -> scrub.Cursor:
+        """Where a new scrub starts, with the allocated stripes it is to check."""
+        return scrub.Cursor(total=scrub.stripes(self))
 
     def damage(self) -> rebuild.Damage:
         """What failed drives took: columns to rebuild, columns lost."""

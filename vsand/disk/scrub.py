@@ -22,6 +22,7 @@ log = logging.getLogger("vsand.scrub")
 class Cursor:
     table: int = 0          # index into the sorted redundant tables
     idx: int = 0            # next RSD index in that table
+    total: int = 0          # allocated stripes when the scrub began
     checked: int = 0        # stripes checked so far
     repaired: list = field(default_factory=list)   # what was repaired, one line each
 
@@ -36,9 +37,11 @@ def used_slots(t, idx: int, n: int) -> list[int]:
 
 
 def stripes(pool) -> int:
-    """Allocated stripes a whole scrub checks."""
+    """Allocated stripes a whole scrub checks: every slot of every live RStore but
+    the free ones, counted from the free-slot masks, not RStore by RStore."""
     n = pool.units.rstore_segments
-    return sum(len(used_slots(t, int(i), n)) for t in _tables(pool) for i in t.live_indices())
+    return sum(len(t.live_indices()) * n - sum(bin(m).count("1") for m in t.free_slots.values())
+               for t in _tables(pool))
 
 
 def step(pool, cur: Cursor, budget: int) -> dict:
@@ -49,20 +52,22 @@ def step(pool, cur: Cursor, budget: int) -> dict:
     n = 0
     while cur.table < len(tables) and n < budget:
         t = tables[cur.table]
-        live = t.live_indices()
-        live = live[live >= cur.idx]
-        if not len(live):
+        live = t.live_indices()             # once per table and step, in bulk
+        live = live[live >= cur.idx].tolist()
+        if not live:
             cur.table, cur.idx = cur.table + 1, 0
             continue
-        idx = int(live[0])
-        cur.idx = idx + 1
-        members = pool.space.members(t, idx)
-        for slot in used_slots(t, idx, pool.units.rstore_segments):
-            for what in pool.rio.scrub(t.raid, members, slot):
-                line = f"RAID{t.raid} RStore {idx} stripe {slot}: {what}"
-                log.warning("scrub: %s", line)
-                cur.repaired.append(line)
-            n += 1
+        for idx in live:
+            if n >= budget:
+                break
+            cur.idx = idx + 1
+            members = pool.space.members(t, idx)
+            for slot in used_slots(t, idx, pool.units.rstore_segments):
+                for what in pool.rio.scrub(t.raid, members, slot):
+                    line = f"RAID{t.raid} RStore {idx} stripe {slot}: {what}"
+                    log.warning("scrub: %s", line)
+                    cur.repaired.append(line)
+                n += 1
     cur.checked += n
     done = cur.table >= len(tables)
     if done:

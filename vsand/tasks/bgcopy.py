@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from .task import Step
+from .task import Step, off_loop
 
 NAME = "bgcopy"
 
@@ -37,13 +37,7 @@ class BgCopy:
             return _step(plan, None)
         busy = clock() - t0
         if plan.jobs:
-            io = asyncio.get_running_loop().run_in_executor(None, plan.io)
-            try:
-                await asyncio.shield(io)
-            except asyncio.CancelledError:
-                await io          # never leave a copy running under a closing pool
-                plan.finish()
-                raise
+            await off_loop(asyncio.get_running_loop().run_in_executor(None, plan.io), plan.finish)
         t1 = clock()
         r = plan.finish()
         return _step(r, busy + clock() - t1)

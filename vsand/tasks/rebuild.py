@@ -12,7 +12,7 @@ import asyncio
 import logging
 
 from ..errors import InvalidArgument, IOFailure, NoSpace
-from .task import Step
+from .task import Step, off_loop
 
 NAME = "rebuild"
 TARGET = "pool"
@@ -53,13 +53,8 @@ class Rebuild:
                 return Step(0, 0, 0, True, "done")
             if plan.moves:
                 loop = asyncio.get_running_loop()
-                io = asyncio.gather(*(loop.run_in_executor(None, plan.copy, m) for m in plan.moves))
-                try:
-                    await asyncio.shield(io)
-                except asyncio.CancelledError:
-                    await io          # never leave a copy running under a closing pool
-                    plan.finish()
-                    raise
+                await off_loop(asyncio.gather(*(loop.run_in_executor(None, plan.copy, m)
+                                                for m in plan.moves)), plan.finish)
             r = plan.finish()
         self.unplaced.update(r["skipped"])
         for k, why in r["failed"]:

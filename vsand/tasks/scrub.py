@@ -18,20 +18,20 @@ LAST = "scrub_last"      # pool setting: wall time the last whole scrub ended
 
 class Scrub:
     def __init__(self, engine):
-        self.engine = engine        # the pool: scrub_cursor, scrub_step, scrub_stripes
+        self.engine = engine        # the pool: scrub_cursor, scrub_step, set_setting
         self.cursor = None
 
     def check(self, target: str) -> int:
         if target != TARGET:
             raise InvalidArgument(f"a scrub works on the whole pool: its target is {TARGET!r}, not {target!r}")
         self.cursor = self.engine.scrub_cursor()
-        return self.engine.scrub_stripes()
+        return self.cursor.total
 
     def step(self, target: str, budget: int) -> Step:
         if self.cursor is None:             # resumed after a restart: from the start
             self.cursor = self.engine.scrub_cursor()
         r = self.engine.scrub_step(self.cursor, budget)
-        left = max(0, self.engine.scrub_stripes() - self.cursor.checked) if not r["done"] else 0
+        left = max(0, self.cursor.total - self.cursor.checked) if not r["done"] else 0
         phase = f"{len(self.cursor.repaired)} repaired"
         if r["done"]:
             self.cursor = None

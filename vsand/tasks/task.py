@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -95,3 +96,16 @@ class Task:
         out["mib_s"] = round(bps / MiB, 1)
         out["eta"] = round(remaining / ups, 1) if ups > 0 and self.state == RUNNING else None
         return out
+
+
+async def off_loop(io, finish) -> None:
+    """Awaits ``io``, a step's copying in worker threads. When the task is cancelled
+    meanwhile (the daemon stops), the copying still ends and ``finish`` runs before
+    the cancel goes on: no copy may run under a closing pool, and none may leave
+    what it planned (new segments, watches) behind."""
+    try:
+        await asyncio.shield(io)
+    except asyncio.CancelledError:
+        await io
+        finish()
+        raise

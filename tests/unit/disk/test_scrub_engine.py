@@ -48,9 +48,11 @@ def member(pool, ld, k: int, i: int) -> tuple:
 
 def test_a_clean_pool_scrubs_clean_and_counts_every_allocated_stripe(tmp_path):
     pool, ld, data = setup(tmp_path, 5)
-    assert pool.scrub_stripes() == 8
-    cur = scrub_all(pool)
-    assert cur.checked == 8 and cur.repaired == []
+    b = pool.create_ld("b", 8 * MiB, raid=1)
+    b.write(0, os.urandom(3 * MiB))              # 3 of an RStore's 8 slots in use
+    assert pool.scrub_cursor().total == 11
+    cur = scrub_all(pool, budget=2)
+    assert cur.checked == 11 and cur.repaired == []
     pool.close()
 
 
