@@ -203,15 +203,21 @@ class Daemon:
         return 0
 
     def _rebuild(self) -> None:
-        """Starts a rebuild when failed drives left something to rebuild and none runs."""
-        tasks = self.tasks
+        """Starts a rebuild when failed or leaving drives left something to move (or a
+        metadata copy sits on a failed drive) and none runs; lets go of leaving
+        drives that hold nothing any more."""
+        tasks, pool = self.tasks, self.pool
         if tasks.stopping or any(t.active and t.kind == REBUILD for t in tasks.tasks.values()):
             return
         try:
-            todo = len(self.pool.damage().todo)
-            if todo:
+            todo = len(pool.damage().todo)
+            if todo or any(pool.drives[i].failed for i in pool.quorum_ids):
                 t = tasks.start(REBUILD, WHOLE_POOL)
-                log.warning("rebuilding %d RStore member(s) of failed drives: task %d", todo, t.id)
+                log.warning("rebuilding or moving %d RStore member(s) of failed or leaving "
+                            "drives: task %d", todo, t.id)
+            else:
+                for i in pool.finish_removals():
+                    log.warning("drive %d removed: nothing is left on it", i)
         except VsanError as e:
             log.error("cannot start a rebuild: %s", e.message)
 

@@ -335,3 +335,4 @@ def test_drive_add_gives_a_rebuild_the_room_it_lacked(tmp_path):
         check_parity(d)
     finally:
         d.stop()
+

@@ -3,7 +3,8 @@
 A hypothesis state machine on an 11-drive pool (one RSS: five RAID1 pairs and one
 more drive, so a RAID1 column and a RAID5 member each have somewhere to go)
 drives random create (RAID1 / RAID5) / write / trim / snapshot of any LD /
-snapclone with BGCOPY steps / delete / drive add / drive failure (of a drive that holds no
+snapclone with BGCOPY steps / delete / drive add / drive removal (its metadata copy,
+if any, moves first) / drive failure (of a drive that holds no
 metadata copy; a second one only once the first is rebuilt, so redundancy always
 covers what is lost) / rebuild steps with random budgets / a rebuild step split
 as the daemon runs it (plan, copy, then writes, trims, snapshots, deletes, BGCOPY
@@ -40,7 +41,7 @@ from test_snapshot_model import crash_reopen, first_diff, new_pool, pattern  # n
 from vsand.disk.check import check_pool  # noqa: E402
 from vsand.disk.pool import Pool  # noqa: E402
 from vsand.disk.rebuild import key  # noqa: E402
-from vsand.errors import NoSpace  # noqa: E402
+from vsand.errors import InvalidArgument, NoSpace  # noqa: E402
 from vsand.units import MiB, Units  # noqa: E402
 
 UNITS = Units(quorum=8 * MiB, lmap_segments=4)
@@ -79,6 +80,10 @@ class DriveMachine(RuleBasedStateMachine):
         for name in list(self.model):
             if self.pool.get(name).invalid:
                 del self.model[name]
+
+    def _leaving(self) -> list[int]:
+        return sorted(i for i, r in self.pool.drive_recs.items()
+                      if r.get("leaving") and not r.get("removed"))
 
     def _failed(self) -> list[int]:
         return sorted(i for i, d in self.pool.drives.items() if d.failed)
@@ -130,6 +135,8 @@ class DriveMachine(RuleBasedStateMachine):
                 self.pool.bgcopy_step(name, data.draw(st.integers(1, 8), label="budget"))
             except NoSpace:
                 pass
+            finally:        # a predecessor that finds no room for its copy is invalidated
+                self._drop_invalid()
 
     def _delete(self, data) -> None:
         name = self._pick(data)
@@ -202,7 +209,24 @@ class DriveMachine(RuleBasedStateMachine):
         at every reopen though only the first paths are given."""
         self.pool.add_drive(os.path.join(self.tmp, f"added{len(self.pool.drives)}.img"), mib * MiB)
 
-    @precondition(lambda self: self.plan is None and self._failed())
+    @precondition(lambda self: self.plan is None)
+    @rule(data=st.data())
+    def remove_drive(self, data):
+        """A drive is emptied (by the rebuild steps) and then let go; refused, with
+        nothing changed, when its members would have nowhere to go."""
+        ok = [i for i, r in sorted(self.pool.drive_recs.items())
+              if not r.get("leaving") and not r.get("removed")]
+        if not ok:
+            return
+        i = data.draw(st.sampled_from(ok), label="remove")
+        try:
+            self.pool.remove_drive(i)
+        except (NoSpace, InvalidArgument):
+            assert not self.pool.drive_recs[i].get("leaving")
+            return
+        event("drive removal started")
+
+    @precondition(lambda self: self.plan is None and (self._failed() or self._leaving()))
     @rule(budget=st.integers(1, 8))
     def rebuild_step(self, budget):
         r = self.pool.rebuild_step(budget)
@@ -233,7 +257,7 @@ class DriveMachine(RuleBasedStateMachine):
         assert not r["failed"], r["failed"]
         event(f"rebuild switch after {op}: {'switched' if r['copied'] else 'nothing switched'}")
 
-    @precondition(lambda self: self.pool.damage().todo and self.plan is None)
+    @precondition(lambda self: (self.pool.damage().todo or self._leaving()) and self.plan is None)
     @rule()
     def rebuild_to_done(self):
         """Every damaged member is rebuilt, except those reported as having no room
@@ -245,11 +269,18 @@ class DriveMachine(RuleBasedStateMachine):
                 break
             assert not r["failed"], r["failed"]
             unplaced.update(r["skipped"])
+        leaving = self._leaving()
+        gone = self.pool.finish_removals()
+        assert set(gone) <= set(leaving)
+        for i in gone:
+            event("drive removed")
+            assert self.pool.drive_recs[i].get("removed")
         left = {key(x) for x in self.pool.damage().todo}
         assert left == unplaced, (left, unplaced)
         event(f"rebuild to done: {'some left without room' if left else 'all rebuilt'}")
         for raid, _, _, _ in left:
-            assert raid == 1 or len(self._failed()) > 1, "a RAID5 member with room was not rebuilt"
+            assert raid == 1 or len(self._failed()) > 1 or self._leaving(), \
+                "a RAID5 member with room was not rebuilt"
         for t in self.pool.space.tables.values():
             for idx in t.live_indices().tolist():
                 ds = [d for d, _ in self.pool.space.physical(t.raid, t.members(idx))]
@@ -286,6 +317,9 @@ class DriveMachine(RuleBasedStateMachine):
         assert check_pool(self.pool) == []
         assert check_invariants(self.pool) == []
         alloc = self.pool.allocator
+        q = self.pool.quorum_ids
+        assert len(set(q)) == len(q) == 3, q
+        assert not any(self.pool.drive_recs[i].get("leaving") for i in q), q
         for t in self.pool.space.tables.values():
             for idx in t.live_indices().tolist():
                 ds = [d for d, _ in self.pool.space.physical(t.raid, t.members(idx))]

@@ -8,8 +8,8 @@ from .ctl import size, size_arg, table
 
 
 def register(sub, common) -> None:
-    g = sub.add_parser("drive", help="drive commands (list, fail, add)",
-                       description="Inspect the pool's drives, fail one, add one.")
+    g = sub.add_parser("drive", help="drive commands (list, fail, add, remove, replace)",
+                       description="Inspect the pool's drives; fail, add, remove or replace one.")
     gs = g.add_subparsers(title="commands", dest="drive_cmd", metavar="COMMAND", required=True)
     p = gs.add_parser("list", parents=[common], help="list the pool's drives",
                       description="List the pool's drives with their usage and state.")
@@ -32,6 +32,25 @@ def register(sub, common) -> None:
     p.add_argument("--size", type=size_arg, metavar="SIZE", help="size of an image file to create (e.g. 4G)")
     p.add_argument("--ldad", default="default", help="the LDAD it joins (default: default)")
     p.set_defaults(func=drive_add, cmd="drive add", _parser=p)
+    p = gs.add_parser("remove", parents=[common], help="empty a drive and let it go",
+                      description="Remove drive INDEX: a metadata copy on it moves to another "
+                                  "drive, it takes no new data, the rebuild task copies what it "
+                                  "holds to the other drives of its RSS (RAID0 too), then the pool "
+                                  "lets it go and wipes its label; `drive list` shows `leaving, N "
+                                  "to move`, then `removed`. Refused, with the reason, when the "
+                                  "rest of its RSS cannot hold its data.")
+    p.add_argument("index", type=int, help="the drive's INDEX (see `drive list`)")
+    p.set_defaults(func=drive_remove, cmd="drive remove", _parser=p)
+    p = gs.add_parser("replace", parents=[common], help="add a drive, then remove drive INDEX",
+                      description="`drive add PATH` into drive INDEX's LDAD, then `drive remove "
+                                  "INDEX`: what INDEX holds (rebuilt from redundancy when it "
+                                  "failed) moves to the other drives of its RSS, the new one "
+                                  "first. Refused before anything is added when INDEX cannot be "
+                                  "removed.")
+    p.add_argument("index", type=int, help="the drive to replace (see `drive list`)")
+    p.add_argument("path", nargs="?", metavar="PATH", help="the new drive (default: the next simulated drive)")
+    p.add_argument("--size", type=size_arg, metavar="SIZE", help="size of an image file to create (e.g. 4G)")
+    p.set_defaults(func=drive_replace, cmd="drive replace", _parser=p)
 
 
 def drive_list(ctx, args) -> int:
@@ -44,9 +63,11 @@ def drive_fail(ctx, args) -> int:
 
 
 def _state(d: dict) -> str:
+    left = d.get("rebuild_left", 0)
+    if d.get("state") in ("removed", "leaving"):
+        return f"leaving, {left} to move" if d["state"] == "leaving" else "removed"
     if not d.get("failed"):
         return "ok"
-    left = d.get("rebuild_left", 0)
     return f"FAILED, {left} to rebuild" if left else "FAILED, rebuilt"
 
 
@@ -56,6 +77,19 @@ def drive_add(ctx, args) -> int:
     return ctx.emit(ctx.call("drive.add", **kw),
                     lambda d: f"drive {d['index']} ({d['path']}, {size(d['size'])}) added: "
                               f"{d['free_psegs']} free PSEGs")
+
+
+def drive_remove(ctx, args) -> int:
+    return ctx.emit(ctx.call("drive.remove", index=args.index),
+                    lambda d: f"drive {d['index']} ({d['path']}): {_state(d)}")
+
+
+def drive_replace(ctx, args) -> int:
+    kw = {k: v for k, v in (("drive", args.path and os.path.abspath(args.path)),
+                            ("size", args.size)) if v is not None}
+    r = ctx.call("drive.replace", index=args.index, **kw)
+    return ctx.emit(r, lambda x: f"drive {x['added']['index']} ({x['added']['path']}) added; "
+                                 f"drive {x['removing']['index']}: {_state(x['removing'])}")
 
 
 def render(drives: list) -> str:

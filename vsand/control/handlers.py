@@ -123,6 +123,27 @@ class Handlers:
         self.rebuild()           # a pool short of room for a rebuild may have it now
         return next(d for d in self.pool.status()["drives"] if d["index"] == rec["i"])
 
+    def drive_replace(self, index, drive=None, size=None):
+        """``drive add`` into the LDAD of drive ``index``, then ``drive remove index``:
+        its data (rebuilt from redundancy if it failed) goes to the other drives of
+        its RSS, the new one first, being the emptiest. A drive that cannot start
+        leaving (unknown, leaving or removed already) is refused before anything is
+        added; one whose data would have nowhere to go even with the new drive is
+        refused after the add, which stays."""
+        self.pool.check_removable(index)
+        new = self.drive_add(drive, size, self.pool.drive_recs[index]["ldad"])
+        old = self.drive_remove(index)
+        return {"added": new, "removing": old}
+
+    def drive_remove(self, index):
+        """Starts emptying drive ``index`` (durable when this returns); the rebuild
+        task moves its data, then the pool lets it go."""
+        held = self.pool.remove_drive(index)
+        log.warning("drive %d (%s) is being removed: %d PSEG(s) to move", index,
+                    self.pool.drive_recs[index]["path"], held)
+        self.rebuild()        # starts the moves, or lets the drive go if nothing is on it
+        return next(d for d in self.pool.status()["drives"] if d["index"] == index)
+
     # ---- snapclones and background tasks ------------------------------------------------
     def snapclone_create(self, source, name, rate=None):
         check_rate(rate)          # refuse before anything is created

@@ -24,6 +24,8 @@ OPS: dict[str, dict[str, tuple[type, bool]]] = {
     "lun.set": {"name": (str, True), "read_only": (bool, False)},
     "drive.list": {},
     "drive.fail": {"index": (int, True)},
+    "drive.remove": {"index": (int, True)},
+    "drive.replace": {"index": (int, True), "drive": (str, False), "size": (int, False)},
     "drive.add": {"drive": (str, False), "size": (int, False), "ldad": (str, False)},
     "snapshot.create": {"source": (str, True), "name": (str, True), "reserve": (bool, False)},
     "snapshot.delete": {"name": (str, True)},

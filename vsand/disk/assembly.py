@@ -90,6 +90,9 @@ def _assemble(paths, drive_factory, opened) -> Assembly:
     for r in sb["drives"]:
         i = r["i"]
         hit = by_uuid.pop(r["uuid"], None)
+        if r.get("removed"):        # emptied and let go: not looked for, nothing on it
+            drives[i] = MissingDrive(r["path"], r["size"], "removed")
+            continue
         if hit is None:
             other = next((s for s in strangers if s.startswith(r["path"] + ": ")), None)
             if other is not None:      # its path holds something else now
@@ -112,6 +115,9 @@ def _assemble(paths, drive_factory, opened) -> Assembly:
         drives[i] = d
     for p, d, lab in by_uuid.values():
         strangers.append(f"{p}: drive uuid {lab.drive_uuid} is not in the pool")
+    # a removed drive left where it was (its label wiped, or not yet) is no stranger
+    gone = {r["path"] for r in sb["drives"] if r.get("removed")}
+    strangers = [s for s in strangers if s.split(": ", 1)[0] not in gone]
     used = {id(d) for d in drives.values()}
     for d in opened:
         if id(d) not in used:

@@ -131,7 +131,14 @@ def _plan_copy(c, state: dict, budget: int) -> tuple[list, int]:
                 k = lo + j
                 break
             he = int(res[j])
-            ne, _ = pool.space.alloc_segment(c, use_reserve=True)
+            try:
+                ne, _ = pool.space.alloc_segment(c, use_reserve=True)
+            except NoSpace:
+                if not jobs:
+                    raise
+                # the segments already taken belong to the jobs planned: run those
+                state["cursor"] = lo + j
+                return jobs, handled
             jobs.append(Job("copy", lo + j, c, he, ne, pool.space.members(c.table, entry_rsd(he)),
                             pool.space.members(c.table, entry_rsd(ne))))
     state["cursor"] = k if k < n else 0

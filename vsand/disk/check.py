@@ -58,7 +58,7 @@ def check_report(paths: list[str], parity: bool = False, live: bool = False) -> 
                              f"{pool.tx.needs_check}")
         failed = {i: why for i, why in pool.failed_drives.items()}
         for i, d in pool.drives.items():
-            if d.failed and i not in failed:
+            if d.failed and i not in failed and not pool.drive_recs[i].get("removed"):
                 failed[i] = getattr(d, "why", "failed")
         left = pool.damage().by_drive(pool) if failed else {}
         for i, why in sorted(failed.items()):

@@ -12,7 +12,8 @@ Two kinds:
   commit, and a crash before the commit loses only unflushed work, which the
   contract allows.
 - **Catalog operations** (``execute``: LD create / delete / resize / attributes,
-  snapshot link, snapclone detach, invalidation, settings, drive failure) are
+  snapshot link, snapclone detach, invalidation, settings, drive failure, drive
+  removal) are
   committed first, together with everything pending, and applied after: a commit
   that fails leaves memory as it was, so the caller's operation simply did not
   happen. Their apply functions are pure and deterministic given the committed
@@ -30,7 +31,8 @@ import numpy as np
 
 from ..faults import crashpoint
 from ..mapping.lmap import SHARED, SS, owned
-from . import sharing
+from ..physical.drive import MissingDrive
+from . import membership, sharing
 from .ld import LogicalDisk
 from .role import Role, check_transition
 
@@ -212,6 +214,27 @@ def _dfail(pool, rec, live):
     pool.mark_failed(rec["d"], rec.get("why", "failed"))
 
 
+def _dleave(pool, rec, live):
+    """Drive ``d`` is being emptied for removal: no new PSEGs on it."""
+    pool.drive_recs[rec["d"]]["leaving"] = True
+    pool.allocator.drives[rec["d"]].leaving = True
+
+
+def _dgone(pool, rec, live):
+    """Drive ``d`` holds nothing any more and leaves the pool (its RSS slot stays,
+    so that no pair changes)."""
+    i = rec["d"]
+    r = pool.drive_recs[i]
+    r["leaving"] = r["removed"] = True
+    pool.allocator.drives[i].leaving = pool.allocator.drives[i].failed = True
+    pool.failed_drives.pop(i, None)     # gone, not failed: the pool is whole without it
+    d = pool.drives[i]
+    pool.drives[i] = MissingDrive(r["path"], r["size"], "removed")
+    if live:
+        membership.wipe(d)
+    d.close()
+
+
 def _rsa(pool, rec, live):
     pool.space.table(rec["raid"], rec["ldad"]).add(rec["m"], rec["i"])
 
@@ -263,7 +286,7 @@ def _task(pool, rec, live):
 
 REPLAY: dict[str, Callable] = {
     "ldc": _ldc, "ldd": _ldd, "ldr": _ldr, "lda": _lda, "snap": _snap, "cdet": _cdet,
-    "inv": _inv, "set": _set, "dfail": _dfail,
+    "inv": _inv, "set": _set, "dfail": _dfail, "dleave": _dleave, "dgone": _dgone,
     "rsa": _rsa, "rsr": _rsr, "rsm": _rsm, "map": _map, "lmap": _lmap,
     "r5d": _r5d, "r5c": _r5c, "task": _task,
 }

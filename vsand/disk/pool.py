@@ -46,6 +46,14 @@ log = logging.getLogger("vsand.pool")
 QUORUM_COPIES = 3
 
 
+def _drive_state(rec: dict, why: str | None, failed: bool) -> str:
+    if rec.get("removed"):
+        return "removed"
+    if failed:
+        return "failed: " + (why or "failed")
+    return "leaving" if rec.get("leaving") else "ok"
+
+
 def _give_back_heap() -> None:
     """After an operation over the whole map (start-up, a thick create): glibc keeps
     the heap its temporaries freed, and a map-sized one would stay in the RSS."""
@@ -65,6 +73,7 @@ class Pool:
         self.allocator = Allocator(spaces, rss)
         for i, d in drives.items():
             self.allocator.drives[i].failed = d.failed
+            self.allocator.drives[i].leaving = bool(self.drive_recs[i].get("leaving"))
         self.journal = Journal()
         self.rio = RStoreIO(drives, units.stripe_unit)
         self.space = Space(self.allocator, self.journal, units, self.rio)
@@ -185,7 +194,8 @@ class Pool:
         self.replayed = recovery.replay(self, commits, sb["log_seq"])
         unfinished = [] if self.readonly else recovery.drop_unfinished(self)
         recovery.derive_free(self)
-        lost = {i: why for i, why in asm.lost.items() if i not in self.failed_drives}
+        lost = {i: why for i, why in asm.lost.items()
+                if i not in self.failed_drives and not self.drive_recs[i].get("removed")}
         before = health.unreadable(self, set(self.failed_drives))
         for i in lost:
             self.allocator.drives[i].failed = True
@@ -428,6 +438,22 @@ class Pool:
         """Adds a drive (membership.py); its record. Durable when this returns."""
         return membership.add(self, path, size, ldad, self.opener)
 
+    def remove_drive(self, index: int) -> int:
+        """Starts emptying a drive for removal (membership.py); PSEGs to move."""
+        return membership.leave(self, index)
+
+    def check_removable(self, index: int) -> None:
+        """Raises with the reason when drive ``index`` cannot start leaving."""
+        membership.check_removable(self, index)
+
+    def finish_removals(self) -> list[int]:
+        """Lets go of every leaving drive that holds nothing any more."""
+        return membership.let_go(self)
+
+    def restore_quorum(self) -> list[tuple[int, int]]:
+        """Metadata copies on failed drives move to working ones: [(old, new)]."""
+        return membership.restore_quorum(self)
+
     def mark_failed(self, index: int, why: str) -> None:
         self.drives[index].failed = True
         self.allocator.drives[index].failed = True
@@ -501,17 +527,18 @@ class Pool:
 
     def status(self) -> dict:
         u = self.units
-        left = rebuild.survey(self).by_drive(self) if self.failed_drives else {}
+        leaving = rebuild.leaving_drives(self)
+        left = rebuild.survey(self).by_drive(self) if self.failed_drives or leaving else {}
         drives = []
         for i, r in sorted(self.drive_recs.items()):
             ds = self.allocator.drives[i]
             drives.append({"index": i, "path": r["path"], "size": r["size"], "ldad": r["ldad"],
                            "psegs": ds.npsegs, "free_psegs": max(0, ds.free - ds.reserve),
-                           "failed": self.drives[i].failed, "quorum": i in self.quorum_ids,
+                           "failed": self.drives[i].failed and not r.get("removed"),
+                           "quorum": i in self.quorum_ids,
                            "io_errors": self.detector.errors.get(i, 0),
                            "rebuild_left": left.get(i, 0),
-                           "state": ("failed: " + self.failed_drives.get(i, "failed"))
-                           if self.drives[i].failed else "ok"})
+                           "state": _drive_state(r, self.failed_drives.get(i), self.drives[i].failed)})
         return {"pool": self.pool_uuid, "units": u.to_dict(), "drives": drives,
                 "lds": [ld.info() for ld in self.catalog.by_id.values()],
                 "free_bytes": self.allocator.free_psegs() * u.pseg,

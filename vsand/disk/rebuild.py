@@ -41,42 +41,62 @@ class Damage:
     def by_drive(self, pool) -> dict[int, int]:
         """Members left to rebuild, per failed drive."""
         out: dict[int, int] = {}
+        leaving = leaving_drives(pool)
         for t, idx, col in self.todo:
             d, _ = unpack_member(t.members(idx)[col])
-            if t.raid == 1 and not pool.drives[d].failed:
+            if t.raid == 1 and not pool.drives[d].failed and d not in leaving:
                 d = pool.allocator.partner(d)
             out[d] = out.get(d, 0) + 1
         return out
 
 
 def survey(pool) -> Damage:
-    """Every damaged column, found in bulk over the RSD tables."""
+    """Every column to move, found in bulk over the RSD tables: on failed drives
+    (rebuilt from redundancy) and on drives being removed (copied from themselves,
+    RAID0 too)."""
     failed = sorted(i for i, d in pool.drives.items() if d.failed)
+    leaving = sorted(leaving_drives(pool))
     todo, lost = [], 0
-    if not failed:
+    if not failed and not leaving:
         return Damage(todo, 0)
-    fail = np.asarray(failed)
     alloc = pool.allocator
     for t in pool.space.tables.values():
-        if t.raid == 0:
-            continue
         for base, rows, live in t.blocks():
             drives = member_drives(rows)
-            bad = np.isin(drives, fail)
-            if t.raid == 1:         # the stored member and its partner hold one column
+            bad = np.isin(drives, failed)
+            move = np.isin(drives, leaving)
+            if t.raid == 0:             # RAID0 on a failed drive is lost, not moved
+                bad = move & ~bad
+            elif t.raid == 1:           # the stored member and its partner hold one column
                 pbad = np.isin(drives, alloc.mirrored_by(failed))
                 gone = bad & pbad & live[:, None]
-                bad = (bad | pbad) & ~gone
+                move |= np.isin(drives, alloc.mirrored_by(leaving))
+                bad = (bad | pbad | move) & ~gone
                 lost += int(np.count_nonzero(gone.any(axis=1)))
             else:
                 nbad = np.count_nonzero(bad, axis=1)
                 gone = live & (nbad > 1)
                 lost += int(np.count_nonzero(gone))
-                bad &= ~gone[:, None]
+                bad = (bad | move) & ~gone[:, None]
             bad &= live[:, None]
             for r, c in zip(*np.nonzero(bad)):
                 todo.append((t, base + int(r), int(c)))
     return Damage(todo, lost)
+
+
+def holds(pool, drive: int) -> bool:
+    """Whether any live RStore has a member (or RAID1 copy) on ``drive``."""
+    mirrored = pool.allocator.mirrored_by([drive])
+    for t in pool.space.tables.values():
+        on = [drive] + (mirrored if t.raid == 1 else [])
+        for _, rows, live in t.blocks():
+            if np.isin(member_drives(rows[live]), on).any():
+                return True
+    return False
+
+
+def leaving_drives(pool) -> set[int]:
+    return {i for i, r in pool.drive_recs.items() if r.get("leaving") and not r.get("removed")}
 
 
 class Move:

@@ -49,6 +49,7 @@ class DriveSpace:
     reserve: int = 0
     cursor: int = 0
     failed: bool = False
+    leaving: bool = False       # being emptied for removal: takes no new PSEGs
 
     @classmethod
     def new(cls, index: int, npsegs: int, ldad: str) -> "DriveSpace":
@@ -102,7 +103,7 @@ class Allocator:
     def usable(self, d: DriveSpace) -> int:
         """Free PSEGs data may take: never negative, though a metadata reserve that
         grew after the drive filled may exceed what is free."""
-        return 0 if d.failed else max(0, d.free - d.reserve)
+        return 0 if d.failed or d.leaving else max(0, d.free - d.reserve)
 
     def free_psegs(self, ldad: str | None = None) -> int:
         return sum(self.usable(d) for d in self.drives.values()
@@ -164,6 +165,17 @@ class Allocator:
                 out += [(a, p), (b, p)]
             else:
                 return out
+
+    def can_place(self, ldad: str, raid: int, drives: set[int]) -> bool:
+        """Whether ``take_spare`` could place a member now (nothing is taken)."""
+        group = next((g for g in self.rss.get(ldad, ()) if drives & set(g)), None)
+        if group is None:
+            return False
+        if raid == 1:
+            return any(a < b and a not in drives and b not in drives
+                       and self.usable(self.drives[a]) > 0 and self.usable(self.drives[b]) > 0
+                       for a in group if (b := self._partner.get(a)) is not None)
+        return any(i not in drives and self.usable(self.drives[i]) > 0 for i in group)
 
     def take_spare(self, ldad: str, raid: int, drives: set[int]) -> tuple[int, int] | None:
         """(drive, PSEG) for a member that replaces one of an RStore whose members sit

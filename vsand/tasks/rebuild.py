@@ -63,7 +63,16 @@ class Rebuild:
         return Step(r["copied"], r["bytes"], r["remaining"], False, "rebuild")
 
     def _end(self) -> None:
-        """No column left that this run can rebuild: done, or why not."""
+        """No column left that this run can rebuild: done, or why not. Drives being
+        removed that hold nothing any more are let go; metadata copies on failed
+        drives move to working ones."""
+        for i in self.engine.finish_removals():
+            log.warning("drive %d removed: nothing is left on it", i)
+        try:
+            for old, new in self.engine.restore_quorum():
+                log.warning("the metadata copy of failed drive %d is now on drive %d", old, new)
+        except NoSpace as e:
+            log.warning("rebuild: %s", e.message)
         lost = self.engine.damage().lost
         if lost:
             log.warning("rebuild: %d RStore(s) lost data on more failed drives than their "

@@ -13,7 +13,7 @@ import pytest
 from poolkit import make_pool
 from vsand.disk.check import check_pool
 from vsand.disk.pool import Pool
-from vsand.errors import InvalidArgument
+from vsand.errors import InvalidArgument, NoSpace, NotFound
 from vsand.units import MiB
 
 
@@ -92,4 +92,169 @@ def test_a_crash_between_label_and_checkpoint_leaves_a_drive_to_add_again(tmp_pa
     pool.close()
     pool = Pool.open(paths)
     assert 6 in pool.drives and not pool.drives[6].failed and pool.strangers == []
+    pool.close()
+
+
+def _run_moves(pool):
+    while (r := pool.rebuild_step(8)) is not None:
+        assert not r["failed"] and not r["skipped"], r
+        pool.flush()
+    return pool.finish_removals()
+
+
+@pytest.mark.parametrize("crash", [False, True])
+def test_a_removed_drive_is_emptied_then_let_go(tmp_path, crash):
+    pool, paths = make_pool(tmp_path, n=10)
+    want = {}
+    for raid in (0, 1, 5):
+        ld = pool.create_ld(f"r{raid}", 16 * MiB, raid=raid)
+        want[ld.name] = os.urandom(16 * MiB)
+        ld.write(0, want[ld.name])
+    pool.flush()
+    victim = 7
+    held = pool.remove_drive(victim)
+    assert held > 0 and pool.allocator.usable(pool.allocator.drives[victim]) == 0
+    assert pool.status()["drives"][victim]["state"] == "leaving"
+    if crash:
+        r = pool.rebuild_step(2)               # some moved, not committed: kill -9
+        assert r["copied"]
+        for d in pool.drives.values():
+            d.close()
+        pool.closed = True
+    else:
+        pool.close()                           # a clean restart (from a checkpoint)
+    pool = Pool.open(paths)
+    assert pool.drive_recs[victim].get("leaving")     # the removal was durable
+    assert pool.allocator.usable(pool.allocator.drives[victim]) == 0
+    assert _run_moves(pool) == [victim]
+    for t in pool.space.tables.values():
+        for i in t.live_indices().tolist():
+            assert victim not in [d for d, _ in pool.space.physical(t.raid, t.members(i))]
+    assert pool.status()["drives"][victim]["state"] == "removed"
+    for name, data in want.items():
+        assert pool.get(name).read(0, len(data)) == data, name
+    assert check_pool(pool) == []
+    pool.close()
+    pool = Pool.open(paths)                      # the image is still there, its label wiped
+    assert pool.strangers == [] and pool.failed_drives == {} and pool.drives[victim].failed
+    for name, data in want.items():
+        assert pool.get(name).read(0, len(data)) == data, name
+    pool.close()
+    os.unlink(paths[victim])                     # and once it is gone, nothing misses it
+    pool = Pool.open([p for i, p in enumerate(paths) if i != victim])
+    assert pool.failed_drives == {} and pool.status()["state"] == "ok"
+    pool.close()
+
+
+def test_removal_refusals(tmp_path):
+    pool, paths = make_pool(tmp_path, n=6, size=64 * MiB)
+    with pytest.raises(NotFound):
+        pool.remove_drive(42)
+    ld = pool.create_ld("a", 512 * MiB, raid=0)
+    try:                                         # fill the pool
+        for k in range(512):
+            ld.write(k * MiB, b"\x01" * MiB)
+    except NoSpace:
+        pass
+    pool.flush()
+    with pytest.raises(NoSpace, match="add a drive first"):
+        pool.remove_drive(5)
+    pool.delete_ld("a")
+    assert pool.remove_drive(5) == 0
+    with pytest.raises(InvalidArgument, match="being removed"):
+        pool.remove_drive(5)
+    assert pool.finish_removals() == [5]
+    with pytest.raises(InvalidArgument, match="removed already"):
+        pool.remove_drive(5)
+    pool.close()
+
+
+def _kill(pool):
+    for d in pool.drives.values():
+        d.close()
+    pool.closed = True
+
+
+def _pool_with_data(tmp_path):
+    pool, paths = make_pool(tmp_path, n=7)
+    want = {}
+    for raid in (0, 5):
+        ld = pool.create_ld(f"r{raid}", 16 * MiB, raid=raid)
+        want[ld.name] = os.urandom(16 * MiB)
+        ld.write(0, want[ld.name])
+    pool.flush()
+    return pool, paths, want
+
+
+def _reads(pool, want):
+    for name, data in want.items():
+        assert pool.get(name).read(0, len(data)) == data, name
+    assert check_pool(pool) == []
+
+
+def test_a_metadata_drive_hands_its_copy_over_before_it_leaves(tmp_path):
+    pool, paths, want = _pool_with_data(tmp_path)
+    before = list(pool.quorum_ids)
+    assert 0 in before
+    pool.remove_drive(0)
+    q = pool.quorum_ids
+    assert 0 not in q and len(set(q)) == len(before) and set(before) - {0} < set(q)
+    assert pool.allocator.drives[0].reserve == 0
+    while pool.rebuild_step(8) is not None:
+        pool.flush()
+    assert pool.finish_removals() == [0]
+    _reads(pool, want)
+    pool.close()
+    os.unlink(paths[0])                          # the drive is gone for good
+    pool = Pool.open(paths[1:])
+    assert pool.quorum_ids == q and pool.status()["state"] == "ok"
+    _reads(pool, want)
+    pool.close()
+
+
+@pytest.mark.parametrize("point", ["checkpoint.before_superblock", "superblock.after_first_copy",
+                                   "checkpoint.after_superblock"])
+def test_a_crash_inside_the_metadata_move_leaves_one_whole_quorum(tmp_path, monkeypatch, point):
+    pool, paths, want = _pool_with_data(tmp_path)
+    before = list(pool.quorum_ids)
+    import vsand.disk.transactions as transactions
+    import vsand.meta.store as store
+
+    def die(name):
+        if name == point:
+            raise SystemExit("kill -9")
+    monkeypatch.setattr(transactions, "crashpoint", die)
+    monkeypatch.setattr(store, "crashpoint", die)
+    with pytest.raises(SystemExit):
+        pool.remove_drive(0)
+    _kill(pool)
+    monkeypatch.undo()
+    pool = Pool.open(paths)
+    # the new superblock on one drive of the new quorum (the blobs are on all of it) wins
+    moved = point != "checkpoint.before_superblock"
+    assert (0 not in pool.quorum_ids) if moved else (pool.quorum_ids == before), pool.quorum_ids
+    assert not pool.drive_recs[0].get("leaving")        # the removal itself did not happen
+    _reads(pool, want)
+    pool.remove_drive(0)                                 # and can be asked again
+    while pool.rebuild_step(8) is not None:
+        pass
+    assert pool.finish_removals() == [0] and 0 not in pool.quorum_ids
+    pool.close()
+    pool = Pool.open(paths[1:])
+    _reads(pool, want)
+    pool.close()
+
+
+def test_a_failed_metadata_drive_hands_its_copy_over(tmp_path):
+    pool, paths, want = _pool_with_data(tmp_path)
+    pool.fail_drive(1)
+    assert 1 in pool.quorum_ids
+    while pool.rebuild_step(8) is not None:
+        pool.flush()
+    assert pool.restore_quorum() != [] and 1 not in pool.quorum_ids
+    assert all(not pool.drives[i].failed for i in pool.quorum_ids)
+    pool.close()
+    pool = Pool.open(paths)
+    assert 1 not in pool.quorum_ids
+    _reads(pool, {"r5": want["r5"]})                     # RAID0 on drive 1 went with it
     pool.close()

@@ -30,7 +30,7 @@ from vsand.disk.ops import reservation  # noqa: E402
 from vsand.disk.role import Role  # noqa: E402
 from vsand.disk.check import check_paths, check_pool
 from vsand.disk.pool import Pool
-from vsand.errors import InvalidArgument, NotFound
+from vsand.errors import InvalidArgument, NoSpace, NotFound
 from vsand.mapping.lmap import ALLOCATED, SP, SS
 from vsand.units import MiB, Units
 
@@ -672,4 +672,35 @@ def test_failed_whole_write_to_a_snapshot_keeps_its_data(tmp_path):
         snap.write(0, b"S" * SEG)
     assert not snap.invalid
     assert snap.read(0, 4) == b"LLLL"
+    pool.close()
+
+
+@pytest.mark.parametrize("fail_at", [1, 3])
+def test_bgcopy_step_that_finds_no_room_midway_keeps_no_slot(tmp_path, monkeypatch, fail_at):
+    """Found by the drive model: with failed drives a RAID1 segment can have no pair
+    to go to although the clone's reservation has PSEGs. A step whose n-th
+    allocation raises NoSpace runs the copies it planned before (or raises, having
+    planned none), and no RSD slot is left taken by nobody."""
+    pool, _ = make_pool(tmp_path)
+    lun = pool.create_ld("lun", 8 * MiB, raid=0)
+    lun.write(0, pattern(7, 8 * MiB))
+    pool.snapclone("lun", "c")
+    real, calls = pool.space.alloc_segment, [0]
+
+    def alloc(*a, **kw):
+        calls[0] += 1
+        if calls[0] == fail_at:
+            raise NoSpace("no pair left")
+        return real(*a, **kw)
+    monkeypatch.setattr(pool.space, "alloc_segment", alloc)
+    if fail_at == 1:
+        with pytest.raises(NoSpace):
+            pool.bgcopy_step("c", 4)
+    else:
+        assert pool.bgcopy_step("c", 4)["copied"] == fail_at - 1
+    assert check_invariants(pool) == []
+    monkeypatch.undo()
+    run_to_done(pool, "c")
+    assert pool.get("c").read(0, 8 * MiB) == pattern(7, 8 * MiB)
+    assert check_invariants(pool) == [] and check_pool(pool) == []
     pool.close()
