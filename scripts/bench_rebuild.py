@@ -17,6 +17,10 @@
    and nbdfuse needed; skipped with the reason otherwise); while fio writes to a
    RAID5 LUN, write errors are switched on; the time until `drive list` says failed
    and a rebuild task exists is printed.
+4. Foreground p99 during leveling: the same fio jobs idle, then while the `level`
+   task a `drive add` started moves PSEGs onto the new drive (latency guard on, no
+   rate limit). Target: p99 <= 2x idle. The leveling's rate once the jobs end is
+   printed too.
 """
 
 from __future__ import annotations
@@ -96,6 +100,14 @@ def rate_part(v, tmp: str, cold: bool) -> tuple[dict, int]:
     return task, d["index"]
 
 
+def print_p99(idle: dict, busy: dict, what: str) -> None:
+    for rw in idle:
+        a, b = idle[rw], busy[rw]
+        r = b["p99_us"] / a["p99_us"] if a["p99_us"] else float("inf")
+        print(f"   {rw:9s} idle {a['iops']:7.0f} IOPS p99 {a['p99_us']:7.0f} us | {what} "
+              f"{b['iops']:7.0f} IOPS p99 {b['p99_us']:7.0f} us | p99 {r:.2f}x   target <= 2x: {verdict(r <= 2)}")
+
+
 def p99_part(v, first: int, fg_uri: str, runtime: int) -> None:
     idle = {rw: fio(fg_uri, rw, "4k", 1, 1 * GiB, runtime) for rw in ("randread", "randwrite")}
     d = victim(v, avoid=(first,))
@@ -109,12 +121,31 @@ def p99_part(v, first: int, fg_uri: str, runtime: int) -> None:
     print(f"\n2. foreground fio 4K QD1 on another RAID5 LUN, {runtime} s each, idle vs during "
           f"the rebuild of drive {d['index']} ({'still running after' if still else 'ENDED before'} "
           f"the second job: {t['done']} of {t['total']} members)")
-    for rw in idle:
-        a, b = idle[rw], busy[rw]
-        r = b["p99_us"] / a["p99_us"] if a["p99_us"] else float("inf")
-        print(f"   {rw:9s} idle {a['iops']:7.0f} IOPS p99 {a['p99_us']:7.0f} us | rebuilding "
-              f"{b['iops']:7.0f} IOPS p99 {b['p99_us']:7.0f} us | p99 {r:.2f}x   target <= 2x: {verdict(r <= 2)}")
+    print_p99(idle, busy, "rebuilding")
     wait_rebuilt(v, before)
+
+
+def level_part(v, fg_uri: str, runtime: int) -> None:
+    idle = {rw: fio(fg_uri, rw, "4k", 1, 1 * GiB, runtime) for rw in ("randread", "randwrite")}
+    t0 = time.monotonic()
+    added = v.call("drive.add")
+    while not [t for t in v.call("task.list") if t["kind"] == "level"]:
+        time.sleep(0.02)
+    busy = {rw: fio(fg_uri, rw, "4k", 1, 1 * GiB, runtime) for rw in ("randread", "randwrite")}
+    t = [t for t in v.call("task.list") if t["kind"] == "level"][-1]
+    still = t["state"] == "running"
+    print(f"\n4. foreground fio 4K QD1, {runtime} s each, idle vs during the leveling onto added "
+          f"drive {added['index']} ({'still running after' if still else 'ENDED before'} the second "
+          f"job: {t['done']} of {t['total']} PSEG moves)")
+    print_p99(idle, busy, "leveling")
+    while t["state"] in ("queued", "running"):
+        time.sleep(0.05)
+        t = next(x for x in v.call("task.list") if x["id"] == t["id"])
+    secs = time.monotonic() - t0
+    use = [f"{100 * (d['psegs'] - d['free_psegs']) / d['psegs']:.0f}%" for d in v.call("drive.list")
+           if d["state"] == "ok"]
+    print(f"   leveling {t['state']}: {t['done']} moves, {format_size(t['bytes'])} in {secs:.1f} s "
+          f"(fio runs included) = {t['bytes'] / MiB / secs:.0f} MiB/s; drives' use after: {' '.join(use)}")
 
 
 def detect_part(tmp: str) -> None:
@@ -199,7 +230,7 @@ def main() -> int:
     ap.add_argument("--fill", type=float, default=0.8, help="share of the pool the data LUN fills")
     ap.add_argument("--runtime", type=int, default=10, help="seconds per foreground fio job")
     ap.add_argument("--dir", default=None, help="where the drive images go (default: a temp dir)")
-    ap.add_argument("--parts", default="1,2,3", help="which parts to run (1 needs no other; 2 runs 1 first)")
+    ap.add_argument("--parts", default="1,2,3,4", help="which parts to run (1 needs no other; 2 and 4 run 1 first)")
     a = ap.parse_args()
     if not shutil.which("fio"):
         print("fio is not installed", file=sys.stderr)
@@ -210,7 +241,7 @@ def main() -> int:
         print(f"vsand rebuild benchmark: {a.drives} drives of {format_size(a.drive_size)}, "
               f"{time.strftime('%Y-%m-%d %H:%M')}; caches {'dropped' if not why else 'warm: ' + why}")
         parts = set(a.parts.split(","))
-        if parts & {"1", "2"}:
+        if parts & {"1", "2", "4"}:
             with Servers() as s:
                 v = s.vsand(os.path.join(tmp, "state"), a.drive_size, drives=a.drives)
                 fg = 1 * GiB
@@ -223,6 +254,8 @@ def main() -> int:
                 _, first = rate_part(v, tmp, cold=why is None)
                 if "2" in parts:
                     p99_part(v, first, v.uri("fg"), a.runtime)
+                if "4" in parts:
+                    level_part(v, v.uri("fg"), a.runtime)
         if "3" in parts:
             detect_part(tmp)
     finally:

@@ -22,7 +22,7 @@ from .nbd.handshake import Export
 from .physical.lock import StateDirLock
 from .physical.uring import Ring
 from .server.nbd_server import NbdServer
-from .tasks import REBUILD, SCRUB, TaskRunner, Throttle, default_kinds
+from .tasks import LEVEL, REBUILD, SCRUB, TaskRunner, Throttle, default_kinds
 from .tasks.rebuild import TARGET as WHOLE_POOL
 from .tasks.scrub import LAST as SCRUB_LAST
 from .units import format_size
@@ -186,6 +186,7 @@ class Daemon:
             log.info("resuming background task(s) %s", ", ".join(map(str, resumed)))
         # A drive failing mid-request starts a rebuild once that request is over.
         self.pool.on_failure = lambda index: loop.call_soon(self._rebuild)
+        self.tasks.on_finish = lambda t: loop.call_soon(self._after_task, t.kind)
         self._rebuild()
         scrubs = loop.create_task(self._scrub_schedule(), name="vsand-scrub-schedule") \
             if cfg.scrub_interval else None
@@ -212,14 +213,44 @@ class Daemon:
         try:
             todo = len(pool.damage().todo)
             if todo or any(pool.drives[i].failed for i in pool.quorum_ids):
+                # leveling or a scrub holds the pool's target: redundancy comes first
+                for t in [t for t in tasks.tasks.values() if t.active and t.target == WHOLE_POOL]:
+                    tasks.cancel(t.id, "a rebuild goes first")
+                    log.warning("task %d (%s) cancelled: a rebuild goes first%s", t.id, t.kind,
+                                "; run `vsanctl pool scrub` again later" if t.kind == SCRUB else "")
                 t = tasks.start(REBUILD, WHOLE_POOL)
                 log.warning("rebuilding or moving %d RStore member(s) of failed or leaving "
                             "drives: task %d", todo, t.id)
             else:
                 for i in pool.finish_removals():
                     log.warning("drive %d removed: nothing is left on it", i)
+                self._level()
         except VsanError as e:
             log.error("cannot start a rebuild: %s", e.message)
+
+    def _after_task(self, kind: str) -> None:
+        """Leveling follows a rebuild or removal (one that ended for want of room too:
+        leveling never starts while damage is left). A rebuild refused while another
+        pool task ran starts once that one ends; never leveling again after leveling,
+        so a leveling that fails is not restarted in a loop."""
+        if kind == REBUILD:
+            self._level()
+        elif self.pool.damage().todo:
+            self._rebuild()
+
+    def _level(self) -> None:
+        """Starts leveling when an RSS's drives are uneven, nothing is left to
+        rebuild or move off a drive, and no leveling or rebuild runs."""
+        tasks, pool = self.tasks, self.pool
+        if tasks.stopping or any(t.active and t.kind in (REBUILD, LEVEL) for t in tasks.tasks.values()):
+            return
+        try:
+            if not pool.damage().todo and pool.level_remaining():
+                t = tasks.start(LEVEL, WHOLE_POOL)
+                log.info("leveling the drives' use (widest spread %.1f points): task %d",
+                         100 * pool.level_spread(), t.id)
+        except VsanError as e:
+            log.error("cannot start leveling: %s", e.message)
 
     async def _scrub_schedule(self) -> None:
         """Starts a scrub every ``scrub_interval`` after the last one ended (the pool

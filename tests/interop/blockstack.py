@@ -124,3 +124,22 @@ def tree_sums(root) -> dict[str, str]:
                 with open(p, "rb") as f:
                     out[rel] = hashlib.sha256(f.read()).hexdigest()
     return out
+
+
+def fresh_ext4(tmp, uri: str) -> Stack:
+    """A new ext4 on the export ``uri``, mounted (nbdfuse + loop device)."""
+    stack = Stack(str(tmp), uri)
+    stack.attach()
+    stack.mkfs()
+    stack.mount()
+    return stack
+
+
+def remount_checked(stack: Stack, want: dict, what: str) -> None:
+    """Unmounts, drops the page cache, e2fsck clean, mounts again: every file's
+    sha256 as ``want`` says."""
+    stack.umount()
+    run(["sh", "-c", "echo 3 > /proc/sys/vm/drop_caches"])
+    e2fsck_clean(stack.loop, what)
+    stack.mount()
+    assert tree_sums(stack.mnt) == want

@@ -82,3 +82,12 @@ def filled_lun(d: Daemon, flaky: str, raid: int, pattern: int) -> tuple[int, str
     r = qemu_io(uri, f"write -P {pattern:#x} 0 64M", "flush")
     assert r.returncode == 0, r.stdout + r.stderr
     return index, uri
+
+
+def write_luns(d: Daemon, pats: dict, size: int) -> None:
+    """LUN ``r{raid}`` of ``size`` per RAID level in ``pats``, filled with its byte
+    pattern by qemu-io and flushed."""
+    for raid, p in pats.items():
+        d.ctl("lun.create", name=f"r{raid}", size=size, raid=raid)
+        r = qemu_io(d.uri(f"r{raid}"), f"write -P {p:#x} 0 {size >> 20}M", "flush")
+        assert r.returncode == 0, r.stdout + r.stderr

@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from conftest import Daemon, healthy, need, run
-from flakydrive import MiB, qemu_io, wait_for
+from flakydrive import MiB, qemu_io, wait_for, write_luns
 from test_rebuild import check_parity, drive, reads_back, rebuilds
 
 VSANCTL = [sys.executable, "-m", "vsand.cli.vsanctl"]
@@ -83,10 +83,7 @@ def test_kill_9_during_a_removal_resumes_and_loses_nothing(tmp_path, point):
     d = Daemon(tmp_path / "state", drives=7, drive_size="256M", extra=["--task-rate-mib", "2"]).start()
     try:
         pats = {0: 0x30, 5: 0x35}
-        for raid, p in pats.items():
-            d.ctl("lun.create", name=f"r{raid}", size=96 * MiB, raid=raid)
-            r = qemu_io(d.uri(f"r{raid}"), f"write -P {p:#x} 0 96M", "flush")
-            assert r.returncode == 0, r.stdout + r.stderr
+        write_luns(d, pats, 96 * MiB)
         assert drive(d, 0)["quorum"]
         assert d.stop() == 0
         d.env = {"VSAND_CRASHPOINT": point}

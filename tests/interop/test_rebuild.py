@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from blockstack import Stack, e2fsck_clean, need_kernel_path, tree_sums, write_file
+from blockstack import fresh_ext4, need_kernel_path, remount_checked, tree_sums, write_file
 from conftest import ROOT, Daemon, healthy, need, run
 from flakydrive import MiB, daemon_with, qemu_io, wait_for
 from vsand.control.client import ControlError
@@ -62,6 +62,15 @@ def reads_back(uri: str, *cmds: str) -> None:
     """qemu-io ``cmds`` (reads with -P) succeed and every pattern matches."""
     r = qemu_io(uri, *cmds)
     assert r.returncode == 0 and "verification failed" not in r.stdout, r.stdout + r.stderr
+
+
+def end_clean(d: Daemon, stack) -> None:
+    """Detaches ``stack`` (nothing left behind), the daemon healthy, stopped cleanly
+    and `vsand check --parity` clean."""
+    assert not stack.detach()
+    healthy(d)
+    assert d.stop() == 0
+    check_parity(d)
 
 
 def check_parity(d: Daemon) -> None:
@@ -207,10 +216,7 @@ def test_ext4_through_nbdfuse_and_loop_across_a_failure_and_its_rebuild(tmp_path
     stack = None
     try:
         d.ctl("lun.create", name="fs", size=256 * MiB, raid=5)
-        stack = Stack(str(tmp_path / "stack"), d.uri("fs"))
-        stack.attach()
-        stack.mkfs()
-        stack.mount()
+        stack = fresh_ext4(tmp_path / "stack", d.uri("fs"))
         want = {}
         for i in range(24):
             want.update({f"a/{i}": write_file(stack.mnt, f"a/{i}", os.urandom((i + 1) * 97 * 1024))})
@@ -227,16 +233,9 @@ def test_ext4_through_nbdfuse_and_loop_across_a_failure_and_its_rebuild(tmp_path
         r = run(VSANCTL + ["--control", d.control, "task", "wait", str(task["id"])], check=False, timeout=300)
         assert r.returncode == 0, r.stdout + r.stderr
         assert drive(d, victim)["rebuild_left"] == 0
-        stack.umount()
-        run(["sh", "-c", "echo 3 > /proc/sys/vm/drop_caches"])
-        e2fsck_clean(stack.loop, "the rebuilt LUN")
-        stack.mount()
-        assert tree_sums(stack.mnt) == want
-        assert not stack.detach()
-        stack = None
-        healthy(d)
-        assert d.stop() == 0
-        check_parity(d)
+        remount_checked(stack, want, "the rebuilt LUN")
+        stack, s = None, stack
+        end_clean(d, s)
     finally:
         if stack is not None:
             stack.detach()

@@ -4,7 +4,7 @@ A hypothesis state machine on an 11-drive pool (one RSS: five RAID1 pairs and on
 more drive, so a RAID1 column and a RAID5 member each have somewhere to go)
 drives random create (RAID1 / RAID5) / write / trim / snapshot of any LD /
 snapclone with BGCOPY steps / delete / drive add / drive removal (its metadata copy,
-if any, moves first) / drive failure (of a drive that holds no
+if any, moves first) / leveling steps (also split around other operations) / drive failure (of a drive that holds no
 metadata copy; a second one only once the first is rebuilt, so redundancy always
 covers what is lost) / rebuild steps with random budgets / a rebuild step split
 as the daemon runs it (plan, copy, then writes, trims, snapshots, deletes, BGCOPY
@@ -38,6 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from engine_invariants import check_invariants  # noqa: E402
 from test_snapshot_model import crash_reopen, first_diff, new_pool, pattern  # noqa: E402
 
+from vsand.disk import level  # noqa: E402
 from vsand.disk.check import check_pool  # noqa: E402
 from vsand.disk.pool import Pool  # noqa: E402
 from vsand.disk.rebuild import key  # noqa: E402
@@ -241,7 +242,36 @@ class DriveMachine(RuleBasedStateMachine):
         """A step as the daemon runs it: planned and copied, then something else
         runs (as NBD requests and other tasks do between the copy and the switch),
         then the switch."""
-        self.plan = self.pool.rebuild_plan(budget, set())
+        self._interleave(self.pool.rebuild_plan(budget, set()), data, op)
+
+    @precondition(lambda self: self.plan is None and not self.pool.damage().todo)
+    @rule(data=st.data(), budget=st.integers(1, 8),
+          op=st.sampled_from(["write", "trim", "snapshot", "clone", "bgcopy", "delete", "flush"]))
+    def level_interleaved(self, data, budget, op):
+        """A leveling step split the same way (its moves are rebuild moves)."""
+        self._interleave(self.pool.level_plan(budget, set()), data, op)
+
+    @precondition(lambda self: self.plan is None)
+    @rule()
+    def level_to_done(self):
+        """Leveling ends (every move lowers sum(used^2 / size) over the drives)
+        and then no move is left that would lower the spread."""
+        sq, moved = level.potential(self.pool), 0
+        for _ in range(1000):
+            r = self.pool.level_step(8)
+            if r is None:
+                break
+            assert not r["failed"], r["failed"]
+            moved += r["copied"]
+            assert level.potential(self.pool) < sq
+            sq = level.potential(self.pool)
+        else:
+            raise AssertionError("leveling did not end")
+        assert self.pool.damage().todo or self.pool.level_remaining() == 0
+        event("leveled: PSEGs moved" if moved else "leveled: nothing to move")
+
+    def _interleave(self, plan, data, op) -> None:
+        self.plan = plan
         if self.plan is None:
             return
         self.plan.io()

@@ -7,8 +7,8 @@ from .ctl import kv
 
 
 def register(sub, common) -> None:
-    g = sub.add_parser("pool", help="pool settings, rebuild, scrub (show, set, rebuild, scrub)",
-                       description="Pool-wide settings; start a rebuild or a scrub.")
+    g = sub.add_parser("pool", help="pool settings, rebuild, level, scrub (show, set, rebuild, level, scrub)",
+                       description="Pool-wide settings; start a rebuild, leveling or a scrub.")
     gs = g.add_subparsers(title="commands", dest="pool_cmd", metavar="COMMAND", required=True)
     p = gs.add_parser("show", parents=[common], help="show the pool's settings",
                       description="Show the pool's settings and the daemon's background-task limits.")
@@ -25,6 +25,15 @@ def register(sub, common) -> None:
                                   "by itself when a drive fails; this is for after one ended for "
                                   "want of free space. Follow it with `vsanctl task wait ID`.")
     p.set_defaults(func=rebuild, cmd="pool rebuild", _parser=p)
+    p = gs.add_parser("level", parents=[common], help="even out the drives' use",
+                      description="Start a leveling task: PSEGs move from the fullest drives of "
+                                  "each RSS to the emptiest until every drive's used fraction is "
+                                  "within 5 points of the others. One starts by itself after a "
+                                  "drive is added and after a rebuild or removal ends. Refused, "
+                                  "with the reason, while failed or leaving drives have data to "
+                                  "move and when the pool is level. Follow it with `vsanctl task "
+                                  "wait ID`.")
+    p.set_defaults(func=level, cmd="pool level", _parser=p)
     p = gs.add_parser("scrub", parents=[common], help="check and repair every RAID1/5 stripe",
                       description="Start a scrub task: every allocated RAID1/RAID5 stripe is "
                                   "read; a member that cannot be read is written again from "
@@ -48,6 +57,11 @@ def set_(ctx, a) -> int:
 def rebuild(ctx, a) -> int:
     res = ctx.call("pool.rebuild")
     return ctx.emit(res, lambda r: f"rebuild started as task {r['id']}: {r['total']} member(s) to rebuild")
+
+
+def level(ctx, a) -> int:
+    res = ctx.call("pool.level")
+    return ctx.emit(res, lambda r: f"leveling started as task {r['id']}: about {r['total']} PSEG move(s)")
 
 
 def scrub(ctx, a) -> int:

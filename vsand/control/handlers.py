@@ -12,7 +12,8 @@ import os
 
 from ..disk import snapclone
 from ..errors import InvalidArgument
-from ..tasks import BGCOPY, REBUILD, SCRUB
+from ..disk.level import TOLERANCE as LEVEL_TOLERANCE
+from ..tasks import BGCOPY, LEVEL, REBUILD, SCRUB
 from ..tasks.rebuild import TARGET as POOL
 from ..tasks.runner import check_rate
 from ..units import format_size
@@ -187,6 +188,14 @@ class Handlers:
             raise InvalidArgument("nothing to rebuild: no RStore has a member on a failed drive"
                                   + (f" that redundancy can restore ({dmg.lost} lost data)" if dmg.lost else ""))
         return self.tasks.start(REBUILD, POOL).info(self.tasks.clock())
+
+    def pool_level(self):
+        """Starts leveling by hand; it starts by itself after drives come and go."""
+        if not self.pool.level_remaining():
+            raise InvalidArgument(f"nothing to level: every RSS is within "
+                                  f"{100 * LEVEL_TOLERANCE:.0f} points of used fraction (widest spread "
+                                  f"{100 * self.pool.level_spread():.1f})")
+        return self.tasks.start(LEVEL, POOL).info(self.tasks.clock())
 
     def pool_scrub(self):
         """Starts a scrub: every allocated RAID1/5 stripe read, checked, repaired."""

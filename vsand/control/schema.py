@@ -40,6 +40,7 @@ OPS: dict[str, dict[str, tuple[type, bool]]] = {
     "pool.set": {"key": (str, True), "value": (str, True)},
     "pool.rebuild": {},
     "pool.scrub": {},
+    "pool.level": {},
 }
 
 # pool.set: the settings an administrator may change, and their allowed values.

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import uuid
 
-from ..errors import Corrupt, InvalidArgument, IOFailure, NoSpace, NotFound
+from ..errors import Corrupt, InvalidArgument, IOFailure, NoSpace, NotFound, VsanError
 from ..faults import crashpoint
 from ..mapping.rsd import MAX_PSEGS
 from ..meta import format as fmt
@@ -145,10 +145,17 @@ def move_quorum(pool, index: int) -> int:
         try:
             pool.tx.ensure_meta_reserve()
             pool.tx.checkpoint_now()
-        except NoSpace as e:
+        except NoSpace as e:        # raised before any superblock was written
             why = e.message
             alloc.set_reserve(new, 0)
             continue
+        except VsanError as e:
+            # The new superblock may be on some drives: the old quorum is written
+            # again at a newer generation (or the pool turns read-only), or the log
+            # that goes on after this would chain to a superseded salt.
+            _restore_quorum(pool, before)
+            pool.tx.rewrite(e, "moving a metadata copy")
+            raise
         except BaseException:
             _restore_quorum(pool, before)
             raise
@@ -165,7 +172,10 @@ def _restore_quorum(pool, before: list[int]) -> None:
     for i in pool.allocator.drives:
         if i not in before:
             pool.allocator.set_reserve(i, 0)
-    pool.tx.ensure_meta_reserve()
+    try:
+        pool.tx.ensure_meta_reserve()
+    except NoSpace:
+        pass            # the reserves it had stay set
 
 
 def _unplaceable(pool, index: int) -> int:

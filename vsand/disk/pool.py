@@ -29,7 +29,7 @@ from ..physical.drive import Drive
 from ..redundancy.rstore import RStoreIO
 from ..redundancy.writejob import StripeLocks
 from ..units import Units, format_size
-from . import bgcopy, health, membership, rebuild, recovery, scrub, sharing, snapclone
+from . import bgcopy, health, level, membership, rebuild, recovery, scrub, sharing, snapclone
 from .assembly import assemble, close_all
 from .catalog import Catalog
 from .detector import Detector
@@ -469,6 +469,27 @@ class Pool:
     def rebuild_step(self, budget: int, skip: set | None = None) -> dict | None:
         """One whole rebuild step on the calling thread (tests, tools)."""
         p = rebuild.plan(self, budget, skip or set())
+        if p is None:
+            return None
+        p.io()
+        return p.finish()
+
+    def level_plan(self, budget: int, skip: set):
+        """A leveling step in three parts, like ``rebuild_plan`` (see level.py);
+        None when every RSS is level or nothing can move."""
+        return level.plan(self, budget, skip)
+
+    def level_spread(self) -> float:
+        """The widest used-fraction spread of an RSS's working drives."""
+        return level.spread(self)
+
+    def level_remaining(self) -> int:
+        """About how many moves leveling has left."""
+        return level.remaining(self)
+
+    def level_step(self, budget: int) -> dict | None:
+        """One whole leveling step on the calling thread (tests, tools)."""
+        p = level.plan(self, budget, set())
         if p is None:
             return None
         p.io()

@@ -187,26 +187,40 @@ def plan(pool, budget: int, skip: set) -> Plan | None:
     todo = [x for x in damage.todo if key(x) not in skip]
     if not todo:
         return None
-    space, alloc = pool.space, pool.allocator
+    alloc = pool.allocator
     moves, skipped = [], []
     for t, idx, col in todo:
         if len(moves) >= budget:
             break
-        stored = t.members(idx)
-        members = space.members(t, idx)
-        on = {d for d, _ in space.physical(t.raid, stored)}
-        spare = alloc.take_spare(t.ldad, t.raid, on)
+        spare = alloc.take_spare(t.ldad, t.raid, on_drives(pool, t, idx))
         if spare is None:
             skipped.append((t, idx, col))
             continue
-        new = space.expand(t.raid, [pack_member(*spare)])
-        moves.append(Move(pool, t, idx, col, stored, members, spare, new))
-        pool.rio.watch(members)
+        moves.append(start_move(pool, t, idx, col, spare))
+    return begin(pool, moves, skipped, len(todo) - len(moves) - len(skipped))
+
+
+def on_drives(pool, t, idx: int) -> set[int]:
+    """The drives RStore ``idx`` of table ``t`` has members on (RAID1 partners too)."""
+    return {d for d, _ in pool.space.physical(t.raid, t.members(idx))}
+
+
+def start_move(pool, t, idx: int, col: int, spare: tuple[int, int]) -> Move:
+    """Column ``col`` of RStore ``idx`` is to go to ``spare`` (a PSEG taken for it);
+    its RStore is watched from now on."""
+    members = pool.space.members(t, idx)
+    new = pool.space.expand(t.raid, [pack_member(*spare)])
+    m = Move(pool, t, idx, col, t.members(idx), members, spare, new)
+    pool.rio.watch(members)
+    return m
+
+
+def begin(pool, moves: list[Move], skipped: list, remaining: int) -> Plan:
     # Writes already running when the watch began may land during the copy unseen:
     # they finish first.
     pool.stripes.drain()
     crashpoint("rebuild.before_copy")
-    return Plan(pool, moves, skipped, len(todo) - len(moves) - len(skipped))
+    return Plan(pool, moves, skipped, remaining)
 
 
 def _give_back(pool, m: Move) -> None:

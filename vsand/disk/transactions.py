@@ -156,7 +156,7 @@ class Transactions:
                 # The loop may have written since the sync: the checkpoint syncs again.
                 self._checkpoint_instead(job.extra, synced=False)
                 return None
-            self._rewrite(err, "metadata commit")
+            self.rewrite(err, "metadata commit")
         except VsanError as e:
             return e
         if job.extra is not None:
@@ -202,7 +202,7 @@ class Transactions:
         except LogFull:
             self.checkpoint()
         except IOFailure as e:
-            self._rewrite(e, what)
+            self.rewrite(e, what)
         try:
             self.meta.append(records)
         except (LogFull, IOFailure) as e:
@@ -220,7 +220,7 @@ class Transactions:
         try:
             self.checkpoint_now(synced)
         except VsanError as e:
-            self._rewrite(e, "checkpoint")
+            self.rewrite(e, "checkpoint")
 
     def checkpoint_now(self, synced: bool = False) -> None:
         """Writes all of memory as a new checkpoint and superblock; the log restarts.
@@ -280,7 +280,7 @@ class Transactions:
         return npsegs
 
     # ---- failure --------------------------------------------------------------------
-    def _rewrite(self, err: VsanError, what: str) -> None:
+    def rewrite(self, err: VsanError, what: str) -> None:
         """``what`` failed with ``err`` and the metadata on disk is in doubt: rewrite it
         whole from memory (twice at most), or turn the pool read-only and raise."""
         log.warning("%s failed: %s; rewriting the pool's metadata from memory", what, err.message)

@@ -1,7 +1,7 @@
 """Background work in the daemon's event loop: throttled, resumable, with progress.
 
 runner.py is generic (any kind); each kind of work is its own module (bgcopy.py,
-rebuild.py, scrub.py); throttle.py paces them all. Imports only disk-level
+rebuild.py, level.py, scrub.py); throttle.py paces them all. Imports only disk-level
 interfaces (the pool object it is given) and errors: never server/ or control/."""
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import asyncio
 
 from .bgcopy import NAME as BGCOPY
 from .bgcopy import BgCopy
+from .level import NAME as LEVEL
+from .level import Level
 from .rebuild import NAME as REBUILD
 from .rebuild import Rebuild
 from .scrub import NAME as SCRUB
@@ -20,7 +22,8 @@ from .throttle import Throttle
 
 def default_kinds(engine) -> dict:
     moving = asyncio.Lock()      # see Rebuild: copies with fixed member lists, one at a time
-    return {BGCOPY: BgCopy(engine, moving), REBUILD: Rebuild(engine, moving), SCRUB: Scrub(engine)}
+    return {BGCOPY: BgCopy(engine, moving), REBUILD: Rebuild(engine, moving),
+            LEVEL: Level(engine, moving), SCRUB: Scrub(engine)}
 
 
-__all__ = ["BGCOPY", "REBUILD", "SCRUB", "TaskBusy", "TaskRunner", "Throttle", "default_kinds"]
+__all__ = ["BGCOPY", "LEVEL", "REBUILD", "SCRUB", "TaskBusy", "TaskRunner", "Throttle", "default_kinds"]

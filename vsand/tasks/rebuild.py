@@ -22,6 +22,8 @@ log = logging.getLogger("vsand.tasks")
 
 
 class Rebuild:
+    PHASE = "rebuild"
+
     def __init__(self, engine, moving: asyncio.Lock):
         """``moving``: held through every step whose copies run off the loop with
         member lists fixed at planning (BGCOPY's too), so a switch never lands
@@ -35,7 +37,13 @@ class Rebuild:
         if target != TARGET:
             raise InvalidArgument(f"a rebuild works on the whole pool: its target is {TARGET!r}, not {target!r}")
         self.unplaced, self.unread = set(), set()
+        return self._remaining()
+
+    def _remaining(self) -> int:
         return len(self.engine.damage().todo)
+
+    def _plan(self, budget: int, skip: set):
+        return self.engine.rebuild_plan(budget, skip)
 
     async def step(self, target: str, budget: int) -> Step:
         """Members, each 2 MiB written and up to 8 MiB read, copied in parallel
@@ -47,7 +55,7 @@ class Rebuild:
             # The throttle sizes steps by cost per unit, which parallel copies make
             # look small: an idle step (budget > 1) takes the most members at once,
             # a paced one (busy clients, a rate limit) one.
-            plan = self.engine.rebuild_plan(MAX_MOVES if budget > 1 else 1, self.unplaced | self.unread)
+            plan = self._plan(MAX_MOVES if budget > 1 else 1, self.unplaced | self.unread)
             if plan is None:
                 self._end()
                 return Step(0, 0, 0, True, "done")
@@ -58,9 +66,9 @@ class Rebuild:
             r = plan.finish()
         self.unplaced.update(r["skipped"])
         for k, why in r["failed"]:
-            log.warning("rebuild: %s; left degraded", why)
+            log.warning("%s: %s; left where it was", self.PHASE, why)
             self.unread.add(k)
-        return Step(r["copied"], r["bytes"], r["remaining"], False, "rebuild")
+        return Step(r["copied"], r["bytes"], r["remaining"], False, self.PHASE)
 
     def _end(self) -> None:
         """No column left that this run can rebuild: done, or why not. Drives being

@@ -67,6 +67,7 @@ class TaskRunner:
         self.coros: dict[int, asyncio.Task] = {}
         self.next_id = 1
         self.stopping = False
+        self.on_finish: Callable[[Task], None] | None = None   # after a task ends (daemon)
         self.last_flush = self.last_stats = self.clock()
         self.load()
 
@@ -277,6 +278,8 @@ class TaskRunner:
             self._persist(t)
         except VsanError as e:      # the state is right in memory; the next commit retries
             log.error("task %d: cannot record %s: %s", t.id, state, e.message)
+        if self.on_finish is not None and not self.stopping:
+            self.on_finish(t)
 
     def _prune(self) -> None:
         done = sorted(i for i, t in self.tasks.items() if t.state in FINISHED)

@@ -258,3 +258,38 @@ def test_a_failed_metadata_drive_hands_its_copy_over(tmp_path):
     assert 1 not in pool.quorum_ids
     _reads(pool, {"r5": want["r5"]})                     # RAID0 on drive 1 went with it
     pool.close()
+
+
+def test_a_metadata_move_whose_superblock_write_fails_loses_nothing(tmp_path):
+    """The new superblock reaches the old quorum drives, then the incoming drive
+    fails its write: the old quorum is written again at a newer generation, so the
+    commits that follow (a flushed write, a LUN created) survive a kill -9."""
+    from vsand.errors import IOFailure
+    from vsand.meta import format as fmt
+    pool, paths = make_pool(tmp_path, n=8)
+    ld = pool.create_ld("a", 16 * MiB, raid=5)
+    ld.write(0, b"A" * MiB)
+    pool.flush()
+    before = list(pool.quorum_ids)
+    alloc = pool.allocator
+    new = max((i for i in alloc.drives if i not in before), key=lambda i: alloc.usable(alloc.drives[i]))
+    d = pool.drives[new]
+    real = d.pwrite
+
+    def pwrite(off, data):
+        if off in fmt.SB_SLOT_OFF:
+            raise IOFailure(f"drive {new}: EIO (superblock)")
+        return real(off, data)
+    d.pwrite = pwrite
+    with pytest.raises(IOFailure):
+        pool.remove_drive(before[-1])
+    d.pwrite = real
+    assert pool.quorum_ids == before and not pool.drive_recs[before[-1]].get("leaving")
+    ld.write(0, b"B" * MiB)
+    pool.flush()
+    pool.create_ld("b", 8 * MiB, raid=5)
+    _kill(pool)
+    pool = Pool.open(paths)
+    assert pool.get("a").read(0, 4) == b"BBBB" and sorted(pool.lds) == ["a", "b"]
+    assert check_pool(pool) == []
+    pool.close()
