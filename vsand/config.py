@@ -33,6 +33,7 @@ class Config:
     io_engine: str = "auto"               # reads that miss the cache: uring, threads or auto
     io: str = "auto"                      # drive I/O: buffered, direct (O_DIRECT) or auto (direct for block devices)
     drive_error_limit: int = 4            # I/O errors a drive may give before it is failed
+    drive_timeout: int = 30               # seconds a drive read or write may take (0 = no limit)
     scrub_interval: int = 30 * 86400      # seconds between scrubs (0 = never); like Debian's monthly mdadm check
 
     def finish(self) -> "Config":
@@ -139,6 +140,7 @@ CHECK = {"drive_size": _size, "task_rate_mib": _rate, "task_latency_guard": _on_
          "accept_data_loss": _on_off, "max_connections": _positive, "idle_timeout": _count,
          "memory_budget": _size, "io_threads": _count,
          "io": _io_mode, "io_engine": _io_engine, "drive_error_limit": _positive,
+         "drive_timeout": _duration,
          "scrub_interval": _duration}
 
 
@@ -202,6 +204,9 @@ def load(argv: list[str] | None = None) -> Config:
     ap.add_argument("--drive-error-limit", type=_positive, metavar="N",
                     help="I/O errors a drive may give before it is failed (default 4); a drive "
                          "that misses a write of a RAID1/5 stripe is failed at once")
+    ap.add_argument("--drive-timeout", type=_duration, metavar="DURATION",
+                    help="a drive read or write that takes longer counts as an I/O error (its "
+                         "data is served from redundancy): 30s (the default), 5s, 2m, or off")
     ap.add_argument("--scrub-interval", type=_duration, metavar="DURATION",
                     help="start a scrub this long after the last one ended (or after this start, "
                          "when none is recorded): 30d (the default), 12h, 90m, 45s, or off")

@@ -132,6 +132,7 @@ class Daemon:
         try:
             self.pool = open_pool(cfg)
             self.pool.detector.limit = cfg.drive_error_limit
+            self.pool.set_drive_timeout(cfg.drive_timeout)
             try:
                 return await self._serve()
             finally:

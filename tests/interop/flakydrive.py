@@ -1,6 +1,7 @@
 """A drive that really fails: an image served by ``nbdkit file`` with the error
 filter, seen by vsand as a FUSE file (nbdfuse). While the filter's trigger file
-exists, every call of one kind (pread or pwrite) on that drive fails with EIO."""
+exists, every call of one kind (pread or pwrite) on that drive fails with EIO.
+Or a drive that turns slow: the rate filter, its limit written at run time."""
 
 from __future__ import annotations
 
@@ -34,7 +35,9 @@ def wait_for(what, cond, timeout=60):
 def failing_drive(tmp_path, request):
     """The generator behind the ``failing_drive`` fixture (conftest.py): yields
     (path vsand opens, trigger file); calls of the kind ``request.param`` (pread,
-    pwrite; default pread) fail with EIO while the trigger exists."""
+    pwrite; default pread) fail with EIO while the trigger exists; with "slow",
+    the drive's bandwidth is limited to what the trigger says (e.g. "1M": 1 Mbit/s,
+    nbdkit's rate filter) once it is written."""
     need("nbdkit", "nbdfuse", "qemu-io")
     if os.geteuid() != 0:
         pytest.skip("nbdfuse's FUSE mount needs root here")
@@ -44,8 +47,12 @@ def failing_drive(tmp_path, request):
         f.truncate(SIZE)
     trigger = tmp_path / "fail-reads"
     sock = tmp_path / "nbdkit.sock"
-    kit = subprocess.Popen(["nbdkit", "-f", "-U", str(sock), "--filter=error", "file", str(img),
-                            "error=EIO", f"error-{kind}-rate=100%", f"error-{kind}-file={trigger}"],
+    if kind == "slow":      # the rate filter reads its limit (bits/s) from the trigger
+        filters = ["--filter=rate", "file", str(img), f"rate-file={trigger}"]
+    else:
+        filters = ["--filter=error", "file", str(img), "error=EIO", f"error-{kind}-rate=100%",
+                   f"error-{kind}-file={trigger}"]
+    kit = subprocess.Popen(["nbdkit", "-f", "-U", str(sock), *filters],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     stack = Stack(str(tmp_path / "stack"), f"nbd+unix:///?socket={sock}")
     try:

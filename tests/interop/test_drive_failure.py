@@ -4,7 +4,8 @@ by vsand as a FUSE file (nbdfuse). When the filter's trigger file appears, every
 read of that drive fails with EIO: the RAID5 LUN still reads back byte for byte
 (no client-visible error), the daemon logs each error and fails the drive at the
 limit, and the failure survives a kill -9 after the next FLUSH. Also `vsanctl
-drive fail` by hand."""
+drive fail` by hand, a drive that turns slower than the drive timeout, and drive
+images truncated or deleted under the running daemon."""
 
 from __future__ import annotations
 
@@ -122,6 +123,73 @@ def test_a_drive_image_truncated_while_the_daemon_runs(tmp_path):
         assert r.returncode == 0 and "verification failed" not in r.stdout, r.stdout + r.stderr
         info = next(x for x in d.ctl("drive.list") if x["index"] == index)
         assert info["failed"] and "truncated" in info["state"], info
+        healthy(d)
+    finally:
+        d.stop()
+
+
+def _uncache(path: str) -> None:
+    """The drive's pages out of the page cache, so that vsand's reads reach it."""
+    fd = os.open(path, os.O_RDONLY)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.close(fd)
+
+
+@pytest.mark.parametrize("failing_drive", ["slow"], indirect=True)
+def test_a_drive_slower_than_the_timeout_is_failed_and_rebuilt(tmp_path, failing_drive):
+    """Item 1 and 6: the sixth drive turns slow (nbdkit's rate filter, 1 Mbit/s, set
+    mid-run): every read of it that takes longer than --drive-timeout counts as an
+    I/O error and is served from parity, so the client sees only latency; at the
+    limit the drive is failed, the rebuild moves its members, and everything reads
+    back after a restart."""
+    flaky, trigger = failing_drive
+    d = daemon_with(tmp_path, flaky, "--drive-timeout", "1s", plain=5).start()
+    try:
+        index, uri = filled_lun(d, flaky, 5, 0x5c)
+        _uncache(flaky)
+        trigger.write_text("1M")
+        r = qemu_io(uri, "read -P 0x5c 0 64M")
+        assert r.returncode == 0 and "verification failed" not in r.stdout, r.stdout + r.stderr
+        info = next(x for x in d.ctl("drive.list") if x["index"] == index)
+        assert info["failed"] and "drive timeout" in info["state"], info
+        log = d.read_log()
+        assert "over the 1 s drive timeout" in log, log
+        task = [t for t in d.ctl("task.list") if t["kind"] == "rebuild"][-1]
+        r = run(VSANCTL + ["--control", d.control, "task", "wait", str(task["id"])], check=False, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        r = qemu_io(uri, "read -P 0x5c 0 64M")
+        assert r.returncode == 0 and "verification failed" not in r.stdout, r.stdout + r.stderr
+        healthy(d)
+        assert d.stop() == 0
+        d.start()
+        r = qemu_io(uri, "read -P 0x5c 0 64M")
+        assert r.returncode == 0 and "verification failed" not in r.stdout, r.stdout + r.stderr
+    finally:
+        d.stop()
+
+
+def test_a_drive_image_deleted_while_the_daemon_runs(tmp_path):
+    """Item 6: an image file deleted under the running daemon stays open (Linux
+    keeps an unlinked file while a descriptor holds it), so nothing changes until
+    the next start, which finds the drive missing, fails it and rebuilds what it
+    held; nothing is lost."""
+    need("qemu-io")
+    d = Daemon(tmp_path / "state", drives=6, drive_size="256M").start()
+    try:
+        victim = next(x for x in d.ctl("drive.list") if not x["quorum"])
+        index, uri = filled_lun(d, victim["path"], 5, 0x6d)
+        os.unlink(victim["path"])
+        r = qemu_io(uri, "write -P 0x6e 0 1M", "flush", "read -P 0x6e 0 1M", "read -P 0x6d 1M 63M")
+        assert r.returncode == 0 and "verification failed" not in r.stdout, r.stdout + r.stderr
+        assert d.stop() == 0
+        d.start()
+        info = next(x for x in d.ctl("drive.list") if x["index"] == index)
+        assert info["failed"], info
+        task = [t for t in d.ctl("task.list") if t["kind"] == "rebuild"][-1]
+        r = run(VSANCTL + ["--control", d.control, "task", "wait", str(task["id"])], check=False, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        r = qemu_io(uri, "read -P 0x6e 0 1M", "read -P 0x6d 1M 63M")
+        assert r.returncode == 0 and "verification failed" not in r.stdout, r.stdout + r.stderr
         healthy(d)
     finally:
         d.stop()

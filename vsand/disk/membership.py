@@ -59,6 +59,8 @@ def add(pool, path: str, size: int | None, ldad: str, opener) -> dict:
     if size is None and not os.path.exists(path):
         raise InvalidArgument(f"{path} does not exist (give a size to create an image file there)")
     d = opener(path, size)
+    if hasattr(d, "timeout"):
+        d.timeout = pool.drive_timeout
     try:
         _refuse_foreign(pool, d, path)
         index = max(pool.drive_recs) + 1

@@ -102,6 +102,7 @@ class Pool:
         self.degraded: dict[str, int] = {}         # LD -> segments unreadable (failed drives)
         self.strangers: list[str] = []             # paths given that are not drives of it
         self.opener = None          # (path, size) -> drive, as this pool's drives were opened
+        self.drive_timeout = 0.0    # seconds a drive call may take (Drive.timeout), 0: none
 
     # ---- creation and opening -------------------------------------------------------
     @classmethod
@@ -441,6 +442,13 @@ class Pool:
     def remove_drive(self, index: int) -> int:
         """Starts emptying a drive for removal (membership.py); PSEGs to move."""
         return membership.leave(self, index)
+
+    def set_drive_timeout(self, seconds: float) -> None:
+        """Every drive's call timeout (Drive.timeout), drives added later too."""
+        self.drive_timeout = seconds
+        for d in self.drives.values():
+            if hasattr(d, "timeout"):
+                d.timeout = seconds
 
     def check_removable(self, index: int) -> None:
         """Raises with the reason when drive ``index`` cannot start leaving."""

@@ -19,6 +19,7 @@ import mmap
 import os
 import stat
 import struct
+import time
 
 from ..errors import IOFailure, InvalidArgument, Unsupported
 from . import direct as dio
@@ -55,6 +56,9 @@ class Drive:
         self.align = align
         self.direct = direct
         self.failed = False
+        # seconds a read or write may take before it counts as an I/O error (0: no
+        # limit); fdatasync has none: a commit waits for the data however long
+        self.timeout = 0.0
         self.dirty = True          # written since the last fdatasync that worked (or unknown)
         self._can_punch = True
 
@@ -113,11 +117,23 @@ class Drive:
         if self.failed:
             raise IOFailure(f"drive {self.path} is failed")
 
+    def _late(self, t0: float, what: str, off: int) -> None:
+        """A call that returned after the timeout is an I/O error: a read's bytes are
+        dropped (redundancy serves them, the error counts against the drive); a
+        write did land, but a drive this slow is one to fail. A call that never
+        returns is not caught here."""
+        took = time.monotonic() - t0
+        if self.timeout and took > self.timeout:
+            raise IOFailure(f"{what} {self.path}@{off}: took {took:.1f} s, over the "
+                            f"{self.timeout:g} s drive timeout")
+
     def pread(self, off: int, n: int) -> bytes:
         self._check()
+        t0 = time.monotonic()
         if self.direct:
             buf = bytearray(n)
             self._read_direct(off, memoryview(buf))
+            self._late(t0, "read", off)
             return bytes(buf)
         try:
             data = os.pread(self.fd, n, off)
@@ -126,6 +142,7 @@ class Drive:
         if len(data) < n:  # past the end of a short image: reads as zeros
             self._short(off, len(data))
             data += bytes(n - len(data))
+        self._late(t0, "read", off)
         return data
 
     def _short(self, off: int, got: int) -> None:
@@ -139,8 +156,10 @@ class Drive:
     def readinto(self, off: int, buf: memoryview) -> None:
         """Fills ``buf`` from ``off`` without an intermediate bytes object."""
         self._check()
+        t0 = time.monotonic()
         if self.direct:
-            return self._read_direct(off, buf)
+            self._read_direct(off, buf)
+            return self._late(t0, "read", off)
         try:
             got = os.preadv(self.fd, [buf], off)
         except OSError as e:
@@ -148,6 +167,7 @@ class Drive:
         if got < len(buf):
             self._short(off, got)
             buf[got:] = bytes(len(buf) - got)
+        self._late(t0, "read", off)
 
     def _read_direct(self, off: int, buf: memoryview) -> None:
         try:
@@ -161,18 +181,18 @@ class Drive:
     def pwrite(self, off: int, data) -> None:
         self._check()
         self.dirty = True
-        if self.direct:
-            try:
-                return dio.write(self.fd, off, data, self.align)
-            except OSError as e:
-                raise IOFailure(f"write {self.path}@{off}: {e.strerror}") from e
+        t0 = time.monotonic()
         try:
-            done = os.pwrite(self.fd, data, off)
-            mv = memoryview(data)
-            while done < len(mv):
-                done += os.pwrite(self.fd, mv[done:], off + done)
+            if self.direct:
+                dio.write(self.fd, off, data, self.align)
+            else:
+                done = os.pwrite(self.fd, data, off)
+                mv = memoryview(data)
+                while done < len(mv):
+                    done += os.pwrite(self.fd, mv[done:], off + done)
         except OSError as e:
             raise IOFailure(f"write {self.path}@{off}: {e.strerror}") from e
+        self._late(t0, "write", off)
 
     def zero(self, off: int, n: int) -> None:
         """Makes [off, off+n) read as zeros; punches a hole where the OS can."""
