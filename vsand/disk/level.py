@@ -62,7 +62,7 @@ def imbalance(pool, usage: Usage | None = None) -> list[tuple[str, list[int], fl
             order = sorted(ws, key=lambda i: (-u.frac(i), i))
             spread = u.frac(order[0]) - u.frac(order[-1])
             if spread > TOLERANCE:
-                out.append((ldad, order[:-1], spread))
+                out.append((ldad, order, spread))
     return sorted(out, key=lambda x: -x[2])
 
 
@@ -79,15 +79,21 @@ def spread(pool) -> float:
     return worst
 
 
-def _columns(pool, src: int):
-    """(table, RSD index, column) of live RStores with a member on ``src``."""
+def _columns(pool, src: int, want: int):
+    """(table, RSD index, column) of live RStores with a member on ``src``: first
+    those with none on ``want`` (the emptiest drive, where a move helps most; an
+    RStore may hold one member per drive), then the others."""
     alloc = pool.allocator
-    for t in pool.space.tables.values():
-        on = [src] + (alloc.mirrored_by([src]) if t.raid == 1 else [])
-        for base, rows, live in t.blocks():
-            hit = np.isin(member_drives(rows), on) & live[:, None]
-            for r, c in zip(*np.nonzero(hit)):
-                yield t, base + int(r), int(c)
+    for first in (True, False):
+        for t in pool.space.tables.values():
+            on = [src] + (alloc.mirrored_by([src]) if t.raid == 1 else [])
+            there = [want] + (alloc.mirrored_by([want]) if t.raid == 1 else [])
+            for base, rows, live in t.blocks():
+                drives = member_drives(rows)
+                free = ~np.isin(drives, there).any(axis=1)
+                hit = np.isin(drives, on) & (live & (free if first else ~free))[:, None]
+                for r, c in zip(*np.nonzero(hit)):
+                    yield t, base + int(r), int(c)
 
 
 def potential(pool) -> float:
@@ -133,8 +139,8 @@ def _choose(pool, budget: int, skip: set) -> list:
     u = Usage(pool)
     out: list = []
     for _, order, _ in imbalance(pool, u):
-        for src in order:
-            _from(pool, u, src, budget, skip, out)
+        for src in order[:-1]:
+            _from(pool, u, src, order[-1], budget, skip, out)
             if len(out) >= budget:
                 break
         if len(out) >= budget:
@@ -142,11 +148,11 @@ def _choose(pool, budget: int, skip: set) -> list:
     return out
 
 
-def _from(pool, u: Usage, src: int, budget: int, skip: set, out: list) -> None:
+def _from(pool, u: Usage, src: int, want: int, budget: int, skip: set, out: list) -> None:
     """Adds to ``out`` moves off drive ``src`` that lower the spread."""
     alloc = pool.allocator
     tries = 0
-    for t, idx, col in _columns(pool, src):
+    for t, idx, col in _columns(pool, src, want):
         if len(out) >= budget or tries >= MAX_TRIES:
             break
         if key((t, idx, col)) in skip:

@@ -124,3 +124,18 @@ def test_a_crash_between_a_switch_and_its_commit(tmp_path):
     assert level.spread(pool) <= level.TOLERANCE + _slack(pool)
     _reads(pool, want)
     pool.close()
+
+
+def test_columns_that_can_move_come_first(tmp_path, monkeypatch):
+    """Found by the benchmark: once the first RStores of the fullest drive had a
+    member on the new drive, a step that looked at a bounded number of columns
+    from the start found none that could go there and leveling stopped 20 points
+    short. Columns whose RStore has no member on the emptiest drive come first."""
+    monkeypatch.setattr(level, "MAX_TRIES", 2)
+    pool, _ = make_pool(tmp_path, n=6, size=256 * MiB)
+    want = _fill(pool, (5,), size=320 * MiB)
+    pool.add_drive(str(tmp_path / "new.img"), 256 * MiB)
+    _spreads(pool)
+    assert level.spread(pool) <= level.TOLERANCE + _slack(pool)
+    _reads(pool, want)
+    pool.close()
