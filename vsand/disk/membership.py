@@ -26,7 +26,7 @@ from ..faults import crashpoint
 from ..mapping.rsd import MAX_PSEGS
 from ..meta import format as fmt
 from ..physical.allocator import DriveSpace
-from .rebuild import holds, survey
+from .rebuild import holds, leaving_drives, survey
 
 MAX_DRIVES = 256          # a member names its drive in 8 bits (mapping/rsd.py)
 
@@ -225,3 +225,27 @@ def restore_quorum(pool) -> list[tuple[int, int]]:
     for i in [i for i in pool.quorum_ids if pool.drives[i].failed]:
         moved.append((i, move_quorum(pool, i)))
     return moved
+
+
+def rows(pool) -> list[dict]:
+    """Every drive as `drive list` shows it: use, state, errors, what is left to move."""
+    leaving = leaving_drives(pool)
+    left = survey(pool).by_drive(pool) if pool.failed_drives or leaving else {}
+    out = []
+    for i, r in sorted(pool.drive_recs.items()):
+        ds = pool.allocator.drives[i]
+        failed = pool.drives[i].failed
+        out.append({"index": i, "path": r["path"], "size": r["size"], "ldad": r["ldad"],
+                    "psegs": ds.npsegs, "free_psegs": max(0, ds.free - ds.reserve),
+                    "failed": failed and not r.get("removed"), "quorum": i in pool.quorum_ids,
+                    "io_errors": pool.detector.errors.get(i, 0), "rebuild_left": left.get(i, 0),
+                    "state": _state(r, pool.failed_drives.get(i), failed)})
+    return out
+
+
+def _state(rec: dict, why: str | None, failed: bool) -> str:
+    if rec.get("removed"):
+        return "removed"
+    if failed:
+        return "failed: " + (why or "failed")
+    return "leaving" if rec.get("leaving") else "ok"

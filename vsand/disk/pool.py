@@ -46,14 +46,6 @@ log = logging.getLogger("vsand.pool")
 QUORUM_COPIES = 3
 
 
-def _drive_state(rec: dict, why: str | None, failed: bool) -> str:
-    if rec.get("removed"):
-        return "removed"
-    if failed:
-        return "failed: " + (why or "failed")
-    return "leaving" if rec.get("leaving") else "ok"
-
-
 def _give_back_heap() -> None:
     """After an operation over the whole map (start-up, a thick create): glibc keeps
     the heap its temporaries freed, and a map-sized one would stay in the RSS."""
@@ -556,19 +548,7 @@ class Pool:
 
     def status(self) -> dict:
         u = self.units
-        leaving = rebuild.leaving_drives(self)
-        left = rebuild.survey(self).by_drive(self) if self.failed_drives or leaving else {}
-        drives = []
-        for i, r in sorted(self.drive_recs.items()):
-            ds = self.allocator.drives[i]
-            drives.append({"index": i, "path": r["path"], "size": r["size"], "ldad": r["ldad"],
-                           "psegs": ds.npsegs, "free_psegs": max(0, ds.free - ds.reserve),
-                           "failed": self.drives[i].failed and not r.get("removed"),
-                           "quorum": i in self.quorum_ids,
-                           "io_errors": self.detector.errors.get(i, 0),
-                           "rebuild_left": left.get(i, 0),
-                           "state": _drive_state(r, self.failed_drives.get(i), self.drives[i].failed)})
-        return {"pool": self.pool_uuid, "units": u.to_dict(), "drives": drives,
+        return {"pool": self.pool_uuid, "units": u.to_dict(), "drives": membership.rows(self),
                 "lds": [ld.info() for ld in self.catalog.by_id.values()],
                 "free_bytes": self.allocator.free_psegs() * u.pseg,
                 "state": "read-only: " + self.tx.failed if self.tx.failed
