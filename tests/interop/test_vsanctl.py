@@ -199,6 +199,8 @@ DAEMON_ERRORS = [
     (["lun", "show", "nope"], "vsanctl: lun show: no logical disk named 'nope'"),
     (["lun", "resize", "nope", "1G"], "vsanctl: lun resize: no logical disk named 'nope'"),
     (["lun", "delete", "nope"], "vsanctl: lun delete: no logical disk named 'nope'"),
+    (["snapshot", "delete", "fixed"], "vsanctl: snapshot delete: fixed is a LUN, not a snapshot; "
+                                      "`vsanctl lun delete fixed` deletes it"),
     (["lun", "set", "nope", "--read-only", "on"], "vsanctl: lun set: no logical disk named 'nope'"),
     (["lun", "create", "fixed", "--size", "1G"], "vsanctl: lun create: logical disk 'fixed' exists"),
     (["lun", "create", "new", "--size", "1000000"], "not a multiple of 1 MiB"),

@@ -11,6 +11,7 @@ import logging
 import os
 
 from ..disk import snapclone
+from ..disk.role import Role
 from ..errors import InvalidArgument
 from ..disk.level import TOLERANCE as LEVEL_TOLERANCE
 from ..tasks import BGCOPY, LEVEL, REBUILD, SCRUB
@@ -18,6 +19,8 @@ from ..tasks.rebuild import TARGET as POOL
 from ..tasks.runner import check_rate
 from ..units import format_size
 from .schema import POOL_SETTINGS
+
+SNAPSHOT_ROLES = (Role.SNAPSHOT, Role.RESERVED_SNAPSHOT, Role.INVALID)   # invalid: a snapshot that ran out of space
 
 log = logging.getLogger("vsand.control")
 
@@ -74,6 +77,13 @@ class Handlers:
         return self.pool.snapshot(source, name, reserve=reserve).info()
 
     def snapshot_delete(self, name):
+        """Deletes a snapshot and nothing else: a LUN or a clone named by mistake
+        stays (issue 13: `snapshot delete demo` used to delete the LUN)."""
+        ld = self.pool.get(name)
+        if ld.role not in SNAPSHOT_ROLES:
+            what = "a LUN" if ld.role is Role.LUN else f"a {ld.role.value}"
+            raise InvalidArgument(f"{name} is {what}, not a snapshot; `vsanctl lun delete "
+                                  f"{name}` deletes it")
         return self.lun_delete(name)
 
     def tree(self, name):
