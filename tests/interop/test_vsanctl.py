@@ -143,8 +143,37 @@ def test_lun_resize(daemon):
     ctl(daemon, "lun", "create", "grow", "--size", "1G")
     out = ctl(daemon, "lun", "resize", "grow", "2G").stdout
     assert "resized LUN grow to 2 GiB" in out
-    assert js(daemon, "lun", "resize", "grow", "512M")["size"] == 512 * MiB
+    r = ctl(daemon, "lun", "resize", "grow", "512M", rc=1)          # issue 13: no silent shrink
+    assert "grow is 2 GiB: 512 MiB would discard the last 1.50 GiB (add --allow-shrink)" in r.stderr
+    assert js(daemon, "lun", "resize", "grow", "+1G")["size"] == 3 * GiB     # relative
+    assert js(daemon, "lun", "resize", "grow", "-1G", "--allow-shrink")["size"] == 2 * GiB
+    r = ctl(daemon, "lun", "resize", "grow", "-1G", rc=1)
+    assert "(add --allow-shrink)" in r.stderr
+    assert js(daemon, "lun", "resize", "grow", "512M", "--allow-shrink")["size"] == 512 * MiB
     assert js(daemon, "lun", "show", "grow")["size"] == 512 * MiB
+    r = ctl(daemon, "lun", "resize", "grow", "-1G", "--allow-shrink", rc=1)
+    assert "grow is 512 MiB: it cannot shrink by 1 GiB" in r.stderr
+
+
+def test_shrinking_a_lun_with_a_client_connected_is_refused(daemon):
+    """NBD cannot tell a connected client that the size went down: it would write past
+    the end. Growing is allowed (clients see it when they reconnect)."""
+    need("nbdsh")
+    ctl(daemon, "lun", "create", "held", "--size", "1G")
+    # a client that holds its connection until told to go (libnbd, system Python)
+    script = ("import sys\nsys.stdout.write('connected\\n'); sys.stdout.flush()\nsys.stdin.readline()\n")
+    env = dict(os.environ, PATH="/usr/bin:" + os.environ.get("PATH", ""))   # nbdsh runs `python3 -m nbd`
+    p = subprocess.Popen(["nbdsh", "-u", daemon.uri("held"), "-c", script], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert p.stdout.readline().strip() == "connected"
+        r = ctl(daemon, "lun", "resize", "held", "-512M", "--allow-shrink", rc=1)
+        assert "held has 1 connected client(s)" in r.stderr and "disconnect them first" in r.stderr
+        assert js(daemon, "lun", "resize", "held", "+1G")["size"] == 2 * GiB
+    finally:
+        p.stdin.close()
+        p.wait(30)
+    assert js(daemon, "lun", "resize", "held", "-512M", "--allow-shrink")["size"] == 1536 * MiB
 
 
 def test_lun_set(daemon):

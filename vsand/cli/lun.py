@@ -30,9 +30,14 @@ def register(sub, common) -> None:
     p.add_argument("name", metavar="NAME")
 
     p = cmd("resize", resize, help="grow or shrink a LUN",
-            description="Set a LUN's size (shrinking discards the data past the new end).")
+            description="Set a LUN's size: SIZE, or +SIZE / -SIZE relative to the current one. "
+                        "Shrinking discards the data past the new end, so it needs "
+                        "--allow-shrink, and is refused while clients are connected (NBD "
+                        "cannot tell them; they would write past the end). Connected clients "
+                        "see a larger size when they reconnect.")
     p.add_argument("name", metavar="NAME")
-    p.add_argument("size", metavar="SIZE", type=size_arg, help=SIZE_HELP)
+    p.add_argument("size", metavar="SIZE", type=resize_arg, help=SIZE_HELP + "; +SIZE or -SIZE: relative")
+    p.add_argument("--allow-shrink", action="store_true", help="allow a size below the current one")
 
     p = cmd("delete", delete, help="delete a LUN and its data",
             description="Delete a LUN: its clients are disconnected and its space freed.")
@@ -57,8 +62,16 @@ def show(ctx, a) -> int:
     return ctx.emit(ctx.call("lun.show", name=a.name), render_one)
 
 
+def resize_arg(text: str) -> tuple[int, int]:
+    """(sign, bytes): sign 0 for an absolute SIZE, +1 / -1 for +SIZE / -SIZE."""
+    sign = {"+": 1, "-": -1}.get(text[:1], 0)
+    return sign, size_arg(text[1:] if sign else text)
+
+
 def resize(ctx, a) -> int:
-    info = ctx.call("lun.resize", name=a.name, size=a.size)
+    sign, n = a.size
+    kw = {"size": n} if not sign else {"delta": sign * n}
+    info = ctx.call("lun.resize", name=a.name, allow_shrink=a.allow_shrink, **kw)
     return ctx.emit(info, lambda i: f"resized LUN {i['name']} to {size(i['size'])}\n{render_one(i)}")
 
 

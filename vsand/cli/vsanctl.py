@@ -57,8 +57,18 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def relative_sizes(argv: list[str]) -> list[str]:
+    """`lun resize NAME -1G`: argparse takes "-1G" for an option. It is the last
+    positional argument, so it moves after a "--" at the end, where options that
+    followed it (--allow-shrink) no longer stand behind it."""
+    if "resize" not in argv or "--" in argv:
+        return argv
+    neg = [a for a in argv if a[:1] == "-" and a[1:2].isdigit()]
+    return [a for a in argv if a not in neg] + (["--", *neg] if neg else [])
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(relative_sizes(sys.argv[1:] if argv is None else argv))
     ctx = Ctx(resolve_control(args.control), args.json, args.cmd)
     try:
         return args.func(ctx, args)

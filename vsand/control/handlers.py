@@ -62,8 +62,30 @@ class Handlers:
         info["connections"] = self.nbd.count(name)
         return info
 
-    def lun_resize(self, name, size):
-        self.pool.resize_ld(name, size)
+    def lun_resize(self, name, size=None, delta=None, allow_shrink=False):
+        """To ``size``, or by ``delta`` bytes. Shrinking needs ``allow_shrink`` and no
+        connected client: NBD fixes an export's size at the handshake and has no
+        way to tell a client it changed, so a client would go on writing past the
+        new end. Growing is allowed while connected: clients see the new size when
+        they reconnect (qemu-img, nbd-client and nbdfuse all read it then)."""
+        if (size is None) == (delta is None):
+            raise InvalidArgument("give the new size or a change (+SIZE / -SIZE), not both or neither")
+        now = self.pool.get(name).size
+        new = size if size is not None else now + delta
+        if new <= 0:
+            raise InvalidArgument(f"{name} is {format_size(now)}: it cannot shrink by {format_size(-delta)}")
+        self.pool.catalog.check_size(new)        # a bad size says so before anything else
+        if new < now:
+            if not allow_shrink:
+                raise InvalidArgument(f"{name} is {format_size(now)}: {format_size(new)} would discard "
+                                      f"the last {format_size(now - new)} (add --allow-shrink)")
+            n = self.nbd.count(name)
+            if n:
+                raise InvalidArgument(f"{name} has {n} connected client(s), which NBD cannot tell "
+                                      f"of a smaller size: disconnect them first")
+        self.pool.resize_ld(name, new)
+        if new < now:
+            log.warning("LUN %s shrunk from %s to %s", name, format_size(now), format_size(new))
         return self.pool.get(name).info()
 
     def lun_delete(self, name):
