@@ -346,3 +346,19 @@ def test_read_only_lun_refuses_nbd_writes(daemon):
     assert nbdinfo_ro(uri) is False
     qemu_io(uri, "write -P 0xcd 0 4k")
     qemu_io(uri, "read -P 0xcd 0 4k", "-r")
+
+
+def test_a_raid_type_the_drives_cannot_hold_is_refused_at_create(tmp_path):
+    """Issue 13: on 4 drives `lun create --raid 5` used to succeed, and every write
+    then failed with ENOSPC and nothing in the log."""
+    from daemonkit import Daemon
+    d = Daemon(tmp_path / "state", drives=4, drive_size="256M").start()
+    try:
+        r = ctl(d, "lun", "create", "r5", "--size", "64M", rc=1)
+        assert "RAID5 needs 5 working drives in one RSS; LDAD 'default' has 4" in r.stderr
+        r = ctl(d, "lun", "create", "r1", "--size", "64M", "--raid", "1", rc=1)
+        assert "RAID1 needs 4 pairs of working drives in one RSS" in r.stderr
+        assert js(d, "lun", "create", "r0", "--size", "64M", "--raid", "0")["raid"] == 0
+        assert [x["name"] for x in js(d, "lun", "list")] == ["r0"]
+    finally:
+        d.stop()

@@ -281,6 +281,9 @@ class Pool:
         if ldad not in self.allocator.rss:
             raise InvalidArgument(f"no LDAD named {ldad!r}")
         segs = size // self.units.segment
+        why = self.allocator.unplaceable(ldad, raid)
+        if why:          # every write would fail with ENOSPC: say so now
+            raise NoSpace(why)
         if thick:
             self.space.check_room(ldad, raid, segs)
         self.tx.ensure_meta_reserve(extra=segs)

@@ -166,6 +166,26 @@ class Allocator:
             else:
                 return out
 
+    def unplaceable(self, ldad: str, raid: int) -> str | None:
+        """Why no RStore of ``raid`` could ever be placed in LDAD ``ldad`` as its drives
+        stand (too few working drives or RAID1 pairs in any one RSS), or None. Free
+        space is not looked at: a thin LD takes it later."""
+        if ldad not in self.rss:
+            raise InvalidArgument(f"no LDAD named {ldad!r}")
+        ok = [[i for i in g if not self.drives[i].failed and not self.drives[i].leaving]
+              for g in self.rss[ldad]]
+        width = RAID_WIDTH[raid]
+        if raid == 1:
+            pairs = max(sum(1 for a in g if a in self._partner and a < self._partner[a]
+                            and self._partner[a] in g) for g in ok)
+            if pairs < width // 2:
+                return (f"RAID1 needs {width // 2} pairs of working drives in one RSS; LDAD "
+                        f"{ldad!r} has {pairs}")
+        elif max(map(len, ok)) < width:
+            return (f"RAID{raid} needs {width} working drives in one RSS; LDAD {ldad!r} has "
+                    f"{max(map(len, ok))}")
+        return None
+
     def can_place(self, ldad: str, raid: int, drives: set[int]) -> bool:
         """Whether ``take_spare`` could place a member now (nothing is taken)."""
         group = next((g for g in self.rss.get(ldad, ()) if drives & set(g)), None)

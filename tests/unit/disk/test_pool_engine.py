@@ -145,3 +145,25 @@ def test_direct_io_pool_keeps_data_and_metadata(tmp_path):
     for name, data in want.items():
         assert pool.get(name).read(0, len(data)) == data, name
     pool.close()
+
+
+@pytest.mark.parametrize("n,raid,why", [
+    (4, 5, "RAID5 needs 5 working drives in one RSS; LDAD 'default' has 4"),
+    (6, 1, "RAID1 needs 4 pairs of working drives in one RSS; LDAD 'default' has 3"),
+])
+def test_create_refuses_a_raid_type_that_cannot_be_placed(tmp_path, n, raid, why):
+    """Issue 13: a thin LUN that no RStore could ever hold used to be created, and
+    every write to it then failed with ENOSPC; a failed drive counts as missing."""
+    from vsand.errors import NoSpace
+    pool, _ = make_pool(tmp_path, n=n)
+    with pytest.raises(NoSpace, match=why):
+        pool.create_ld("x", 64 * MiB, raid=raid)
+    assert "x" not in pool.lds
+    pool.create_ld("r0", 64 * MiB, raid=0)               # four drives hold RAID0
+    pool.close()
+    pool, _ = make_pool(tmp_path / "b", n=5)
+    pool.create_ld("ok", 64 * MiB, raid=5)
+    pool.fail_drive(4)
+    with pytest.raises(NoSpace, match="has 4"):
+        pool.create_ld("late", 64 * MiB, raid=5)
+    pool.close()
