@@ -42,9 +42,13 @@ class Usage:
         n = self.alloc.drives[i].npsegs
         return self.used[i] / n if n else 1.0
 
-    def working(self, group) -> list[int]:
-        return [i for i in group if not (ds := self.alloc.drives[i]).failed
-                and not ds.leaving and ds.npsegs]
+    def rss(self):
+        """(LDAD, working drives of one RSS fullest first, spread) for every RSS."""
+        for ldad, groups in self.alloc.rss.items():
+            for g in groups:
+                ws = sorted((i for i in g if not (ds := self.alloc.drives[i]).failed
+                             and not ds.leaving and ds.npsegs), key=lambda i: (-self.frac(i), i))
+                yield ldad, ws, (self.frac(ws[0]) - self.frac(ws[-1])) if ws else 0.0
 
 
 def imbalance(pool, usage: Usage | None = None) -> list[tuple[str, list[int], float]]:
@@ -53,30 +57,12 @@ def imbalance(pool, usage: Usage | None = None) -> list[tuple[str, list[int], fl
     move (its metadata reserve, RStores that use every emptier drive): the next
     ones are sources too."""
     u = usage or Usage(pool)
-    out = []
-    for ldad, groups in pool.allocator.rss.items():
-        for g in groups:
-            ws = u.working(g)
-            if len(ws) < 2:
-                continue
-            order = sorted(ws, key=lambda i: (-u.frac(i), i))
-            spread = u.frac(order[0]) - u.frac(order[-1])
-            if spread > TOLERANCE:
-                out.append((ldad, order, spread))
-    return sorted(out, key=lambda x: -x[2])
+    return sorted((x for x in u.rss() if x[2] > TOLERANCE), key=lambda x: -x[2])
 
 
 def spread(pool) -> float:
     """The widest used-fraction spread of any RSS (status)."""
-    u = Usage(pool)
-    worst = 0.0
-    for groups in pool.allocator.rss.values():
-        for g in groups:
-            ws = u.working(g)
-            if len(ws) > 1:
-                fr = [u.frac(i) for i in ws]
-                worst = max(worst, max(fr) - min(fr))
-    return worst
+    return max((x[2] for x in Usage(pool).rss()), default=0.0)
 
 
 def _columns(pool, src: int, want: int):
@@ -100,24 +86,34 @@ def potential(pool) -> float:
     """The sum over working drives of used PSEGs squared over the drive's size:
     every move lowers it (see ``_from``), so leveling ends."""
     u = Usage(pool)
-    return sum(u.used[i] ** 2 / u.alloc.drives[i].npsegs
-               for g in (x for gs in pool.allocator.rss.values() for x in gs) for i in u.working(g))
+    return sum(u.used[i] ** 2 / u.alloc.drives[i].npsegs for _, ws, _ in u.rss() for i in ws)
 
 
 def remaining(pool) -> int:
     """About how many moves leveling has left (progress); 0 when every RSS is level
     or no move would lower the spread (a dry run of one move)."""
-    u = Usage(pool)
-    gaps = imbalance(pool, u)
-    if not gaps or survey(pool).todo:
+    if not imbalance(pool) or survey(pool).todo:
         return 0
     found = _choose(pool, 1, set())
     for t, _, _, spare in found:
-        for d in [spare[0]] + ([pool.allocator.partner(spare[0])] if t.raid == 1 else []):
-            pool.allocator.free_now(d, spare[1])
-    if not found:
-        return 0
-    return sum(max(1, int(gap * pool.allocator.drives[srcs[0]].npsegs / 2)) for _, srcs, gap in gaps)
+        _give_back(pool.allocator, t.raid, spare)
+    return _estimate(pool) if found else 0
+
+
+def _estimate(pool) -> int:
+    """Moves to close half of each uneven RSS's widest gap, at least one each."""
+    return sum(max(1, int(gap * pool.allocator.drives[order[0]].npsegs / 2))
+               for _, order, gap in imbalance(pool))
+
+
+def _targets(alloc, raid: int, drive: int) -> list[int]:
+    """The drives a PSEG taken on ``drive`` occupies: a RAID1 one its partner too."""
+    return [drive] + ([alloc.partner(drive)] if raid == 1 else [])
+
+
+def _give_back(alloc, raid: int, spare: tuple[int, int]) -> None:
+    for d in _targets(alloc, raid, spare[0]):
+        alloc.free_now(d, spare[1])
 
 
 def plan(pool, budget: int, skip: set):
@@ -130,7 +126,8 @@ def plan(pool, budget: int, skip: set):
     moves = [start_move(pool, t, idx, col, spare) for t, idx, col, spare in _choose(pool, budget, skip)]
     if not moves:
         return None
-    return begin(pool, moves, [], max(0, remaining(pool) - len(moves)))
+    # a move was found, so no dry run is needed to know more may follow
+    return begin(pool, moves, [], max(0, _estimate(pool) - len(moves)))
 
 
 def _choose(pool, budget: int, skip: set) -> list:
@@ -165,7 +162,7 @@ def _from(pool, u: Usage, src: int, want: int, budget: int, skip: set, out: list
         if spare is None:
             continue
         srcs = [src] + (alloc.mirrored_by([src]) if t.raid == 1 else [])
-        dsts = [spare[0]] + ([alloc.partner(spare[0])] if t.raid == 1 else [])
+        dsts = _targets(alloc, t.raid, spare[0])
         for d in dsts:
             u.used[d] += 1
         # with f = used / size: sum(f + 1/size) over the targets <= sum(f - 1/size)
@@ -173,7 +170,7 @@ def _from(pool, u: Usage, src: int, want: int, budget: int, skip: set, out: list
         if sum(u.frac(d) for d in dsts) > sum(u.frac(s) - 1 / alloc.drives[s].npsegs for s in srcs):
             for d in dsts:
                 u.used[d] -= 1
-                alloc.free_now(d, spare[1])
+            _give_back(alloc, t.raid, spare)
             continue        # the emptiest place this RStore may use is not empty enough
         for s in srcs:
             u.used[s] -= 1
