@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import subprocess
 import time
 
 import pytest
 
 from daemonkit import need, run
+
+MiB = 1 << 20
 
 
 class Stack:
@@ -143,3 +146,62 @@ def remount_checked(stack: Stack, want: dict, what: str) -> None:
     e2fsck_clean(stack.loop, what)
     stack.mount()
     assert tree_sums(stack.mnt) == want
+
+
+# ---- file trees ------------------------------------------------------------------------------
+
+def make_tree(root, seed: int) -> dict[str, str]:
+    """A few hundred small files in nested directories and a few MiB-sized random
+    ones; returns {relative path: sha256}."""
+    r = random.Random(seed)
+    sums = {}
+    for i in range(300):
+        rel = os.path.join(f"d{i % 6}", f"e{i % 4}", f"f{i:03d}.bin")
+        sums[rel] = write_file(root, rel, r.randbytes(r.choice([0, 1, 700, 4096, 4097, r.randrange(1, 30000)])))
+    for i, n in enumerate((4 * MiB, 3 * MiB + 777, 2 * MiB - 5, 6 * MiB)):
+        sums[f"big/b{i}.bin"] = write_file(root, f"big/b{i}.bin", r.randbytes(n))
+    return sums
+
+
+def sha_file(path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+
+def same_tree(got: dict, want: dict, what: str) -> None:
+    missing = sorted(set(want) - set(got))
+    extra = sorted(set(got) - set(want))
+    bad = sorted(k for k in want.keys() & got.keys() if want[k] != got[k])
+    assert not (missing or extra or bad), \
+        f"{what}: missing {missing[:5]} extra {extra[:5]} wrong checksum {bad[:5]} " \
+        f"({len(missing)}/{len(extra)}/{len(bad)})"
+
+
+def mutate(mnt, want: dict, seed: int) -> dict[str, str]:
+    """Changes a mounted tree in place: partial overwrites inside big files (the
+    same blocks, so shared segments are written), whole rewrites, deletions and
+    new files. Returns the new {path: sha256}."""
+    r = random.Random(seed)
+    now = dict(want)
+    small = sorted(k for k in want if not k.startswith("big/"))
+    for rel in ("big/b0.bin", "big/b3.bin"):              # in-place writes, no truncate
+        p = os.path.join(mnt, rel)
+        with open(p, "r+b") as f:
+            for _ in range(6):
+                f.seek(r.randrange(0, os.path.getsize(p) - 70000))
+                f.write(r.randbytes(r.randrange(1, 70000)))
+            f.flush()
+            os.fsync(f.fileno())
+        now[rel] = sha_file(p)
+    for rel in r.sample(small, 40):                          # rewritten
+        now[rel] = write_file(mnt, rel, r.randbytes(r.randrange(0, 20000)))
+    for rel in ["big/b1.bin"] + r.sample(small, 50):         # deleted
+        if rel in now:
+            os.unlink(os.path.join(mnt, rel))
+            del now[rel]
+    for i in range(60):                                      # new
+        rel = f"new{seed}/n{i % 5}/g{i:02d}.bin"
+        now[rel] = write_file(mnt, rel, r.randbytes(r.randrange(1, 50000)))
+    now[f"new{seed}/big.bin"] = write_file(mnt, f"new{seed}/big.bin", r.randbytes(3 * MiB + 1))
+    return now

@@ -4,7 +4,8 @@
    0/1/5, 2-8 MiB LUNs) / write (unaligned, segment-crossing, whole segments) /
    trim / write_zeroes (with and without may_trim) / snapshot of any LD (a LUN or
    any snapshot, on demand or reserved) / delete of any LD (anywhere in a chain) /
-   resize (refused inside a chain) / flush / checkpoint / clean restart / crash
+   resize (refused inside a chain) / revert of a LUN to any snapshot of its chain,
+   keeping its bytes before as a snapshot or not / flush / checkpoint / clean restart / crash
    restart on a pool whose LMAPs are sometimes tiny (many LMAPs and absent-LMAP
    fills per LD) and whose metadata log is sometimes tiny (checkpoints in the
    middle of a copy on first write). In half the examples the pool is tight and a
@@ -63,6 +64,7 @@ from engine_invariants import check_invariants  # noqa: E402
 
 from vsand.disk.check import check_pool  # noqa: E402
 from vsand.disk.pool import Pool  # noqa: E402
+from vsand.disk.role import Role  # noqa: E402
 from vsand.disk.recovery import used_slots  # noqa: E402
 from vsand.errors import InvalidArgument, IOFailure, NoSpace  # noqa: E402
 from vsand.mapping.lmap import ALLOCATED, SP, SS, STATE_MASK  # noqa: E402
@@ -341,6 +343,41 @@ class SnapshotMachine(RuleBasedStateMachine):
             if len(c) < 2:
                 self.chains.remove(c)
 
+    def _revert_pairs(self) -> list[tuple[str, str]]:
+        """(LUN, snapshot of its chain) pairs a revert accepts."""
+        get = self.pool.get
+        return [(x, s) for c in self.chains for x in c for s in c
+                if x != s and get(x).role is Role.LUN and get(s).role.snapshot
+                and s not in self.invalid]
+
+    @precondition(lambda self: self.chains)
+    @rule(data=st.data())
+    def revert(self, data):
+        """The LUN reads like the snapshot; with ``keep`` its bytes before are a new
+        snapshot standing where it stood; every other LD reads as before."""
+        pairs = self._revert_pairs()
+        if not pairs:
+            return
+        x, s = data.draw(st.sampled_from(pairs), label="revert")
+        keep = len(self._names()) < MAX_LDS and data.draw(st.booleans(), label="keep")
+        kname = self._new_name() if keep else None
+        try:
+            self.pool.revert(x, s, kname)
+        except NoSpace:
+            assert self.tight and (keep or self.pool.get(s).role.reserved), "revert needs no space"
+            assert kname not in self.pool.lds
+            return
+        event(f"revert keep={keep}")
+        c = self._chain_of(x)
+        i = c.index(x)
+        if keep:
+            c[i] = kname
+            self.model[kname] = self.model[x]
+        else:
+            c.remove(x)
+        c.insert(c.index(s) + 1, x)
+        self.model[x] = bytearray(self.model[s])
+
     @precondition(lambda self: self._names(usable=True))
     @rule(data=st.data(), delta=st.sampled_from([-2, -1, 1, 2]))
     def resize(self, data, delta):
@@ -478,7 +515,8 @@ class SnapshotMachine(RuleBasedStateMachine):
         usable = self._names(usable=True)
         mirrored = [n for n in usable if self.pool.get(n).raid != 0]
         ops = ["flush", "checkpoint"] + ["create"] * room + ["write"] * bool(mirrored) \
-            + ["resize"] * bool(usable) + ["delete"] * bool(self.model) + ["snapshot"] * (room and bool(usable))
+            + ["resize"] * bool(usable) + ["delete"] * bool(self.model) + ["snapshot"] * (room and bool(usable)) \
+            + ["revert"] * bool(self._revert_pairs())
         op = data.draw(st.sampled_from(ops), label="op")
         if op == "write":
             self.pool.checkpoint()       # no RStore is marked dirty: the write needs an intent
@@ -503,9 +541,11 @@ class SnapshotMachine(RuleBasedStateMachine):
                 self.resize(data, data.draw(st.sampled_from([-2, -1, 1, 2]), label="delta"))
             elif op == "delete":
                 self.delete(data)
+            elif op == "revert":
+                self.revert(data)
             else:
                 self._snapshot(data)
-        run_one_shot(self, data, op, run, catalog=op in ("create", "resize", "delete", "snapshot"),
+        run_one_shot(self, data, op, run, catalog=op in ("create", "resize", "delete", "snapshot", "revert"),
                      writes_data=op == "write")
         self.same_bytes_and_chains()
         self.structure()

@@ -5,11 +5,12 @@ from __future__ import annotations
 from .ctl import kv, on_off, size, size_arg, table, usage_error, yes_no
 
 SIZE_HELP = "size in bytes or with a binary suffix: 4096, 512M, 4G, 1T"
-KNOWN = {"id", "name", "size", "raid", "ldad", "allocated", "read_only", "connections", "state"}
+KNOWN = {"id", "name", "size", "raid", "ldad", "allocated", "read_only", "connections", "state",
+         "reverted_to", "kept_as", "dropped_clients"}
 
 
 def register(sub, common) -> None:
-    g = sub.add_parser("lun", help="LUN commands (create, list, show, resize, delete, set)",
+    g = sub.add_parser("lun", help="LUN commands (create, list, show, resize, revert, delete, set)",
                        description="Manage LUNs: each is exported over NBD under its own name.")
     gs = g.add_subparsers(title="commands", dest="lun_cmd", metavar="COMMAND", required=True)
 
@@ -42,6 +43,18 @@ def register(sub, common) -> None:
     p = cmd("delete", delete, help="delete a LUN and its data",
             description="Delete a LUN: its clients are disconnected and its space freed.")
     p.add_argument("name", metavar="NAME")
+
+    p = cmd("revert", revert, help="make a LUN read like one of its snapshots",
+            description="Revert LUN NAME to SNAPSHOT, any snapshot in its chain, at once: no data "
+                        "is copied, and every snapshot, newer ones included, stays as it is. "
+                        "The export keeps its name. Its state before the revert is freed, or "
+                        "kept as a new snapshot with --keep. Refused while clients are "
+                        "connected unless --force, which drops them.")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--to", required=True, metavar="SNAPSHOT", help="the snapshot to revert to")
+    p.add_argument("--keep", metavar="NEWNAME",
+                   help="keep the state before the revert as a snapshot named NEWNAME")
+    p.add_argument("--force", action="store_true", help="drop connected clients")
 
     p = cmd("set", set_, help="change a LUN's attributes", description="Change a LUN's attributes.")
     p.add_argument("name", metavar="NAME")
@@ -78,6 +91,16 @@ def resize(ctx, a) -> int:
 def delete(ctx, a) -> int:
     res = ctx.call("lun.delete", name=a.name)
     return ctx.emit(res, lambda r: f"deleted LUN {r.get('deleted', a.name)}")
+
+
+def revert(ctx, a) -> int:
+    info = ctx.call("lun.revert", name=a.name, to=a.to, keep=a.keep, force=a.force or None)
+
+    def render(i):
+        before = f"kept as snapshot {i['kept_as']}" if i.get("kept_as") else "freed"
+        dropped = f"; {i['dropped_clients']} client(s) dropped" if i.get("dropped_clients") else ""
+        return f"reverted LUN {i['name']} to {a.to} (its state before: {before}{dropped})\n{render_one(i)}"
+    return ctx.emit(info, render)
 
 
 def set_(ctx, a) -> int:

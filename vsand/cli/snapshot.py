@@ -26,8 +26,10 @@ def register(sub, common) -> None:
     p.set_defaults(func=delete, cmd="snapshot delete", _parser=p)
 
     t = sub.add_parser("tree", parents=[common], help="show a sharing chain",
-                       description="Show the chain NAME belongs to, oldest to newest, with each "
-                                   "LD's owned and shared segment counts.")
+                       description="Show the chain NAME belongs to, with each LD's owned and "
+                                   "shared segment counts. Each LD reads what it shares through the "
+                                   "next one: oldest to newest, except that a reverted LUN stands "
+                                   "right after the snapshot it was reverted to.")
     t.add_argument("name", metavar="NAME")
     t.set_defaults(func=tree, cmd="tree", _parser=t)
 
@@ -46,7 +48,7 @@ def tree(ctx, a) -> int:
     def render(rows):
         body = [[r["name"], r["owned"], r["shared"], size(r["allocated"]), r["space"],
                  "INVALID" if r["invalid"] else "ok"] for r in rows]
-        return table(["LD (oldest first)", "OWNED", "SHARED", "ALLOCATED", "SPACE", "STATE"], body,
+        return table(["LD (chain order)", "OWNED", "SHARED", "ALLOCATED", "SPACE", "STATE"], body,
                      right=(1, 2, 3))
     return ctx.emit(ctx.call("tree", name=a.name), render)
 

@@ -95,6 +95,28 @@ class Handlers:
         self.pool.delete_ld(name)
         return {"deleted": name}
 
+    def lun_revert(self, name, to, keep=None, force=False):
+        """``name`` reads like snapshot ``to`` from now on (disk/revert.py), under the
+        same export name. Connected clients would see their disk change under them
+        (a filesystem's cache then lies), so they are refused unless ``force``,
+        which drops them after the revert is durable."""
+        n = self.nbd.count(name)
+        if n and not force:
+            raise InvalidArgument(f"{name} has {n} connected client(s) that would see the disk "
+                                  f"change under them: disconnect them, or add --force to drop them")
+        self.pool.revert(name, to, keep)
+        if n:
+            self.nbd.disconnect(name)
+        log.warning("LUN %s reverted to %s%s%s", name, to,
+                    f"; its state before is snapshot {keep}" if keep else "; its state before is freed",
+                    f"; {n} client(s) dropped" if n else "")
+        info = self.pool.get(name).info()
+        info["reverted_to"] = to
+        if keep:
+            info["kept_as"] = keep
+        info["dropped_clients"] = n
+        return info
+
     def snapshot_create(self, source, name, reserve=False):
         return self.pool.snapshot(source, name, reserve=reserve).info()
 

@@ -23,6 +23,7 @@ OPS: dict[str, dict[str, tuple[type, bool]]] = {
                    "allow_shrink": (bool, False)},
     "lun.delete": {"name": (str, True)},
     "lun.set": {"name": (str, True), "read_only": (bool, False)},
+    "lun.revert": {"name": (str, True), "to": (str, True), "keep": (str, False), "force": (bool, False)},
     "drive.list": {},
     "drive.fail": {"index": (int, True)},
     "drive.remove": {"index": (int, True)},

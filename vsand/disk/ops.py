@@ -206,6 +206,24 @@ def _inv(pool, rec, live):
             _let_go(pool, x, freed)
 
 
+def _rvt(pool, rec, live):
+    """LD ``id`` reads like LD ``to`` of its chain; with ``keep``, its bytes before
+    stay as a new snapshot (sharing.revert)."""
+    x, s = pool.catalog.by_id[rec["id"]], pool.catalog.by_id[rec["to"]]
+    p = None
+    if "keep" in rec:
+        k = rec["keep"]
+        p = LogicalDisk(pool, k["id"], k["name"], x.size, x.raid, x.ldad, Role.SNAPSHOT, k.get("attrs"))
+        pool.catalog.add(p)
+    freed = sharing.revert(x, s, p)
+    if live:
+        if len(freed):
+            pool.space.release_now(x.table, freed)
+        if s.role.reserved:          # s owns nothing now: a full copy may be needed
+            pool.space.promise(s, reservation(s))
+    return p
+
+
 def _set(pool, rec, live):
     pool.settings[rec["k"]] = rec["v"]
 
@@ -286,7 +304,7 @@ def _task(pool, rec, live):
 
 REPLAY: dict[str, Callable] = {
     "ldc": _ldc, "ldd": _ldd, "ldr": _ldr, "lda": _lda, "snap": _snap, "cdet": _cdet,
-    "inv": _inv, "set": _set, "dfail": _dfail, "dleave": _dleave, "dgone": _dgone,
+    "inv": _inv, "rvt": _rvt, "set": _set, "dfail": _dfail, "dleave": _dleave, "dgone": _dgone,
     "rsa": _rsa, "rsr": _rsr, "rsm": _rsm, "map": _map, "lmap": _lmap,
     "r5d": _r5d, "r5c": _r5c, "task": _task,
 }

@@ -29,7 +29,7 @@ from ..physical.drive import Drive
 from ..redundancy.rstore import RStoreIO
 from ..redundancy.writejob import StripeLocks
 from ..units import Units, format_size
-from . import bgcopy, health, level, membership, rebuild, recovery, scrub, sharing, snapclone
+from . import bgcopy, health, level, membership, rebuild, recovery, revert, scrub, sharing, snapclone
 from .assembly import assemble, close_all
 from .catalog import Catalog
 from .detector import Detector
@@ -327,12 +327,16 @@ class Pool:
         ld = self.get(name)
         self.ops.execute({"t": "ldd", "id": ld.id})
         crashpoint("delete.after_unlink")
+        self._after_free(name)
+
+    def _after_free(self, name: str) -> None:
+        """After a durable operation that freed segments (delete, revert)."""
         try:
             if self.allocator.pending:
-                self.flush()  # RStores emptied by the delete give their PSEGs back now
+                self.flush()  # RStores it emptied give their PSEGs back now
             self.tx.ensure_meta_reserve()
-        except VsanError as e:    # the delete is durable; what it freed comes back later
-            log.warning("after deleting %s: %s", name, e.message)
+        except VsanError as e:    # the operation is durable; what it freed comes back later
+            log.warning("after freeing the space of %s: %s", name, e.message)
 
     def resize_ld(self, name: str, size: int) -> None:
         ld = self.get(name)
@@ -381,6 +385,16 @@ class Pool:
         """A snapclone of ``source``, usable at once; BGCOPY (bgcopy_step) makes it
         independent. Durable when this returns."""
         return self.snapshot(source, name, clone=True)
+
+    def revert(self, name: str, to: str, keep: str | None = None):
+        """``name`` reads like snapshot ``to`` of its chain from now on (revert.py);
+        durable when this returns. With ``keep``, its bytes before are a new snapshot
+        of that name (returned); without, they are freed like a deleted LD's."""
+        self.tx.writable()
+        p = self.ops.execute(revert.record(self, name, to, keep))
+        if keep is None:
+            self._after_free(name)
+        return p
 
     def invalidate(self, victims: list, why: str) -> None:
         """``victims`` (newest first) lost data they need: durably invalid, and out of

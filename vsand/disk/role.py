@@ -4,7 +4,8 @@ An LD's role decides how it takes part in a sharing tree and how its space is
 paid for; it changes only along ``TRANSITIONS`` (by the operations in ops.py that
 are named there), never by editing loose attributes.
 
-    LUN                a disk of its own (the newest LD of a chain, or alone)
+    LUN                a disk of its own (alone, the newest LD of a chain, or after
+                       a revert next to the snapshot it reverted to)
     SNAPSHOT           point-in-time copy taking space on demand; when a copy on
                        first write finds none, it is invalidated
     RESERVED_SNAPSHOT  point-in-time copy whose full copy was reserved at creation

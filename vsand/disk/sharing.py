@@ -158,6 +158,45 @@ def unlink(x) -> np.ndarray:
     return np.concatenate(freed) if freed else np.zeros(0, np.uint32)
 
 
+# ---- revert: an LD reads like another LD of its chain (issue 13) ---------------------------
+def revert(x, s, p) -> np.ndarray:
+    """From now on ``x`` reads like ``s``; every other LD reads as before. Metadata
+    only, for any ``s`` of the chain, newer or older:
+
+    1. x's map leaves x's place: to ``p`` (a new LD that then keeps x's old bytes as a
+       snapshot), or, with p None, unlinked like a deleted LD's.
+    2. x takes s's place and s's map, so x reads s's bytes and the LDs next to it
+       read through it as they read through s.
+    3. s becomes x's predecessor reading everything through it (``link_snapshot``).
+
+    x then stands next to s, maybe in the middle of the chain: chain order is the
+    order of sharing, not of time. Returns the entries nobody uses any more."""
+    if p is not None:
+        _take_place(p, x)
+        freed = np.zeros(0, np.uint32)
+    else:
+        freed = unlink(x)
+        x.l2.clear()
+    _take_place(x, s)
+    link_snapshot(x, s)
+    return freed
+
+
+def _take_place(new, old) -> None:
+    """``new`` (alone in no chain) takes ``old``'s map and place; ``old`` is left
+    alone with ``new``'s map, whose LMAPs are absent."""
+    new.l2, old.l2 = old.l2, new.l2
+    new.pred, new.succ = old.pred, old.succ
+    if old.pred is not None:
+        old.pred.succ = new
+    if old.succ is not None:
+        old.succ.pred = new
+    old.pred = old.succ = None
+    old.l2.clear()
+    reset_chain(new)
+    reset_chain(old)
+
+
 # ---- a snapclone leaves its tree (Fig. 14) ------------------------------------------------
 def detach(c) -> None:
     """C shares nothing any more and Q (its predecessor) reads nothing through it
