@@ -1,15 +1,7 @@
 """`vsanctl`: the administrator's tool for a running vsand daemon.
 
-    vsanctl [--control PATH] [--json] status
-    vsanctl lun create NAME --size SIZE [--raid 0|1|5] [--thick]
-    vsanctl lun list | show NAME | resize NAME SIZE | delete NAME
-    vsanctl lun set NAME --read-only on|off
-    vsanctl snapshot create SOURCE NAME [--reserve] | snapshot delete NAME
-    vsanctl snapclone create SOURCE NAME [--rate MIB] [--wait] | snapclone copy NAME
-    vsanctl task list | show ID | wait ID | cancel ID | set ID --rate MIB
-    vsanctl pool show | pool set KEY VALUE
-    vsanctl tree NAME
-    vsanctl drive list
+Its commands are listed by `vsanctl --help` and in README.md (a test keeps that list
+complete).
 
 It talks to the daemon over its control socket (--control PATH, else $VSAN_CONTROL,
 else /var/lib/vsand/control.sock). Exit status: 0 on success, 1 when the daemon
