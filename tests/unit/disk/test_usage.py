@@ -14,6 +14,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
                                 "model"))
 from poolkit import make_pool
 from test_snapshot_model import accounting_problems, pattern
+from usage_invariants import delete_measured, usage_problems
 
 from vsand.disk import sharing, usage
 from vsand.disk.check import check_pool
@@ -33,46 +34,19 @@ def fig(a, r, x) -> dict[str, int]:
     return {"allocated": a, "referenced": r, "exclusive": x, "shared": r - x}
 
 
-def pool_allocated(pool) -> int:
-    return usage.pool_usage(pool)["allocated"] // SEG
-
-
-def reference(ld) -> tuple[int, int]:
-    """(referenced, exclusive) segment by segment: the holder of each segment, and
-    the unlink rule (the predecessor takes what it reads through me)."""
-    ref = excl = 0
-    for k in range(ld.l2.nsegs):
-        _, e = sharing.holder(ld, k)
-        ref += bool(e & ALLOCATED)
-        mine = ld.l2.get(k)
-        if mine & ALLOCATED:
-            p = ld.pred
-            handed = p is not None and mine & SP and not mine & SS and p.l2.get(k) & SS
-            excl += not handed
-    return ref, excl
-
-
 def consistent(pool) -> None:
-    """The figures agree with the segment-by-segment reference, the LDs' allocated
-    sum is the pool's, and the pool is sound."""
-    lds = list(pool.lds.values())
-    figures = usage.usage_by_name(lds)
-    for ld in lds:
-        f = figures[ld.name]
-        assert (f["referenced"] // SEG, f["exclusive"] // SEG) == reference(ld), ld.name
-        assert f["allocated"] == ld.allocated_segments() * SEG
-        assert f["provisioned"] == ld.size
-        assert f["shared"] == f["referenced"] - f["exclusive"] >= 0
-    assert sum(f["allocated"] for f in figures.values()) == usage.pool_usage(pool)["allocated"]
-    assert check_pool(pool) == [] and accounting_problems(pool) == []
+    problems = usage_problems(pool) + check_pool(pool) + accounting_problems(pool)
+    assert not problems, "\n".join(problems)
 
 
 def delete_frees_exclusive(pool, name: str) -> None:
-    want = segs(pool, name)["exclusive"]
-    before = pool_allocated(pool)
-    pool.delete_ld(name)
-    assert before - pool_allocated(pool) == want, f"deleting {name}"
+    excl, freed = delete_measured(pool, name)
+    assert freed == excl, f"deleting {name} freed {freed} segments, its exclusive said {excl}"
     consistent(pool)
+
+
+def pool_allocated(pool) -> int:
+    return usage.pool_usage(pool)["allocated"] // SEG
 
 
 def test_lun_alone(tmp_path):
