@@ -2,7 +2,9 @@
 
     vsanctl [--control PATH] [--json] status
     vsanctl lun create NAME --size SIZE [--raid 0|1|5] [--thick]
-    vsanctl lun list | show NAME | resize NAME SIZE | delete NAME
+    vsanctl lun list [--snapshots-of NAME] [--chain NAME] [--kind KIND] [-o COL,COL] [--bytes]
+    vsanctl lun show NAME | resize NAME SIZE | delete NAME
+    vsanctl du [NAME] [--bytes]
     vsanctl lun set NAME --read-only on|off
     vsanctl snapshot create SOURCE NAME [--reserve] | snapshot delete NAME
     vsanctl snapclone create SOURCE NAME [--rate MIB] [--wait] | snapclone copy NAME
@@ -27,7 +29,7 @@ import sys
 from .. import __version__
 from .ctl import DEFAULT_CONTROL, ENV_CONTROL, PROG, CliError, Ctx, Parser, resolve_control
 
-GROUPS = ("status", "lun", "snapshot", "snapclone", "task", "pool", "drive")
+GROUPS = ("status", "lun", "du", "snapshot", "snapclone", "task", "pool", "drive")
 
 
 def common_options() -> argparse.ArgumentParser:
