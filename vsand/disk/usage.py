@@ -28,7 +28,7 @@ from ..mapping.lmap import SP, SS, STATE_MASK
 from ..physical.allocator import RAID_WIDTH
 from .sharing import chain_of
 
-FIGURES = ("provisioned", "allocated", "referenced", "exclusive", "shared")
+SPAN_LMAPS = 32       # LMAPs of a chain counted in one go
 
 
 def chain_segments(chain: list) -> list[dict[str, int]]:
@@ -38,27 +38,38 @@ def chain_segments(chain: list) -> list[dict[str, int]]:
     alloc = [0] * n
     ref = [0] * n
     excl = [0] * n
-    if n:
-        nsegs = chain[0].l2.nsegs
-        assert all(ld.l2.nsegs == nsegs for ld in chain), "an LD in a sharing chain is never resized"
-        for li, (lo, hi) in enumerate(chain[0].l2.ranges()):
-            if all(ld.l2.lmaps[li] is None for ld in chain):
-                continue
-            es = [ld.l2.entries(lo, hi) for ld in chain]
-            owns = [(e & STATE_MASK) != 0 for e in es]
-            res = es[-1]                 # resolved entries, newest first
-            for i in range(n - 1, -1, -1):
-                if i < n - 1:
-                    res = np.where((es[i] & SS) != 0, res, es[i])
-                ref[i] += int(np.count_nonzero(res & STATE_MASK))
-                alloc[i] += int(np.count_nonzero(owns[i]))
-                if i:
-                    e = es[i]
-                    handed = ((e & SP) != 0) & ((e & SS) == 0) & ((es[i - 1] & SS) != 0)
-                    excl[i] += int(np.count_nonzero(owns[i] & ~handed))
-                else:
-                    excl[i] += int(np.count_nonzero(owns[i]))
+    for lo, hi in _spans(chain):
+        es = [ld.l2.entries(lo, hi) for ld in chain]
+        owns = [(e & STATE_MASK) != 0 for e in es]
+        ss = [(e & SS) != 0 for e in es]
+        reads = owns[-1]            # "reads allocated data", resolved from the newest down
+        for i in range(n - 1, -1, -1):
+            if i < n - 1:
+                reads = np.where(ss[i], reads, owns[i])
+            ref[i] += int(np.count_nonzero(reads))
+            alloc[i] += int(np.count_nonzero(owns[i]))
+            mine = owns[i]
+            if i:      # what the predecessor reads through me passes to it (sharing.unlink)
+                mine = mine & ~(((es[i] & SP) != 0) & ~ss[i] & ss[i - 1])
+            excl[i] += int(np.count_nonzero(mine))
     return [{"allocated": a, "referenced": r, "exclusive": x} for a, r, x in zip(alloc, ref, excl)]
+
+
+def _spans(chain: list):
+    """(lo, hi) segment ranges of up to SPAN_LMAPS LMAPs with an LMAP in some LD of
+    the chain: fewer, larger numpy operations; bounded temporaries."""
+    if not chain:
+        return
+    l2 = chain[0].l2
+    assert all(ld.l2.nsegs == l2.nsegs for ld in chain), "an LD in a sharing chain is never resized"
+    present = np.zeros(len(l2.lmaps), dtype=bool)
+    for ld in chain:
+        present |= np.fromiter((lm is not None for lm in ld.l2.lmaps), dtype=bool, count=len(l2.lmaps))
+    for first in range(0, len(present), SPAN_LMAPS):
+        got = np.flatnonzero(present[first:first + SPAN_LMAPS])
+        if len(got):
+            a, b = first + int(got[0]), first + int(got[-1]) + 1
+            yield a * l2.per, min(l2.nsegs, b * l2.per)
 
 
 def chain_usage(chain: list) -> list[dict]:
