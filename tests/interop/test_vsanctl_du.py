@@ -142,5 +142,7 @@ def test_deletes_free_exactly_exclusive(daemon, chain):
         if name == "db-s1":
             # db-s1's old segments 0, 1 and 7 passed to db-s1a: now its own
             assert du_rows(daemon, "db-s1a")["db-s1a"] == mib(4, 9, 4)
+            # the origin is remembered by name after it is gone
+            assert [i["name"] for i in js(daemon, "lun", "list", "--snapshots-of", "db-s1")] == ["db-s1a"]
     out = js(daemon, "du")
     assert out["pool"]["allocated"] == sum(u["allocated"] for c in out["chains"] for u in c["lds"])
