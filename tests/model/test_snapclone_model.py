@@ -23,7 +23,8 @@ made, and nothing but a write to an LD changes its bytes. After every step:
 
 - every LD reads byte for byte as its model; chains are the model's chains;
 - ``check_pool(pool) == []``, ``engine_invariants``, the slot / PSEG / reservation
-  accounting of the snapshot model;
+  accounting of the snapshot model, and its space accounting (usage_invariants.py:
+  a delete frees exactly the LD's exclusive segments, seeds included);
 - per reserved LD the pool's reservation is the sum of the LDs' ``reserve_left``,
   and an in-tree clone's reservation covers what BGCOPY still has to copy
   (``reserve_left >= snapclone.copy_need``);
@@ -69,6 +70,7 @@ from commit_faults import (
     run_one_shot,
 )
 from engine_invariants import check_invariants
+from usage_invariants import delete_measured, usage_problems
 from test_snapshot_model import (
     FILLER,
     TIGHT_DRIVE,
@@ -465,7 +467,8 @@ class SnapcloneMachine(RuleBasedStateMachine):
         self._delete(name)
 
     def _delete(self, name: str) -> None:
-        self.pool.delete_ld(name)
+        excl, freed = delete_measured(self.pool, name)     # seeds included
+        assert freed == excl, f"deleting {name} freed {freed} segments, its exclusive said {excl}"
         del self.model[name]
         for s in (self.reserved, self.invalid, self.copying, self.independent):
             s.discard(name)
@@ -783,6 +786,7 @@ class SnapcloneMachine(RuleBasedStateMachine):
         problems += check_invariants(self.pool)
         problems += accounting_problems(self.pool)
         problems += reservation_problems(self.pool)
+        problems += usage_problems(self.pool)
         if self.pool.space.reserve_segs and not any(
                 ld.role.reserved for ld in self.pool.lds_by_id.values()):
             problems.append(f"{self.pool.space.reserve_segs} segments reserved without any "

@@ -23,7 +23,10 @@
    - PSEG accounting: the PSEGs marked used are exactly the PSEGs of live RStores
      + the checkpoint copies + ``allocator.pending``, none owned twice;
    - the snapshot reservation (``space.reserve_segs``) is zero when no reserved
-     snapshot exists (no leaked reservation).
+     snapshot exists (no leaked reservation);
+   - space accounting (usage_invariants.py): every LD's referenced / exclusive
+     agree with a segment-by-segment reference, the LDs' allocated sum to the
+     pool's, and a delete frees exactly the deleted LD's exclusive segments.
 
 2. Reserve vs on-demand space in a tiny pool (deterministic): an on-demand
    snapshot whose copy finds no space is invalidated (IOFailure on reads, shown in
@@ -61,6 +64,7 @@ from commit_faults import (  # noqa: E402
     run_one_shot,
 )
 from engine_invariants import check_invariants  # noqa: E402
+from usage_invariants import delete_measured, usage_problems  # noqa: E402
 
 from vsand.disk.check import check_pool  # noqa: E402
 from vsand.disk.pool import Pool  # noqa: E402
@@ -333,7 +337,8 @@ class SnapshotMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def delete(self, data):
         name = data.draw(st.sampled_from(sorted(self.model)), label="ld")
-        self.pool.delete_ld(name)
+        excl, freed = delete_measured(self.pool, name)
+        assert freed == excl, f"deleting {name} freed {freed} segments, its exclusive said {excl}"
         del self.model[name]
         self.reserved.discard(name)
         self.invalid.discard(name)
@@ -632,6 +637,7 @@ class SnapshotMachine(RuleBasedStateMachine):
         problems = check_pool(self.pool)
         problems += check_invariants(self.pool)
         problems += accounting_problems(self.pool)
+        problems += usage_problems(self.pool)
         assert not problems, "pool invariants violated:\n  " + "\n  ".join(problems)
 
 

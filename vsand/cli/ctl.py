@@ -123,6 +123,13 @@ def size(n) -> str:
     return format_size(int(n)) if isinstance(n, int) else "-"
 
 
+def amount(n, exact: bool) -> str:
+    """A byte count: in binary units for people, the exact integer with --bytes."""
+    if exact:
+        return str(n) if isinstance(n, int) else "-"
+    return size(n)
+
+
 def yes_no(v) -> str:
     return "yes" if v else "no"
 

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from .ctl import kv, on_off, size, size_arg, table, usage_error, yes_no
+import argparse
+
+from ..control.schema import KINDS
+from .ctl import amount, kv, on_off, size, size_arg, table, usage_error, yes_no
 
 SIZE_HELP = "size in bytes or with a binary suffix: 4096, 512M, 4G, 1T"
 KNOWN = {"id", "name", "size", "raid", "ldad", "allocated", "read_only", "connections", "state",
+<<<<<<< HEAD
          "reverted_to", "kept_as", "dropped_clients"}
+=======
+         "kind", "origin", "provisioned", "referenced", "exclusive", "shared"}
+# space figures (vsanctl du --help says what each means)
+FIGURES = ("provisioned", "allocated", "referenced", "exclusive", "shared")
+DEFAULT_COLUMNS = ("name", "size", "allocated", "raid", "mode", "ldad", "kind", "state")
+>>>>>>> space
 
 
 def register(sub, common) -> None:
@@ -25,7 +35,20 @@ def register(sub, common) -> None:
     p.add_argument("--raid", type=int, choices=(0, 1, 5), default=5, help="RAID level (default 5)")
     p.add_argument("--thick", action="store_true", help="allocate all of its space now")
 
-    cmd("list", list_, help="list LUNs", description="List every LUN.")
+    p = cmd("list", list_, help="list LUNs (filters, columns)",
+            description="List every LUN, snapshot and snapclone, or those the filters select "
+                        "(all given filters must match). Space figures: see 'vsanctl du --help'. "
+                        "--json prints every field of the selected LDs whatever -o says.")
+    p.add_argument("--snapshots-of", metavar="NAME",
+                   help="only the snapshots and snapclones whose origin is NAME (made of it; "
+                        "also after NAME was deleted)")
+    p.add_argument("--chain", metavar="NAME",
+                   help="only NAME's sharing chain (the LDs that share data with it), oldest first")
+    p.add_argument("--kind", choices=KINDS, help="only LDs of this kind")
+    p.add_argument("-o", "--output", type=columns_arg, metavar="COL,COL", default=DEFAULT_COLUMNS,
+                   help=f"columns to show, from: {', '.join(COLUMNS)} "
+                        f"(default: {','.join(DEFAULT_COLUMNS)})")
+    p.add_argument("--bytes", action="store_true", help="exact byte counts instead of KiB/MiB/GiB")
 
     p = cmd("show", show, help="show one LUN", description="Show one LUN in detail.")
     p.add_argument("name", metavar="NAME")
@@ -68,7 +91,9 @@ def create(ctx, a) -> int:
 
 
 def list_(ctx, a) -> int:
-    return ctx.emit(ctx.call("lun.list"), render_list)
+    luns = ctx.call("lun.list", snapshots_of=a.snapshots_of, chain=a.chain, kind=a.kind)
+    return ctx.emit(luns, lambda rows: render_list(rows, a.output, a.bytes,
+                                                   filtered=bool(a.snapshots_of or a.chain or a.kind)))
 
 
 def show(ctx, a) -> int:
@@ -137,22 +162,51 @@ def state(i: dict) -> str:
     return s.upper() if s == "invalid" else s
 
 
-def render_list(luns: list) -> str:
+# column -> (header, cell(info, exact bytes?), right-aligned)
+COLUMNS = {
+    "name": ("NAME", lambda i, b: i.get("name"), False),
+    "id": ("ID", lambda i, b: i.get("id", "-"), True),
+    "kind": ("KIND", lambda i, b: kind(i), False),
+    "origin": ("ORIGIN", lambda i, b: i.get("origin") or "-", False),
+    "size": ("SIZE", lambda i, b: amount(i.get("size"), b), True),
+    "provisioned": ("PROVISIONED", lambda i, b: amount(i.get("provisioned"), b), True),
+    "allocated": ("ALLOCATED", lambda i, b: amount(i.get("allocated"), True) if b else allocated(i), True),
+    "referenced": ("REFERENCED", lambda i, b: amount(i.get("referenced"), b), True),
+    "exclusive": ("EXCLUSIVE", lambda i, b: amount(i.get("exclusive"), b), True),
+    "shared": ("SHARED", lambda i, b: amount(i.get("shared"), b), True),
+    "raid": ("RAID", lambda i, b: f"RAID{i.get('raid')}", False),
+    "mode": ("MODE", lambda i, b: "ro" if i.get("read_only") else "rw", False),
+    "ldad": ("LDAD", lambda i, b: i.get("ldad", "-"), False),
+    "state": ("STATE", lambda i, b: state(i), False),
+}
+
+
+def columns_arg(text: str) -> tuple[str, ...]:
+    cols = tuple(c.strip().lower() for c in text.split(","))
+    bad = [c for c in cols if c not in COLUMNS]
+    if bad or not text.strip():
+        raise argparse.ArgumentTypeError(
+            f"unknown column{'s' if len(bad) > 1 else ''} {', '.join(map(repr, bad)) or repr(text)} "
+            f"(valid: {','.join(COLUMNS)})")
+    return cols
+
+
+def render_list(luns: list, columns=DEFAULT_COLUMNS, exact: bool = False, filtered: bool = False) -> str:
     if not luns:
-        return "no LUNs"
-    rows = [[i.get("name"), size(i.get("size")), allocated(i), f"RAID{i.get('raid')}",
-             "ro" if i.get("read_only") else "rw", i.get("ldad", "-"),
-             kind(i), state(i)]
-            for i in luns]
-    return table(["NAME", "SIZE", "ALLOCATED", "RAID", "MODE", "LDAD", "KIND", "STATE"], rows, right=(1,))
+        return "no LUNs match" if filtered else "no LUNs"
+    rows = [[COLUMNS[c][1](i, exact) for c in columns] for i in luns]
+    return table([COLUMNS[c][0] for c in columns], rows,
+                 right=[n for n, c in enumerate(columns) if COLUMNS[c][2]])
 
 
 def render_one(i: dict) -> str:
     rows = [("name", i.get("name")), ("id", i.get("id", "-")),
             ("size", f"{size(i.get('size'))} ({i.get('size')} bytes)"),
-            ("allocated", allocated(i)), ("raid", f"RAID{i.get('raid')}"),
-            ("ldad", i.get("ldad", "-")), ("read-only", yes_no(i.get("read_only"))),
-            ("state", i.get("state", "ok"))]
+            ("allocated", allocated(i))]
+    rows += [(f, f"{size(i[f])} ({i[f]} bytes)") for f in FIGURES[2:] if f in i]
+    rows += [("kind", kind(i)), ("raid", f"RAID{i.get('raid')}"),
+             ("ldad", i.get("ldad", "-")), ("read-only", yes_no(i.get("read_only"))),
+             ("state", i.get("state", "ok"))]
     if "connections" in i:
         rows.append(("connections", i["connections"]))
     rows += [(k.replace("_", "-"), v) for k, v in sorted(i.items()) if k not in KNOWN]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 
-from ..disk import snapclone
+from ..disk import snapclone, usage
 from ..disk.role import Role
 from ..errors import InvalidArgument
 from ..disk.level import TOLERANCE as LEVEL_TOLERANCE
@@ -18,7 +18,7 @@ from ..tasks import BGCOPY, LEVEL, REBUILD, SCRUB
 from ..tasks.rebuild import TARGET as POOL
 from ..tasks.runner import check_rate
 from ..units import format_size
-from .schema import POOL_SETTINGS
+from .schema import KINDS, POOL_SETTINGS
 
 SNAPSHOT_ROLES = (Role.SNAPSHOT, Role.RESERVED_SNAPSHOT, Role.INVALID)   # invalid: a snapshot that ran out of space
 
@@ -54,13 +54,43 @@ class Handlers:
     def lun_create(self, name, size, raid=5, thick=False, ldad="default"):
         return self.pool.create_ld(name, size, raid=raid, ldad=ldad, thick=thick).info()
 
-    def lun_list(self):
-        return [ld.info() for ld in sorted(self.pool.lds.values(), key=lambda x: x.name)]
+    def lun_list(self, snapshots_of=None, chain=None, kind=None):
+        """Every LD by name, or those the filters select (all of them must match):
+        ``snapshots_of`` the snapshots and snapclones whose origin is NAME (also
+        after NAME was deleted), ``chain`` NAME's sharing chain in its order
+        (oldest first), ``kind`` one of schema.KINDS. Each with its space figures
+        (disk/usage.py)."""
+        if kind is not None and kind not in KINDS:
+            raise InvalidArgument(f"unknown kind {kind!r} (known: {', '.join(KINDS)})")
+        lds = self.pool.chain(chain) if chain is not None else \
+            sorted(self.pool.lds.values(), key=lambda x: x.name)
+        infos = [ld.info() for ld in lds]
+        if snapshots_of is not None:
+            infos = [i for i in infos if i["origin"] == snapshots_of]
+            if not infos and snapshots_of not in self.pool.lds:
+                self.pool.get(snapshots_of)         # NotFound: most likely a typo
+        if kind is not None:
+            infos = [i for i in infos if i["kind"] == kind]
+        figures = usage.usage_by_name([self.pool.get(i["name"]) for i in infos])
+        return [{**i, **figures[i["name"]]} for i in infos]
 
     def lun_show(self, name):
-        info = self.pool.get(name).info()
+        ld = self.pool.get(name)
+        info = {**ld.info(), **usage.usage_by_name([ld])[name]}
         info["connections"] = self.nbd.count(name)
         return info
+
+    def du(self, name=None):
+        """``rbd du``: the space figures of every LD (or of NAME's sharing chain),
+        chain by chain (oldest first), each chain's totals, and the pool's."""
+        lds = [self.pool.get(name)] if name is not None else \
+            sorted(self.pool.lds.values(), key=lambda x: x.name)
+        chains = []
+        for c in usage.chains(lds):
+            rows = usage.chain_usage(c)
+            chains.append({"lds": rows, "provisioned": sum(r["provisioned"] for r in rows),
+                           "allocated": sum(r["allocated"] for r in rows)})
+        return {"chains": chains, "pool": usage.pool_usage(self.pool)}
 
     def lun_resize(self, name, size=None, delta=None, allow_shrink=False):
         """To ``size``, or by ``delta`` bytes. Shrinking needs ``allow_shrink`` and no

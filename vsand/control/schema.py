@@ -17,7 +17,9 @@ OPS: dict[str, dict[str, tuple[type, bool]]] = {
     "status": {},
     "lun.create": {"name": (str, True), "size": (int, True), "raid": (int, False),
                    "thick": (bool, False), "ldad": (str, False)},
-    "lun.list": {},
+    # lun.list filters: snapshots_of (LDs whose origin is NAME), chain (NAME's
+    # sharing chain, oldest first), kind (schema.KINDS)
+    "lun.list": {"snapshots_of": (str, False), "chain": (str, False), "kind": (str, False)},
     "lun.show": {"name": (str, True)},
     "lun.resize": {"name": (str, True), "size": (int, False), "delta": (int, False),
                    "allow_shrink": (bool, False)},
@@ -32,6 +34,7 @@ OPS: dict[str, dict[str, tuple[type, bool]]] = {
     "snapshot.create": {"source": (str, True), "name": (str, True), "reserve": (bool, False)},
     "snapshot.delete": {"name": (str, True)},
     "tree": {"name": (str, True)},
+    "du": {"name": (str, False)},
     "snapclone.create": {"source": (str, True), "name": (str, True), "rate": (int, False)},
     "snapclone.copy": {"name": (str, True), "rate": (int, False)},
     "task.list": {},
@@ -44,6 +47,10 @@ OPS: dict[str, dict[str, tuple[type, bool]]] = {
     "pool.scrub": {},
     "pool.level": {},
 }
+
+# what an LD is, for lun.list --kind: a LUN, a snapshot (also an invalidated one),
+# a snapclone (copying, or independent after BGCOPY)
+KINDS = ("lun", "snapshot", "snapclone")
 
 # pool.set: the settings an administrator may change, and their allowed values.
 # snapclone_mode: who preserves data for a snapclone's predecessor (DESIGN.md §8):

@@ -19,7 +19,7 @@ from ..errors import IOFailure, OutOfRange, ReadOnly
 from ..mapping.lmap import ALLOCATED, SHARED, SP, SS, L2map, entry_rsd, entry_slot
 from ..physical.readjob import ReadJob, read_cached
 from .cfw import redirect, unshare
-from .role import Role
+from .role import Role, kind
 from .sharing import resolve_range, start_chain_cache
 
 DIRECT_HOPS = 4   # a read walks this many successors itself before using the chain cache
@@ -343,7 +343,9 @@ class LogicalDisk:
         keys (``space``, ``clone``, ``invalid``) say the same for scripts."""
         out = {"id": self.id, "name": self.name, "size": self.size, "raid": self.raid,
                "ldad": self.ldad, "allocated": self.allocated_segments() * self.seg,
-               "role": self.role.value, "state": self.state(), **self.attrs}
+               "role": self.role.value, "kind": kind(self.role, self.attrs),
+               "origin": self.attrs.get("snapshot_of") or self.attrs.get("snapclone_of"),
+               "state": self.state(), **self.attrs}
         r = self.role
         if r.snapshot or (r.invalid and "snapshot_of" in self.attrs):
             out["space"] = "reserve" if r is Role.RESERVED_SNAPSHOT else "on-demand"

@@ -68,6 +68,16 @@ def check_transition(old: Role, new: Role, op: str) -> None:
         raise InvalidArgument(f"an LD cannot go from {old.value} to {new.value} (by {op!r})")
 
 
+def kind(role: Role, attrs: dict) -> str:
+    """What an administrator calls the LD: "lun", "snapshot" or "snapclone" (copying
+    or independent); an invalidated one keeps the kind it was created as."""
+    if role is Role.LUN:
+        return "lun"
+    if role in (Role.COPYING_CLONE, Role.CLONE) or "snapclone_of" in attrs:
+        return "snapclone"
+    return "snapshot"
+
+
 def created_as(snapshot: bool, reserve: bool, clone: bool) -> Role:
     if clone:
         return Role.COPYING_CLONE
