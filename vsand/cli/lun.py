@@ -9,14 +9,11 @@ from .ctl import amount, kv, on_off, size, size_arg, table, usage_error, yes_no
 
 SIZE_HELP = "size in bytes or with a binary suffix: 4096, 512M, 4G, 1T"
 KNOWN = {"id", "name", "size", "raid", "ldad", "allocated", "read_only", "connections", "state",
-<<<<<<< HEAD
-         "reverted_to", "kept_as", "dropped_clients"}
-=======
+         "reverted_to", "kept_as", "dropped_clients",
          "kind", "origin", "provisioned", "referenced", "exclusive", "shared"}
 # space figures (vsanctl du --help says what each means)
 FIGURES = ("provisioned", "allocated", "referenced", "exclusive", "shared")
 DEFAULT_COLUMNS = ("name", "size", "allocated", "raid", "mode", "ldad", "kind", "state")
->>>>>>> space
 
 
 def register(sub, common) -> None:
