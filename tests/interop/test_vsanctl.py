@@ -190,7 +190,7 @@ def test_lun_delete(daemon):
     ctl(daemon, "lun", "create", "gone", "--size", "64M")
     ctl(daemon, "lun", "create", "gone2", "--size", "64M")
     assert ctl(daemon, "lun", "delete", "gone").stdout.strip() == "deleted LUN gone"
-    assert js(daemon, "lun", "delete", "gone2") == {"deleted": "gone2"}
+    assert js(daemon, "lun", "delete", "gone2") == {"deleted": "gone2", "disconnected": 0, "orphaned": []}
     names = {i["name"] for i in js(daemon, "lun", "list")}
     assert not names & {"gone", "gone2"}
     ctl(daemon, "lun", "show", "gone", rc=1)

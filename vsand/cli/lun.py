@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from .ctl import kv, on_off, size, size_arg, table, usage_error, yes_no
 
+FORCE_HELP = ("delete although clients are connected (they are disconnected), snapshots depend "
+              "on it (they keep their data) or it is read-only")
 SIZE_HELP = "size in bytes or with a binary suffix: 4096, 512M, 4G, 1T"
-KNOWN = {"id", "name", "size", "raid", "ldad", "allocated", "read_only", "connections", "state"}
+KNOWN = {"id", "name", "size", "raid", "ldad", "allocated", "read_only", "protected", "connections", "state"}
 
 
 def register(sub, common) -> None:
-    g = sub.add_parser("lun", help="LUN commands (create, list, show, resize, delete, set)",
+    g = sub.add_parser("lun", help="LUN commands (create, list, show, resize, delete, rename, set)",
                        description="Manage LUNs: each is exported over NBD under its own name.")
     gs = g.add_subparsers(title="commands", dest="lun_cmd", metavar="COMMAND", required=True)
 
@@ -40,12 +42,24 @@ def register(sub, common) -> None:
     p.add_argument("--allow-shrink", action="store_true", help="allow a size below the current one")
 
     p = cmd("delete", delete, help="delete a LUN and its data",
-            description="Delete a LUN: its clients are disconnected and its space freed.")
+            description="Delete a LUN and free its space. Refused, with the reason, when "
+                        "clients are connected, when snapshots or snapclones name it as their "
+                        "origin or when it is read-only, unless --force; never for a protected "
+                        "LUN or the source of a snapclone still being copied.")
     p.add_argument("name", metavar="NAME")
+    p.add_argument("--force", action="store_true", help=FORCE_HELP)
+
+    p = cmd("rename", rename, help="rename a LUN",
+            description="Rename a LUN (or any logical disk). Connected clients go on; new "
+                        "connections use the new export name. Snapshots and tasks follow.")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("new_name", metavar="NEW")
 
     p = cmd("set", set_, help="change a LUN's attributes", description="Change a LUN's attributes.")
     p.add_argument("name", metavar="NAME")
     p.add_argument("--read-only", type=on_off, metavar="on|off", help="refuse writes from NBD clients")
+    p.add_argument("--protect", type=on_off, metavar="on|off",
+                   help="refuse to delete it, even with --force (works on snapshots too)")
 
 
 # ---- commands ---------------------------------------------------------------------------
@@ -76,15 +90,31 @@ def resize(ctx, a) -> int:
 
 
 def delete(ctx, a) -> int:
-    res = ctx.call("lun.delete", name=a.name)
-    return ctx.emit(res, lambda r: f"deleted LUN {r.get('deleted', a.name)}")
+    res = ctx.call("lun.delete", name=a.name, force=a.force or None)
+    return ctx.emit(res, lambda r: deleted("LUN", r))
+
+
+def deleted(what: str, r: dict) -> str:
+    """The delete's line, and what a --force dropped."""
+    lines = [f"deleted {what} {r['deleted']}"]
+    if r.get("disconnected"):
+        lines.append(f"disconnected {r['disconnected']} NBD client(s)")
+    if r.get("orphaned"):
+        lines.append(f"kept with their data, their origin gone: {', '.join(r['orphaned'])}")
+    return "\n".join(lines)
+
+
+def rename(ctx, a) -> int:
+    info = ctx.call("lun.rename", name=a.name, new_name=a.new_name)
+    return ctx.emit(info, lambda i: f"renamed {a.name} to {i['name']}\n{render_one(i)}")
 
 
 def set_(ctx, a) -> int:
-    if a.read_only is None:
-        usage_error(a, "nothing to set (use --read-only on|off)")
-    info = ctx.call("lun.set", name=a.name, read_only=a.read_only)
-    return ctx.emit(info, lambda i: f"LUN {i['name']} is {mode(i)}\n{render_one(i)}")
+    if a.read_only is None and a.protect is None:
+        usage_error(a, "nothing to set (use --read-only on|off, --protect on|off)")
+    info = ctx.call("lun.set", name=a.name, read_only=a.read_only, protect=a.protect)
+    return ctx.emit(info, lambda i: f"{i['name']} is {mode(i)}"
+                    f"{', protected' if i.get('protected') else ''}\n{render_one(i)}")
 
 
 # ---- rendering --------------------------------------------------------------------------
@@ -101,6 +131,9 @@ def allocated(info: dict) -> str:
 
 
 def kind(i: dict) -> str:
+    if i.get("origin_deleted"):
+        what = "snapclone" if i.get("clone") else "snapshot"
+        return f"{what} of {i['origin_deleted']} (deleted)"
     if i.get("snapshot_of"):
         return "snapshot of " + i["snapshot_of"]
     if i.get("snapclone_of"):
@@ -118,7 +151,8 @@ def render_list(luns: list) -> str:
     if not luns:
         return "no LUNs"
     rows = [[i.get("name"), size(i.get("size")), allocated(i), f"RAID{i.get('raid')}",
-             "ro" if i.get("read_only") else "rw", i.get("ldad", "-"),
+             ("ro" if i.get("read_only") else "rw") + (",protected" if i.get("protected") else ""),
+             i.get("ldad", "-"),
              kind(i), state(i)]
             for i in luns]
     return table(["NAME", "SIZE", "ALLOCATED", "RAID", "MODE", "LDAD", "KIND", "STATE"], rows, right=(1,))
@@ -129,6 +163,7 @@ def render_one(i: dict) -> str:
             ("size", f"{size(i.get('size'))} ({i.get('size')} bytes)"),
             ("allocated", allocated(i)), ("raid", f"RAID{i.get('raid')}"),
             ("ldad", i.get("ldad", "-")), ("read-only", yes_no(i.get("read_only"))),
+            ("protected", yes_no(i.get("protected"))),
             ("state", i.get("state", "ok"))]
     if "connections" in i:
         rows.append(("connections", i["connections"]))

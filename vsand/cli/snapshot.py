@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from .ctl import size, table
-from .lun import render_one
+from .lun import FORCE_HELP, deleted, render_one
 
 
 def register(sub, common) -> None:
-    g = sub.add_parser("snapshot", help="snapshot commands (create, delete)",
+    g = sub.add_parser("snapshot", help="snapshot commands (create, delete, rename)",
                        description="Writable point-in-time copies that share data with their source.")
     gs = g.add_subparsers(title="commands", dest="snap_cmd", metavar="COMMAND", required=True)
     p = gs.add_parser("create", parents=[common], help="snapshot a LUN or a snapshot",
@@ -21,9 +21,17 @@ def register(sub, common) -> None:
                         "if it runs out")
     p.set_defaults(func=create, cmd="snapshot create", _parser=p)
     p = gs.add_parser("delete", parents=[common], help="delete a snapshot (anywhere in a chain)",
-                      description="Delete a snapshot; its data passes to older snapshots that need it.")
+                      description="Delete a snapshot; its data passes to older snapshots that need it. "
+                                  "Guarded like `lun delete` (--force; never when protected).")
     p.add_argument("name", metavar="NAME")
+    p.add_argument("--force", action="store_true", help=FORCE_HELP)
     p.set_defaults(func=delete, cmd="snapshot delete", _parser=p)
+    p = gs.add_parser("rename", parents=[common], help="rename a snapshot",
+                      description="Rename a snapshot. Connected clients go on; new connections "
+                                  "use the new export name.")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("new_name", metavar="NEW")
+    p.set_defaults(func=rename, cmd="snapshot rename", _parser=p)
 
     t = sub.add_parser("tree", parents=[common], help="show a sharing chain",
                        description="Show the chain NAME belongs to, oldest to newest, with each "
@@ -38,8 +46,13 @@ def create(ctx, a) -> int:
 
 
 def delete(ctx, a) -> int:
-    res = ctx.call("snapshot.delete", name=a.name)
-    return ctx.emit(res, lambda r: f"deleted {r.get('deleted', a.name)}")
+    res = ctx.call("snapshot.delete", name=a.name, force=a.force or None)
+    return ctx.emit(res, lambda r: deleted("snapshot", r))
+
+
+def rename(ctx, a) -> int:
+    info = ctx.call("snapshot.rename", name=a.name, new_name=a.new_name)
+    return ctx.emit(info, lambda i: f"renamed snapshot {a.name} to {i['name']}\n{render_one(i)}")
 
 
 def tree(ctx, a) -> int:

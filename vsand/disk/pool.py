@@ -36,7 +36,7 @@ from .detector import Detector
 from .journal import Journal
 from .ld import LogicalDisk
 from .ops import Ops
-from .role import created_as
+from .role import ORIGIN_ATTRS, created_as
 from .space import Space
 from .transactions import Transactions
 from .verify import check_pool
@@ -344,6 +344,19 @@ class Pool:
         if size > ld.size:
             self.tx.ensure_meta_reserve(extra=(size - ld.size) // self.units.segment)
         self.ops.execute({"t": "ldr", "id": ld.id, "size": size})
+
+    def rename_ld(self, name: str, new: str) -> None:
+        """``name`` is called ``new`` from now on (durable when this returns); the
+        LDs that name it as their origin and the tasks working on it follow."""
+        ld = self.get(name)
+        self.tx.writable()
+        self.catalog.check_name(new)
+        self.ops.execute({"t": "ldn", "id": ld.id, "name": new})
+
+    def dependents(self, name: str) -> list[LogicalDisk]:
+        """The LDs that name ``name`` as their origin (its snapshots and snapclones)."""
+        return sorted((ld for ld in self.catalog.by_id.values()
+                       if any(ld.attrs.get(k) == name for k in ORIGIN_ATTRS)), key=lambda x: x.name)
 
     def set_attrs(self, name: str, **attrs) -> None:
         ld = self.get(name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import logging
 import os
 import socket
@@ -84,6 +85,13 @@ class NbdServer:
         for c in gone:
             c.abort()
         return len(gone)
+
+    def rename(self, old: str, new: str) -> None:
+        """Export ``old`` is called ``new`` now: its connections go on serving it (they
+        hold the device, not the name) and count under the new name."""
+        for c in self.connections:
+            if c.export is not None and c.export.name == old:
+                c.export = dataclasses.replace(c.export, name=new)
 
     def refusal(self) -> str | None:
         """Why a new connection is refused, or None."""
