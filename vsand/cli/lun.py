@@ -113,7 +113,7 @@ def set_(ctx, a) -> int:
     if a.read_only is None and a.protect is None:
         usage_error(a, "nothing to set (use --read-only on|off, --protect on|off)")
     info = ctx.call("lun.set", name=a.name, read_only=a.read_only, protect=a.protect)
-    return ctx.emit(info, lambda i: f"{i['name']} is {mode(i)}"
+    return ctx.emit(info, lambda i: f"LUN {i['name']} is {mode(i)}"
                     f"{', protected' if i.get('protected') else ''}\n{render_one(i)}")
 
 

@@ -26,13 +26,13 @@ def check(ld, dependents: list, clients: int, force: bool) -> None:
                    f"wait for the copy to finish (`vsanctl task list`) or delete the snapclone(s) first")
     reasons = []
     if clients:
-        reasons.append(f"{clients} connected NBD client(s)")
+        reasons.append(f"has {clients} connected NBD client(s)")
     if dependents:
-        reasons.append("dependent(s) " + ", ".join(f"{d.name} ({kind(d)})" for d in dependents))
+        reasons.append("has dependent(s) " + ", ".join(f"{d.name} ({kind(d)})" for d in dependents))
     if ld.read_only:
-        reasons.append("it is read-only")
+        reasons.append("is read-only")
     if reasons and not force:
-        raise Busy(f"{name} has {'; '.join(reasons)}: not deleted. --force deletes it anyway"
+        raise Busy(f"{name} {' and '.join(reasons)}: not deleted. --force deletes it anyway"
                    + (", disconnecting the clients" if clients else "")
                    + ("; the dependents keep their data" if dependents else ""))
 
