@@ -136,7 +136,44 @@ def _io_engine(text) -> str:
     return text
 
 
-CHECK = {"drive_size": _size, "task_rate_mib": _rate, "task_latency_guard": _on_off,
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _choice(choices):
+    def check(text) -> str:
+        if text not in choices:
+            raise argparse.ArgumentTypeError(f"expected one of {', '.join(choices)}, not {text!r}")
+        return text
+    return check
+
+
+def _text(text) -> str:
+    if not isinstance(text, str):
+        raise argparse.ArgumentTypeError(f"expected a string, not {text!r}")
+    return text
+
+
+def _paths(value) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(p, str) and p for p in value):
+        raise argparse.ArgumentTypeError(f"expected a list of paths, not {value!r}")
+    return value
+
+
+def _listen(text) -> str:
+    """HOST:PORT (IPv6 hosts in brackets), or "" / "none"."""
+    t = _text(text).strip()
+    if t.lower() in ("", "none"):
+        return t
+    host, sep, port = t.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or (":" in host and not host.startswith("[")):
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT (port 1-65535; [::1]:PORT for IPv6) "
+                                         f"or none, not {text!r}")
+    return t
+
+
+CHECK = {"state_dir": _text, "drives": _positive, "drive_paths": _paths, "nbd_socket": _text,
+         "listen": _listen, "control": _text, "default_export": _text,
+         "log_level": _choice(LOG_LEVELS), "drive_size": _size, "task_rate_mib": _rate, "task_latency_guard": _on_off,
          "accept_data_loss": _on_off, "max_connections": _positive, "idle_timeout": _count,
          "memory_budget": _size, "io_threads": _count,
          "io": _io_mode, "io_engine": _io_engine, "drive_error_limit": _positive,
@@ -163,18 +200,25 @@ def _flatten(data: dict, where: str) -> dict:
     return out
 
 
+class Parser(argparse.ArgumentParser):
+    """Errors on ONE line (a service log shows it as the reason the start failed)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (see '{self.prog} --help')\n")
+
+
 def load(argv: list[str] | None = None) -> Config:
-    ap = argparse.ArgumentParser(prog="vsand", description="vsand block-storage daemon")
+    ap = Parser(prog="vsand", description="vsand block-storage daemon")
     ap.add_argument("--config", help="TOML file with the same keys as the flags (state_dir, drives, ...)")
     ap.add_argument("--state-dir")
-    ap.add_argument("--drives", type=int, help="number of simulated drives to create on first start")
+    ap.add_argument("--drives", type=_positive, help="number of simulated drives to create on first start")
     ap.add_argument("--drive-size", type=_size, help="size of each simulated drive (e.g. 4G)")
     ap.add_argument("--drive", action="append", dest="drive_paths", help="explicit drive path (repeatable)")
     ap.add_argument("--nbd-socket")
-    ap.add_argument("--listen", help="TCP HOST:PORT for NBD ('none' to disable)")
+    ap.add_argument("--listen", type=_listen, help="TCP HOST:PORT for NBD ('none' to disable)")
     ap.add_argument("--control", help="control socket path")
     ap.add_argument("--default-export")
-    ap.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    ap.add_argument("--log-level", choices=LOG_LEVELS)
     ap.add_argument("--task-rate-mib", type=_rate, metavar="MIB",
                     help="limit background copies to MIB MiB/s (0 = unlimited, the default)")
     ap.add_argument("--latency-guard", dest="task_latency_guard", type=_on_off, metavar="on|off",
@@ -213,8 +257,13 @@ def load(argv: list[str] | None = None) -> Config:
     args = ap.parse_args(argv)
     cfg = Config()
     if args.config:
-        with open(args.config, "rb") as f:
-            data = tomllib.load(f)
+        try:
+            with open(args.config, "rb") as f:
+                data = tomllib.load(f)
+        except OSError as e:
+            ap.error(f"cannot read the config file {args.config}: {e.strerror or e}")
+        except tomllib.TOMLDecodeError as e:
+            ap.error(f"{args.config}: not valid TOML: {e}")
         try:
             data = _flatten(data, args.config)
         except argparse.ArgumentTypeError as e:

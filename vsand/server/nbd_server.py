@@ -131,15 +131,19 @@ class NbdServer:
         self.servers.append(srv)
         log.info("NBD listening on %s:%d", host, port)
 
-    async def listen_socket(self, sock: socket.socket) -> None:
-        """An inherited listening socket (systemd socket activation)."""
+    async def listen_socket(self, sock: socket.socket, inherited: bool = True) -> None:
+        """A listening socket bound already: inherited (systemd socket activation), or
+        bound by the daemon before it opened its pool."""
         loop = asyncio.get_running_loop()
         if sock.family == socket.AF_UNIX:
             srv = await loop.create_unix_server(self._factory, sock=sock)
         else:
             srv = await loop.create_server(self._factory, sock=sock)
         self.servers.append(srv)
-        log.info("NBD listening on inherited socket %s", sock.getsockname())
+        where = sock.getsockname()
+        if not inherited:
+            where = f"unix:{where}" if sock.family == socket.AF_UNIX else "%s:%d" % where[:2]
+        log.info("NBD listening on %s%s", "inherited socket " if inherited else "", where)
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop accepting, let every connection finish what it has in flight, close."""
