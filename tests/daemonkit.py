@@ -41,14 +41,16 @@ def free_port() -> int:
 
 class Daemon:
     def __init__(self, state_dir: str, drives: int = 8, drive_size: str = "1G", extra=(),
-                 env: dict | None = None):
+                 env: dict | None = None, overcommit_warn: str = "off"):
+        """``overcommit_warn``: off unless a test is about it, since most tests make
+        thin LUNs bigger than their small pools on purpose and vsanctl would warn."""
         self.state_dir = str(state_dir)
         self.port = free_port()
         self.sock = os.path.join(self.state_dir, "nbd.sock")
         self.control = os.path.join(self.state_dir, "control.sock")
         self.args = VSAND + ["--state-dir", self.state_dir, "--drives", str(drives),
                              "--drive-size", drive_size, "--listen", f"127.0.0.1:{self.port}",
-                             *extra]
+                             "--overcommit-warn", overcommit_warn, *extra]
         self.proc: subprocess.Popen | None = None
         self.log = os.path.join(self.state_dir, "daemon.log")
         self.env = env or {}

@@ -35,6 +35,7 @@ class Config:
     drive_error_limit: int = 4            # I/O errors a drive may give before it is failed
     drive_timeout: int = 30               # seconds a drive read or write may take (0 = no limit)
     scrub_interval: int = 30 * 86400      # seconds between scrubs (0 = never); like Debian's monthly mdadm check
+    overcommit_warn: float = 1.0          # warn when provisioned space exceeds this x capacity; 0 = off
 
     def finish(self) -> "Config":
         self.state_dir = os.path.abspath(self.state_dir)
@@ -139,6 +140,21 @@ def _io_engine(text) -> str:
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
+def _ratio(text) -> float:
+    """A positive ratio such as 1.0 or 1.5, or off (0)."""
+    if isinstance(text, str) and text.strip().lower() in ("off", "none", "never"):
+        return 0.0
+    try:
+        if isinstance(text, bool):
+            raise ValueError
+        r = float(text)
+    except (TypeError, ValueError):
+        r = -1.0
+    if not 0 <= r < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a ratio such as 1.0 or 1.5, or off, not {text!r}")
+    return r
+
+
 def _choice(choices):
     def check(text) -> str:
         if text not in choices:
@@ -178,7 +194,7 @@ CHECK = {"state_dir": _text, "drives": _positive, "drive_paths": _paths, "nbd_so
          "memory_budget": _size, "io_threads": _count,
          "io": _io_mode, "io_engine": _io_engine, "drive_error_limit": _positive,
          "drive_timeout": _duration,
-         "scrub_interval": _duration}
+         "scrub_interval": _duration, "overcommit_warn": _ratio}
 
 
 def _flatten(data: dict, where: str) -> dict:
@@ -254,6 +270,10 @@ def load(argv: list[str] | None = None) -> Config:
     ap.add_argument("--scrub-interval", type=_duration, metavar="DURATION",
                     help="start a scrub this long after the last one ended (or after this start, "
                          "when none is recorded): 30d (the default), 12h, 90m, 45s, or off")
+    ap.add_argument("--overcommit-warn", type=_ratio, metavar="RATIO",
+                    help="warn (in the reply and the log) when LUNs, snapclones and reserved "
+                         "snapshots would need more than RATIO x an LDAD's drive space once "
+                         "written: 1.0 (the default), 1.5, ... or off")
     args = ap.parse_args(argv)
     cfg = Config()
     if args.config:

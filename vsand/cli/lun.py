@@ -6,7 +6,8 @@ from .ctl import kv, on_off, size, size_arg, table, usage_error, yes_no
 
 FORCE_HELP = ("delete although clients are connected (they are disconnected), snapshots depend "
               "on it (they keep their data) or it is read-only")
-SIZE_HELP = "size in bytes or with a binary suffix: 4096, 512M, 4G, 1T"
+SIZE_HELP = ("size with a binary suffix (512M, 4G, 1T) or in bytes; a multiple of the LUN "
+             "granularity, 1 MiB")
 KNOWN = {"id", "name", "size", "raid", "ldad", "allocated", "read_only", "protected", "connections", "state"}
 
 

@@ -18,8 +18,8 @@ from ..tasks import BGCOPY, LEVEL, REBUILD, SCRUB
 from ..tasks.rebuild import TARGET as POOL
 from ..tasks.runner import check_rate
 from ..units import format_size
-from . import deletion
-from .schema import POOL_SETTINGS
+from . import deletion, overcommit
+from .schema import POOL_SETTINGS, Warned
 
 SNAPSHOT_ROLES = (Role.SNAPSHOT, Role.RESERVED_SNAPSHOT, Role.INVALID)   # invalid: a snapshot that ran out of space
 
@@ -53,7 +53,16 @@ class Handlers:
                 "pid": os.getpid()}
 
     def lun_create(self, name, size, raid=5, thick=False, ldad="default"):
-        return self.pool.create_ld(name, size, raid=raid, ldad=ldad, thick=thick).info()
+        return self._warn_overcommit(self.pool.create_ld(name, size, raid=raid, ldad=ldad, thick=thick).info())
+
+    def _warn_overcommit(self, info):
+        """``info`` (of the LD an operation just provisioned), with the overcommit
+        warning when its LDAD is now provisioned beyond the configured ratio."""
+        why = overcommit.check(self.pool, info["ldad"], self.cfg.overcommit_warn)
+        if why is None:
+            return info
+        log.warning("%s", why)
+        return Warned(info, [why])
 
     def lun_list(self):
         return [ld.info() for ld in sorted(self.pool.lds.values(), key=lambda x: x.name)]
@@ -87,7 +96,8 @@ class Handlers:
         self.pool.resize_ld(name, new)
         if new < now:
             log.warning("LUN %s shrunk from %s to %s", name, format_size(now), format_size(new))
-        return self.pool.get(name).info()
+            return self.pool.get(name).info()
+        return self._warn_overcommit(self.pool.get(name).info())
 
     def lun_delete(self, name, force=False):
         """Deletes any LD, with guards (deletion.py): a protected one or the source of
@@ -106,7 +116,8 @@ class Handlers:
         return out
 
     def snapshot_create(self, source, name, reserve=False):
-        return self.pool.snapshot(source, name, reserve=reserve).info()
+        info = self.pool.snapshot(source, name, reserve=reserve).info()
+        return self._warn_overcommit(info) if reserve else info
 
     def snapshot_delete(self, name, force=False):
         """Deletes a snapshot and nothing else: a LUN or a clone named by mistake
@@ -209,7 +220,7 @@ class Handlers:
         check_rate(rate)          # refuse before anything is created
         info = self.pool.snapclone(source, name).info()
         info["task"] = self.tasks.start(BGCOPY, name, rate).id
-        return info
+        return self._warn_overcommit(info)
 
     def snapclone_copy(self, name, rate=None):
         """A new copy task for a snapclone still in its tree (e.g. after a cancel)."""

@@ -2,15 +2,24 @@
 
 A frame is a 4-byte big-endian length and a msgpack map. Request:
 ``{"op": NAME, "args": {...}}``; reply: ``{"ok": True, "result": ...}`` or
-``{"ok": False, "error": MESSAGE, "errno": N}``.
+``{"ok": False, "error": MESSAGE, "errno": N}``. A successful reply may carry
+``"warnings": [MESSAGE, ...]``: the operation was done, but the admin should know
+something (vsanctl prints them on stderr).
 """
 
 from __future__ import annotations
 
 import struct
+from typing import Any, NamedTuple
 
 FRAME = struct.Struct(">I")
 MAX_FRAME = 16 << 20
+
+class Warned(NamedTuple):
+    """A handler's result with warnings for the reply."""
+    result: Any
+    warnings: list[str]
+
 
 # op -> {arg: (type, required)}
 OPS: dict[str, dict[str, tuple[type, bool]]] = {

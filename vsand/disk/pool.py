@@ -378,10 +378,14 @@ class Pool:
             want = sum(int(np.count_nonzero(owned(sharing.resolve_range(x, lo, hi))))
                        for lo, hi in x.l2.ranges()) if clone else nsegs
             need = self.space.reserved_psegs(x.ldad, extra=(x.raid, want))
-            if need > self.allocator.free_psegs(x.ldad):
+            free = self.allocator.free_psegs(x.ldad)
+            if need > free:
                 what = "the copy" if clone else "a full copy"
+                p = self.units.pseg
                 raise NoSpace(f"not enough free space to reserve {what} of {source} "
-                              f"({format_size(want * self.units.segment)} of RAID{x.raid})")
+                              f"({format_size(want * self.units.segment)} of RAID{x.raid}): with the "
+                              f"reservations made already it needs {format_size(need * p)} of drive "
+                              f"space, {format_size(free * p)} is free")
         self.tx.ensure_meta_reserve(extra=nsegs)
         crashpoint("snapshot.before_commit")
         # One commit: the source's pending writes, then the snapshot (the quiesce of
