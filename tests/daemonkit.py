@@ -118,6 +118,20 @@ class Daemon:
         return f"nbd+unix:///{name}?socket={self.sock}"
 
 
+def vsanctl(daemon, *args, rc: int = 0) -> subprocess.CompletedProcess:
+    """vsanctl as a subprocess against ``daemon``; checks the exit code and, for an
+    error, that stderr is one "vsanctl: ..." line."""
+    env = dict(os.environ)
+    env.pop("VSAN_CONTROL", None)
+    cmd = [sys.executable, "-m", "vsand.cli.vsanctl", "--control", daemon.control] + [str(a) for a in args]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    assert r.returncode == rc, f"{cmd} -> {r.returncode} (want {rc})\nstdout: {r.stdout}\nstderr: {r.stderr}"
+    if rc:
+        lines = r.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("vsanctl: "), f"want one error line, got {r.stderr!r}"
+    return r
+
+
 def run(cmd, check=True, timeout=300, **kw) -> subprocess.CompletedProcess:
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
     if check and r.returncode != 0:

@@ -7,12 +7,10 @@ import json
 import os
 import signal
 import subprocess
-import sys
 
 import pytest
-from daemonkit import Daemon, healthy, need, run
+from daemonkit import Daemon, healthy, need, run, vsanctl
 
-VSANCTL = [sys.executable, "-m", "vsand.cli.vsanctl"]
 MiB = 1 << 20
 BLOCK = 4096
 
@@ -20,7 +18,6 @@ BLOCK = 4096
 # "w OFF BYTE" writes a block of BYTE at OFF and flushes, "r OFF BYTE" reads it back
 # and compares; it answers each line with "ok" or "bad ...". (libnbd: system Python.)
 CLIENT = """
-import sys
 print("connected", flush=True)
 for line in sys.stdin:
     cmd, off, b = line.split()
@@ -55,19 +52,6 @@ class HeldClient:
         if self.p.poll() is None:
             self.p.stdin.close()
             self.p.wait(30)
-
-
-def vsanctl(daemon, *args, rc=0):
-    """Runs vsanctl; checks the exit code and, for errors, the one-line stderr."""
-    env = dict(os.environ)
-    env.pop("VSAN_CONTROL", None)
-    cmd = VSANCTL + ["--control", daemon.control] + [str(a) for a in args]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
-    assert r.returncode == rc, f"{cmd} -> {r.returncode} (want {rc})\nstdout: {r.stdout}\nstderr: {r.stderr}"
-    if rc:
-        lines = r.stderr.splitlines()
-        assert len(lines) == 1 and lines[0].startswith("vsanctl: "), f"want one error line, got {r.stderr!r}"
-    return r
 
 
 def js(daemon, *args):

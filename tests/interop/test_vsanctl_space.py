@@ -11,22 +11,12 @@ import subprocess
 import sys
 
 import pytest
-from daemonkit import ROOT, Daemon, healthy
+from daemonkit import ROOT, Daemon, healthy, vsanctl
 
 from vsand.cli.lun import SIZE_HELP
 from vsand.units import MiB, parse_size
 
-VSANCTL = [sys.executable, "-m", "vsand.cli.vsanctl"]
 RAW_NUMBER = re.compile(r"\b\d{5,}\b(?! bytes\))")     # a byte count not in "(N bytes)"
-
-
-def vsanctl(daemon, *args, rc=0):
-    env = dict(os.environ)
-    env.pop("VSAN_CONTROL", None)
-    cmd = VSANCTL + ["--control", daemon.control] + [str(a) for a in args]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
-    assert r.returncode == rc, f"{cmd} -> {r.returncode} (want {rc})\nstdout: {r.stdout}\nstderr: {r.stderr}"
-    return r
 
 
 def error_line(r) -> str:

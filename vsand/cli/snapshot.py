@@ -10,28 +10,30 @@ def register(sub, common) -> None:
     g = sub.add_parser("snapshot", help="snapshot commands (create, delete, rename)",
                        description="Writable point-in-time copies that share data with their source.")
     gs = g.add_subparsers(title="commands", dest="snap_cmd", metavar="COMMAND", required=True)
-    p = gs.add_parser("create", parents=[common], help="snapshot a LUN or a snapshot",
-                      description="Create NAME as a snapshot of SOURCE (a LUN or another snapshot). "
-                                  "It is exported over NBD at once and is writable.")
+
+    def cmd(name, func, help, description):
+        p = gs.add_parser(name, parents=[common], help=help, description=description)
+        p.set_defaults(func=func, cmd=f"snapshot {name}", _parser=p)
+        return p
+
+    p = cmd("create", create, "snapshot a LUN or a snapshot",
+            "Create NAME as a snapshot of SOURCE (a LUN or another snapshot). "
+            "It is exported over NBD at once and is writable.")
     p.add_argument("source", metavar="SOURCE")
     p.add_argument("name", metavar="NAME")
     p.add_argument("--reserve", action="store_true",
                    help="reserve space for a full copy now (fails if the pool is short); "
                         "otherwise space is taken on demand and the snapshot is invalidated "
                         "if it runs out")
-    p.set_defaults(func=create, cmd="snapshot create", _parser=p)
-    p = gs.add_parser("delete", parents=[common], help="delete a snapshot (anywhere in a chain)",
-                      description="Delete a snapshot; its data passes to older snapshots that need it. "
-                                  "Guarded like `lun delete` (--force; never when protected).")
+    p = cmd("delete", delete, "delete a snapshot (anywhere in a chain)",
+            "Delete a snapshot; its data passes to older snapshots that need it. "
+            "Guarded like `lun delete` (--force; never when protected).")
     p.add_argument("name", metavar="NAME")
     p.add_argument("--force", action="store_true", help=FORCE_HELP)
-    p.set_defaults(func=delete, cmd="snapshot delete", _parser=p)
-    p = gs.add_parser("rename", parents=[common], help="rename a snapshot",
-                      description="Rename a snapshot. Connected clients go on; new connections "
-                                  "use the new export name.")
+    p = cmd("rename", rename, "rename a snapshot",
+            "Rename a snapshot. Connected clients go on; new connections use the new export name.")
     p.add_argument("name", metavar="NAME")
     p.add_argument("new_name", metavar="NEW")
-    p.set_defaults(func=rename, cmd="snapshot rename", _parser=p)
 
     t = sub.add_parser("tree", parents=[common], help="show a sharing chain",
                        description="Show the chain NAME belongs to, oldest to newest, with each "

@@ -53,7 +53,8 @@ class Handlers:
                 "pid": os.getpid()}
 
     def lun_create(self, name, size, raid=5, thick=False, ldad="default"):
-        return self._warn_overcommit(self.pool.create_ld(name, size, raid=raid, ldad=ldad, thick=thick).info())
+        ld = self.pool.create_ld(name, size, raid=raid, ldad=ldad, thick=thick)
+        return self._warn_overcommit(ld.info())
 
     def _warn_overcommit(self, info):
         """``info`` (of the LD an operation just provisioned), with the overcommit

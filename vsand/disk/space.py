@@ -214,7 +214,7 @@ class Space:
         rstores = -(-need // self.units.rstore_segments)
         need_psegs, free = rstores * RAID_WIDTH[raid], self.allocator.free_psegs(ldad)
         if need_psegs > free:
-            pseg = self.units.pseg
-            raise NoSpace(f"not enough free space in LDAD {ldad!r} for {format_size(segments * self.units.segment)} "
+            pseg, size = self.units.pseg, format_size(segments * self.units.segment)
+            raise NoSpace(f"not enough free space in LDAD {ldad!r} for {size} "
                           f"of RAID{raid}: it needs {format_size(need_psegs * pseg)} of drive space "
                           f"(redundancy included), {format_size(free * pseg)} is free")
