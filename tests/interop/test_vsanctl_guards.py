@@ -256,3 +256,16 @@ def test_renamed_export_list(daemon):
     r = run(["nbdinfo", "--list", "--json", f"nbd+unix:///?socket={daemon.sock}"], timeout=30)
     listed = {e["export-name"] for e in json.loads(r.stdout)["exports"]}
     assert "l-after" in listed and "l-before" not in listed, listed
+
+
+def test_renaming_the_default_export_warns(tmp_path):
+    d = Daemon(tmp_path / "state", drives=4, drive_size="256M", extra=["--default-export", "dflt"]).start()
+    try:
+        vsanctl(d, "lun", "create", "dflt", "--size", "64M", "--raid", "0")
+        r = vsanctl(d, "lun", "rename", "dflt", "dflt2")
+        assert r.stderr == ("vsanctl: warning: dflt was the default export (config default_export): "
+                            "clients asking for the empty export name get nothing until the config "
+                            "names dflt2\n")
+        assert r.stdout.startswith("renamed dflt to dflt2")
+    finally:
+        d.stop()

@@ -133,7 +133,13 @@ class Handlers:
         self.tasks.retarget(name, new_name)
         self.nbd.rename(name, new_name)
         log.info("%s renamed to %s", name, new_name)
-        return self.pool.get(new_name).info()
+        info = self.pool.get(new_name).info()
+        if self.cfg.default_export == name:
+            why = (f"{name} was the default export (config default_export): clients asking for "
+                   f"the empty export name get nothing until the config names {new_name}")
+            log.warning("%s", why)
+            return Warned(info, [why])
+        return info
 
     def snapshot_rename(self, name, new_name):
         self._snapshot_only(name, "rename")

@@ -106,8 +106,9 @@ def leave(pool, index: int) -> int:
     group = next(g for g in alloc.rss[ds.ldad] if index in g)
     room = sum(alloc.usable(alloc.drives[i]) for i in group if i != index)
     if held > room:
-        raise NoSpace(f"the other drives of drive {index}'s RSS have {room} free PSEGs; it holds "
-                      f"{held}: add a drive first")
+        p = pool.units.pseg
+        raise NoSpace(f"the other drives of drive {index}'s RSS have {format_size(room * p)} free; it "
+                      f"holds {format_size(held * p)}: add a drive first")
     stuck = _unplaceable(pool, index)
     if stuck:
         raise NoSpace(f"{stuck} member(s) on drive {index} would have nowhere to go (a RAID1 "
