@@ -41,14 +41,16 @@ def free_port() -> int:
 
 class Daemon:
     def __init__(self, state_dir: str, drives: int = 8, drive_size: str = "1G", extra=(),
-                 env: dict | None = None):
+                 env: dict | None = None, overcommit_warn: str = "off"):
+        """``overcommit_warn``: off unless a test is about it, since most tests make
+        thin LUNs bigger than their small pools on purpose and vsanctl would warn."""
         self.state_dir = str(state_dir)
         self.port = free_port()
         self.sock = os.path.join(self.state_dir, "nbd.sock")
         self.control = os.path.join(self.state_dir, "control.sock")
         self.args = VSAND + ["--state-dir", self.state_dir, "--drives", str(drives),
                              "--drive-size", drive_size, "--listen", f"127.0.0.1:{self.port}",
-                             *extra]
+                             "--overcommit-warn", overcommit_warn, *extra]
         self.proc: subprocess.Popen | None = None
         self.log = os.path.join(self.state_dir, "daemon.log")
         self.env = env or {}
@@ -114,6 +116,20 @@ class Daemon:
         if tcp:
             return f"nbd://127.0.0.1:{self.port}/{name}"
         return f"nbd+unix:///{name}?socket={self.sock}"
+
+
+def vsanctl(daemon, *args, rc: int = 0) -> subprocess.CompletedProcess:
+    """vsanctl as a subprocess against ``daemon``; checks the exit code and, for an
+    error, that stderr is one "vsanctl: ..." line."""
+    env = dict(os.environ)
+    env.pop("VSAN_CONTROL", None)
+    cmd = [sys.executable, "-m", "vsand.cli.vsanctl", "--control", daemon.control] + [str(a) for a in args]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    assert r.returncode == rc, f"{cmd} -> {r.returncode} (want {rc})\nstdout: {r.stdout}\nstderr: {r.stderr}"
+    if rc:
+        lines = r.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("vsanctl: "), f"want one error line, got {r.stderr!r}"
+    return r
 
 
 def run(cmd, check=True, timeout=300, **kw) -> subprocess.CompletedProcess:

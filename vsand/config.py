@@ -35,6 +35,7 @@ class Config:
     drive_error_limit: int = 4            # I/O errors a drive may give before it is failed
     drive_timeout: int = 30               # seconds a drive read or write may take (0 = no limit)
     scrub_interval: int = 30 * 86400      # seconds between scrubs (0 = never); like Debian's monthly mdadm check
+    overcommit_warn: float = 1.0          # warn when provisioned space exceeds this x capacity; 0 = off
 
     def finish(self) -> "Config":
         self.state_dir = os.path.abspath(self.state_dir)
@@ -136,12 +137,64 @@ def _io_engine(text) -> str:
     return text
 
 
-CHECK = {"drive_size": _size, "task_rate_mib": _rate, "task_latency_guard": _on_off,
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _ratio(text) -> float:
+    """A positive ratio such as 1.0 or 1.5, or off (0)."""
+    if isinstance(text, str) and text.strip().lower() in ("off", "none", "never"):
+        return 0.0
+    try:
+        if isinstance(text, bool):
+            raise ValueError
+        r = float(text)
+    except (TypeError, ValueError):
+        r = -1.0
+    if not 0 <= r < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a ratio such as 1.0 or 1.5, or off, not {text!r}")
+    return r
+
+
+def _choice(choices):
+    def check(text) -> str:
+        if text not in choices:
+            raise argparse.ArgumentTypeError(f"expected one of {', '.join(choices)}, not {text!r}")
+        return text
+    return check
+
+
+def _text(text) -> str:
+    if not isinstance(text, str):
+        raise argparse.ArgumentTypeError(f"expected a string, not {text!r}")
+    return text
+
+
+def _paths(value) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(p, str) and p for p in value):
+        raise argparse.ArgumentTypeError(f"expected a list of paths, not {value!r}")
+    return value
+
+
+def _listen(text) -> str:
+    """HOST:PORT (IPv6 hosts in brackets), or "" / "none"."""
+    t = _text(text).strip()
+    if t.lower() in ("", "none"):
+        return t
+    host, sep, port = t.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or (":" in host and not host.startswith("[")):
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT (port 1-65535; [::1]:PORT for IPv6) "
+                                         f"or none, not {text!r}")
+    return t
+
+
+CHECK = {"state_dir": _text, "drives": _positive, "drive_paths": _paths, "nbd_socket": _text,
+         "listen": _listen, "control": _text, "default_export": _text,
+         "log_level": _choice(LOG_LEVELS), "drive_size": _size, "task_rate_mib": _rate, "task_latency_guard": _on_off,
          "accept_data_loss": _on_off, "max_connections": _positive, "idle_timeout": _count,
          "memory_budget": _size, "io_threads": _count,
          "io": _io_mode, "io_engine": _io_engine, "drive_error_limit": _positive,
          "drive_timeout": _duration,
-         "scrub_interval": _duration}
+         "scrub_interval": _duration, "overcommit_warn": _ratio}
 
 
 def _flatten(data: dict, where: str) -> dict:
@@ -163,18 +216,25 @@ def _flatten(data: dict, where: str) -> dict:
     return out
 
 
+class Parser(argparse.ArgumentParser):
+    """Errors on ONE line (a service log shows it as the reason the start failed)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (see '{self.prog} --help')\n")
+
+
 def load(argv: list[str] | None = None) -> Config:
-    ap = argparse.ArgumentParser(prog="vsand", description="vsand block-storage daemon")
+    ap = Parser(prog="vsand", description="vsand block-storage daemon")
     ap.add_argument("--config", help="TOML file with the same keys as the flags (state_dir, drives, ...)")
     ap.add_argument("--state-dir")
-    ap.add_argument("--drives", type=int, help="number of simulated drives to create on first start")
+    ap.add_argument("--drives", type=_positive, help="number of simulated drives to create on first start")
     ap.add_argument("--drive-size", type=_size, help="size of each simulated drive (e.g. 4G)")
     ap.add_argument("--drive", action="append", dest="drive_paths", help="explicit drive path (repeatable)")
     ap.add_argument("--nbd-socket")
-    ap.add_argument("--listen", help="TCP HOST:PORT for NBD ('none' to disable)")
+    ap.add_argument("--listen", type=_listen, help="TCP HOST:PORT for NBD ('none' to disable)")
     ap.add_argument("--control", help="control socket path")
     ap.add_argument("--default-export")
-    ap.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    ap.add_argument("--log-level", choices=LOG_LEVELS)
     ap.add_argument("--task-rate-mib", type=_rate, metavar="MIB",
                     help="limit background copies to MIB MiB/s (0 = unlimited, the default)")
     ap.add_argument("--latency-guard", dest="task_latency_guard", type=_on_off, metavar="on|off",
@@ -210,11 +270,20 @@ def load(argv: list[str] | None = None) -> Config:
     ap.add_argument("--scrub-interval", type=_duration, metavar="DURATION",
                     help="start a scrub this long after the last one ended (or after this start, "
                          "when none is recorded): 30d (the default), 12h, 90m, 45s, or off")
+    ap.add_argument("--overcommit-warn", type=_ratio, metavar="RATIO",
+                    help="warn (in the reply and the log) when LUNs, snapclones and reserved "
+                         "snapshots would need more than RATIO x an LDAD's drive space once "
+                         "written: 1.0 (the default), 1.5, ... or off")
     args = ap.parse_args(argv)
     cfg = Config()
     if args.config:
-        with open(args.config, "rb") as f:
-            data = tomllib.load(f)
+        try:
+            with open(args.config, "rb") as f:
+                data = tomllib.load(f)
+        except OSError as e:
+            ap.error(f"cannot read the config file {args.config}: {e.strerror or e}")
+        except tomllib.TOMLDecodeError as e:
+            ap.error(f"{args.config}: not valid TOML: {e}")
         try:
             data = _flatten(data, args.config)
         except argparse.ArgumentTypeError as e:

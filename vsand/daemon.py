@@ -19,6 +19,7 @@ from .disk.assembly import has_label
 from .disk.pool import Pool
 from .errors import HalfCreated, Unsupported, VsanError
 from .nbd.handshake import Export
+from .listeners import Listeners
 from .physical.lock import StateDirLock
 from .physical.uring import Ring
 from .server.nbd_server import NbdServer
@@ -114,6 +115,38 @@ class Exports:
         return self.pool.begin_flush()
 
 
+class Fresh:
+    """What a start creates in the state directory before its pool exists (the
+    directory, the lock file), taken back when the start fails: a refused start
+    leaves the directory as it found it."""
+
+    def __init__(self, state_dir: str):
+        self.dir = state_dir
+        self.lock = os.path.join(state_dir, StateDirLock.NAME)
+        self.made_dir = False
+        self.had_lock = os.path.lexists(self.lock)
+        self.kept = False
+
+    def make_dir(self) -> None:
+        self.made_dir = not os.path.isdir(self.dir)
+        os.makedirs(self.dir, exist_ok=True)
+
+    def keep(self) -> None:
+        """The pool is open: what was made is its home now."""
+        self.kept = True
+
+    def undo(self) -> None:
+        if self.kept:
+            return
+        try:
+            if not self.had_lock:
+                os.unlink(self.lock)
+            if self.made_dir:
+                os.rmdir(self.dir)       # only when empty: a pool half created stays
+        except OSError:
+            pass
+
+
 class Daemon:
     def __init__(self, cfg: Config):
         self.cfg = cfg
@@ -125,20 +158,38 @@ class Daemon:
 
     async def run(self) -> int:
         cfg = self.cfg
-        os.makedirs(cfg.state_dir, exist_ok=True)
-        # One daemon per pool, before anything is touched: a second one stops here.
-        lock = StateDirLock(cfg.state_dir)
-        lock.acquire()
+        listeners = Listeners(inherited_sockets())
+        fresh = Fresh(cfg.state_dir)
         try:
-            self.pool = open_pool(cfg)
-            self.pool.detector.limit = cfg.drive_error_limit
-            self.pool.set_drive_timeout(cfg.drive_timeout)
+            # Everything that can refuse the start is tried before a pool exists: the
+            # port first (it needs no state directory), then the state directory, its
+            # lock (one daemon per pool), the socket files and the io engine.
+            # A second daemon on a pool (its lock file exists) is told who holds the
+            # pool rather than that the port is taken.
+            early = not fresh.had_lock
+            if early:
+                listeners.bind_tcp(cfg.tcp())
+            fresh.make_dir()
+            lock = StateDirLock(cfg.state_dir)
+            lock.acquire()
             try:
-                return await self._serve()
+                if not early:
+                    listeners.bind_tcp(cfg.tcp())
+                listeners.bind_unix(cfg.nbd_socket, cfg.control)
+                ring = self._ring()
+                self.pool = open_pool(cfg)
+                fresh.keep()
+                self.pool.detector.limit = cfg.drive_error_limit
+                self.pool.set_drive_timeout(cfg.drive_timeout)
+                try:
+                    return await self._serve(listeners, ring)
+                finally:
+                    self.pool.close()
             finally:
-                self.pool.close()
+                lock.release()
         finally:
-            lock.release()
+            listeners.close()
+            fresh.undo()
 
     def _ring(self) -> Ring | None:
         """The io_uring reads go through (config ``io_engine``), or None: worker
@@ -157,11 +208,10 @@ class Daemon:
         log.info("drive reads that miss the page cache: io_uring")
         return ring
 
-    async def _serve(self) -> int:
+    async def _serve(self, listeners: Listeners, ring: Ring | None) -> int:
         cfg = self.cfg
         self.nbd = NbdServer(Exports(self.pool, cfg.default_export), cfg.max_connections,
-                             cfg.idle_timeout, cfg.memory_budget, cfg.io_threads,
-                             self._ring())
+                             cfg.idle_timeout, cfg.memory_budget, cfg.io_threads, ring)
         self.tasks = TaskRunner(self.pool, default_kinds(self.pool),
                                 Throttle(cfg.task_rate_mib, cfg.task_latency_guard,
                                          foreground=lambda: self.nbd.requests),
@@ -171,16 +221,10 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop_event.set)
-        inherited = inherited_sockets()
-        own = () if inherited else (cfg.nbd_socket,)
-        try:
-            await self._listen(inherited)
-        except OSError as e:
-            log.error("cannot start: cannot listen: %s", e.strerror or e)
-            await self.nbd.stop()
-            await self.control.close()
-            self._unlink(own)
-            return 1
+        for sock in listeners.nbd:
+            await self.nbd.listen_socket(sock, inherited=listeners.nbd_inherited)
+        await self.control.listen_socket(listeners.control)
+        log.info("control listening on %s", cfg.control)
         log.info("serving %d LUN(s): %s", len(self.pool.lds), ", ".join(sorted(self.pool.lds)) or "-")
         resumed = self.tasks.resume()
         if resumed:
@@ -200,7 +244,6 @@ class Daemon:
         await self.tasks.stop()        # at a step boundary; they resume at the next start
         await self.nbd.stop()
         await self.control.close()
-        self._unlink((cfg.control,) + own)
         log.info("stopped cleanly")
         return 0
 
@@ -272,30 +315,6 @@ class Daemon:
                 except VsanError as e:
                     log.error("cannot start the periodic scrub: %s", e.message)
             await asyncio.sleep(min(every, 3600))
-
-    async def _listen(self, inherited) -> None:
-        cfg = self.cfg
-        for name, sock in inherited:
-            if name == "control":
-                await self.control.listen_socket(sock)
-            else:
-                await self.nbd.listen_socket(sock)
-        if not any(n != "control" for n, _ in inherited):
-            await self.nbd.listen_unix(cfg.nbd_socket)
-            tcp = cfg.tcp()
-            if tcp:
-                await self.nbd.listen_tcp(*tcp)
-        if not any(n == "control" for n, _ in inherited):
-            await self.control.listen(cfg.control)
-
-    @staticmethod
-    def _unlink(paths) -> None:
-        for p in paths:
-            try:
-                os.unlink(p)
-            except FileNotFoundError:
-                pass
-
 
 def main(argv: list[str] | None = None) -> int:
     cfg = load(argv)

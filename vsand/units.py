@@ -65,7 +65,7 @@ def parse_size(text: str | int) -> int:
             return int(float(s[:-1]) * mult[s[-1]])
         return int(s)
     except (ValueError, OverflowError):   # "infG" overflows int()
-        raise ValueError(f"not a size: {text!r} (use e.g. 4096, 512M, 4G, 1T)") from None
+        raise ValueError(f"not a size: {text!r} (use e.g. 512M, 4G, 1T)") from None
 
 
 def format_size(n: int) -> str:

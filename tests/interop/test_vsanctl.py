@@ -97,10 +97,11 @@ def test_lun_create_json(daemon, raid):
 
 @pytest.mark.parametrize("size,expect", [("4096", None), ("512M", 512 * MiB), ("1G", GiB), ("1T", 1 << 40)])
 def test_size_forms(daemon, size, expect):
-    """4096 parses (but the pool wants whole MiB); the suffixed forms all work."""
+    """4096 parses (but the pool wants whole MiB, and says so); the suffixed forms all work."""
     if expect is None:
         r = ctl(daemon, "lun", "create", "sz", "--size", size, rc=1)
-        assert "not a multiple of 1 MiB" in r.stderr
+        assert "size 4 KiB (4096 bytes) is not a multiple of the LUN granularity, 1 MiB " \
+               "(the next is 1 MiB)" in r.stderr
         return
     info = js(daemon, "lun", "create", f"sz-{size}", "--size", size)
     assert info["size"] == expect
@@ -190,7 +191,7 @@ def test_lun_delete(daemon):
     ctl(daemon, "lun", "create", "gone", "--size", "64M")
     ctl(daemon, "lun", "create", "gone2", "--size", "64M")
     assert ctl(daemon, "lun", "delete", "gone").stdout.strip() == "deleted LUN gone"
-    assert js(daemon, "lun", "delete", "gone2") == {"deleted": "gone2"}
+    assert js(daemon, "lun", "delete", "gone2") == {"deleted": "gone2", "disconnected": 0, "orphaned": []}
     names = {i["name"] for i in js(daemon, "lun", "list")}
     assert not names & {"gone", "gone2"}
     ctl(daemon, "lun", "show", "gone", rc=1)
@@ -232,9 +233,11 @@ DAEMON_ERRORS = [
                                       "`vsanctl lun delete fixed` deletes it"),
     (["lun", "set", "nope", "--read-only", "on"], "vsanctl: lun set: no logical disk named 'nope'"),
     (["lun", "create", "fixed", "--size", "1G"], "vsanctl: lun create: logical disk 'fixed' exists"),
-    (["lun", "create", "new", "--size", "1000000"], "not a multiple of 1 MiB"),
-    (["lun", "create", "new", "--size", "1.5M"], "not a multiple of 1 MiB"),
-    (["lun", "resize", "fixed", "4097"], "vsanctl: lun resize: size 4097 is not a multiple of 1 MiB"),
+    (["lun", "create", "new", "--size", "1000000"], "(1000000 bytes) is not a multiple of the LUN granularity, 1 MiB"),
+    (["lun", "create", "new", "--size", "1.5M"], "size 1.50 MiB (1572864 bytes) is not a multiple of the LUN "
+                                                  "granularity, 1 MiB (the next is 2 MiB)"),
+    (["lun", "resize", "fixed", "4097"], "vsanctl: lun resize: size 4.00 KiB (4097 bytes) is not a multiple "
+                                         "of the LUN granularity, 1 MiB (the next is 1 MiB)"),
     (["lun", "create", "big", "--size", "1P"], "exceeds the per-LD limit"),
     (["lun", "create", "a/b", "--size", "1G"], "bad LD name"),
 ]
@@ -251,7 +254,7 @@ USAGE_ERRORS = [
     (["lun", "resize", "fixed", "0"], "vsanctl: lun resize: argument SIZE: size must be positive"),
     (["lun", "resize", "fixed", "12X"], "not a size: '12X'"),
     (["lun", "resize", "fixed"], "required: SIZE"),
-    (["lun", "set", "fixed"], "vsanctl: lun set: nothing to set (use --read-only on|off)"),
+    (["lun", "set", "fixed"], "vsanctl: lun set: nothing to set (use --read-only on|off, --protect on|off)"),
     (["lun", "set", "fixed", "--read-only", "maybe"], "expected on or off, not 'maybe'"),
     (["lun", "show"], "required: NAME"),
     (["lun", "frobnicate"], "invalid choice: 'frobnicate'"),

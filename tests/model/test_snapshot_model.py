@@ -230,6 +230,7 @@ class SnapshotMachine(RuleBasedStateMachine):
         self.chains: list[list[str]] = []      # chains of 2+ LDs, oldest first
         self.reserved: set[str] = set()
         self.invalid: set[str] = set()
+        self.origin: dict[str, str] = {}       # snapshot -> the LD it names as its origin
         self.seed = 0
         self.nid = 0
         self.create(first_raid, first_mib)
@@ -330,6 +331,7 @@ class SnapshotMachine(RuleBasedStateMachine):
             c = [src]
             self.chains.append(c)
         c.insert(c.index(src), name)       # the new snapshot is src's predecessor
+        self.origin[name] = src
         if reserve:
             self.reserved.add(name)
 
@@ -342,6 +344,8 @@ class SnapshotMachine(RuleBasedStateMachine):
         del self.model[name]
         self.reserved.discard(name)
         self.invalid.discard(name)
+        self.origin.pop(name, None)
+        self.origin = {k: v for k, v in self.origin.items() if v != name}    # origin gone
         c = self._chain_of(name)
         if c is not None:
             c.remove(name)
@@ -378,10 +382,29 @@ class SnapshotMachine(RuleBasedStateMachine):
         if keep:
             c[i] = kname
             self.model[kname] = self.model[x]
+            self.origin[kname] = x
         else:
             c.remove(x)
         c.insert(c.index(s) + 1, x)
         self.model[x] = bytearray(self.model[s])
+
+    @precondition(lambda self: self._names())
+    @rule(data=st.data())
+    def rename(self, data):
+        """A rename changes nothing but names: bytes, chains and roles stay; the
+        origins that named it follow (all of it durable: see restart)."""
+        name = self._pick(data)
+        new = self._new_name()
+        self.pool.rename_ld(name, new)
+        self.model[new] = self.model.pop(name)
+        for group in (self.reserved, self.invalid):
+            if name in group:
+                group.discard(name)
+                group.add(new)
+        c = self._chain_of(name)
+        if c is not None:
+            c[c.index(name)] = new
+        self.origin = {(new if k == name else k): (new if v == name else v) for k, v in self.origin.items()}
 
     @precondition(lambda self: self._names(usable=True))
     @rule(data=st.data(), delta=st.sampled_from([-2, -1, 1, 2]))
@@ -629,6 +652,7 @@ class SnapshotMachine(RuleBasedStateMachine):
             c = self._chain_of(name) or [name]
             assert [x.name for x in pool.chain(name)] == c
             assert (ld.role.reserved) == (name in self.reserved)
+            assert ld.attrs.get("snapshot_of") == self.origin.get(name), (name, ld.attrs)
 
     @invariant()
     def structure(self):

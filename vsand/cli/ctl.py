@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 
-from ..control.client import ControlError, call
+from ..control.client import ControlError, request
 from ..control.schema import OPS
 from ..units import format_size, parse_size
 
@@ -21,6 +21,7 @@ PROG = "vsanctl"
 DEFAULT_CONTROL = "/var/lib/vsand/control.sock"   # the daemon's default state dir
 ENV_CONTROL = "VSAN_CONTROL"
 MAX_SIZE = (1 << 63) - 1
+TIMEOUT = 600.0          # seconds for one control request
 
 
 class CliError(Exception):
@@ -48,13 +49,13 @@ def usage_error(args: argparse.Namespace, message: str):
 
 # ---- argument types -------------------------------------------------------------------
 def size_arg(text: str) -> int:
-    """SIZE: 4096, 512M, 4G, 1T (binary multiples). Alignment is the pool's business."""
+    """SIZE: 512M, 4G, 1T (binary multiples) or bytes. Alignment is the pool's business."""
     try:
         n = parse_size(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     except OverflowError:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (use e.g. 4096, 512M, 4G, 1T)") from None
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (use e.g. 512M, 4G, 1T)") from None
     if n <= 0:
         raise argparse.ArgumentTypeError(f"size must be positive, not {text!r}")
     if n > MAX_SIZE:
@@ -83,9 +84,12 @@ class Ctx:
         assert op in OPS, op
         args = {k: v for k, v in args.items() if v is not None}
         try:
-            return call(self.control, op, **args)
+            result, warnings = request(self.control, op, TIMEOUT, args)
         except ControlError as e:
             raise CliError(self._explain(e)) from None
+        for w in warnings:           # done, but worth knowing: stderr, so --json output stays JSON
+            print(f"{PROG}: warning: {w}", file=sys.stderr)
+        return result
 
     def _explain(self, e: ControlError) -> str:
         cause = e.__context__

@@ -7,8 +7,11 @@ import argparse
 from ..control.schema import KINDS
 from .ctl import amount, kv, on_off, size, size_arg, table, usage_error, yes_no
 
-SIZE_HELP = "size in bytes or with a binary suffix: 4096, 512M, 4G, 1T"
-KNOWN = {"id", "name", "size", "raid", "ldad", "allocated", "read_only", "connections", "state",
+FORCE_HELP = ("delete although clients are connected (they are disconnected), snapshots depend "
+              "on it (they keep their data) or it is read-only")
+SIZE_HELP = ("size with a binary suffix (512M, 4G, 1T) or in bytes; a multiple of the LUN "
+             "granularity, 1 MiB")
+KNOWN = {"id", "name", "size", "raid", "ldad", "allocated", "read_only", "protected", "connections", "state",
          "reverted_to", "kept_as", "dropped_clients",
          "kind", "origin", "provisioned", "referenced", "exclusive", "shared"}
 # space figures (vsanctl du --help says what each means)
@@ -17,7 +20,7 @@ DEFAULT_COLUMNS = ("name", "size", "allocated", "raid", "mode", "ldad", "kind", 
 
 
 def register(sub, common) -> None:
-    g = sub.add_parser("lun", help="LUN commands (create, list, show, resize, revert, delete, set)",
+    g = sub.add_parser("lun", help="LUN commands (create, list, show, resize, revert, delete, rename, set)",
                        description="Manage LUNs: each is exported over NBD under its own name.")
     gs = g.add_subparsers(title="commands", dest="lun_cmd", metavar="COMMAND", required=True)
 
@@ -61,8 +64,18 @@ def register(sub, common) -> None:
     p.add_argument("--allow-shrink", action="store_true", help="allow a size below the current one")
 
     p = cmd("delete", delete, help="delete a LUN and its data",
-            description="Delete a LUN: its clients are disconnected and its space freed.")
+            description="Delete a LUN and free its space. Refused, with the reason, when "
+                        "clients are connected, when snapshots or snapclones name it as their "
+                        "origin or when it is read-only, unless --force; never for a protected "
+                        "LUN or the source of a snapclone still being copied.")
     p.add_argument("name", metavar="NAME")
+    p.add_argument("--force", action="store_true", help=FORCE_HELP)
+
+    p = cmd("rename", rename, help="rename a LUN",
+            description="Rename a LUN (or any logical disk). Connected clients go on; new "
+                        "connections use the new export name. Snapshots and tasks follow.")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("new_name", metavar="NEW")
 
     p = cmd("revert", revert, help="make a LUN read like one of its snapshots",
             description="Revert LUN NAME to SNAPSHOT, any snapshot in its chain, at once: no data "
@@ -79,6 +92,8 @@ def register(sub, common) -> None:
     p = cmd("set", set_, help="change a LUN's attributes", description="Change a LUN's attributes.")
     p.add_argument("name", metavar="NAME")
     p.add_argument("--read-only", type=on_off, metavar="on|off", help="refuse writes from NBD clients")
+    p.add_argument("--protect", type=on_off, metavar="on|off",
+                   help="refuse to delete it, even with --force (works on snapshots too)")
 
 
 # ---- commands ---------------------------------------------------------------------------
@@ -111,8 +126,23 @@ def resize(ctx, a) -> int:
 
 
 def delete(ctx, a) -> int:
-    res = ctx.call("lun.delete", name=a.name)
-    return ctx.emit(res, lambda r: f"deleted LUN {r.get('deleted', a.name)}")
+    res = ctx.call("lun.delete", name=a.name, force=a.force or None)
+    return ctx.emit(res, lambda r: deleted("LUN", r))
+
+
+def deleted(what: str, r: dict) -> str:
+    """The delete's line, and what a --force dropped."""
+    lines = [f"deleted {what} {r['deleted']}"]
+    if r.get("disconnected"):
+        lines.append(f"disconnected {r['disconnected']} NBD client(s)")
+    if r.get("orphaned"):
+        lines.append(f"kept with their data, their origin gone: {', '.join(r['orphaned'])}")
+    return "\n".join(lines)
+
+
+def rename(ctx, a) -> int:
+    info = ctx.call("lun.rename", name=a.name, new_name=a.new_name)
+    return ctx.emit(info, lambda i: f"renamed {a.name} to {i['name']}\n{render_one(i)}")
 
 
 def revert(ctx, a) -> int:
@@ -126,10 +156,11 @@ def revert(ctx, a) -> int:
 
 
 def set_(ctx, a) -> int:
-    if a.read_only is None:
-        usage_error(a, "nothing to set (use --read-only on|off)")
-    info = ctx.call("lun.set", name=a.name, read_only=a.read_only)
-    return ctx.emit(info, lambda i: f"LUN {i['name']} is {mode(i)}\n{render_one(i)}")
+    if a.read_only is None and a.protect is None:
+        usage_error(a, "nothing to set (use --read-only on|off, --protect on|off)")
+    info = ctx.call("lun.set", name=a.name, read_only=a.read_only, protect=a.protect)
+    return ctx.emit(info, lambda i: f"LUN {i['name']} is {mode(i)}"
+                    f"{', protected' if i.get('protected') else ''}\n{render_one(i)}")
 
 
 # ---- rendering --------------------------------------------------------------------------
@@ -146,6 +177,9 @@ def allocated(info: dict) -> str:
 
 
 def kind(i: dict) -> str:
+    if i.get("origin_deleted"):
+        what = "snapclone" if i.get("clone") else "snapshot"
+        return f"{what} of {i['origin_deleted']} (deleted)"
     if i.get("snapshot_of"):
         return "snapshot of " + i["snapshot_of"]
     if i.get("snapclone_of"):
@@ -172,7 +206,8 @@ COLUMNS = {
     "exclusive": ("EXCLUSIVE", lambda i, b: amount(i.get("exclusive"), b), True),
     "shared": ("SHARED", lambda i, b: amount(i.get("shared"), b), True),
     "raid": ("RAID", lambda i, b: f"RAID{i.get('raid')}", False),
-    "mode": ("MODE", lambda i, b: "ro" if i.get("read_only") else "rw", False),
+    "mode": ("MODE", lambda i, b: ("ro" if i.get("read_only") else "rw")
+             + (",protected" if i.get("protected") else ""), False),
     "ldad": ("LDAD", lambda i, b: i.get("ldad", "-"), False),
     "state": ("STATE", lambda i, b: state(i), False),
 }
@@ -203,6 +238,7 @@ def render_one(i: dict) -> str:
     rows += [(f, f"{size(i[f])} ({i[f]} bytes)") for f in FIGURES[2:] if f in i]
     rows += [("kind", kind(i)), ("raid", f"RAID{i.get('raid')}"),
              ("ldad", i.get("ldad", "-")), ("read-only", yes_no(i.get("read_only"))),
+             ("protected", yes_no(i.get("protected"))),
              ("state", i.get("state", "ok"))]
     if "connections" in i:
         rows.append(("connections", i["connections"]))

@@ -3,27 +3,37 @@
 from __future__ import annotations
 
 from .ctl import size, table
-from .lun import render_one
+from .lun import FORCE_HELP, deleted, render_one
 
 
 def register(sub, common) -> None:
-    g = sub.add_parser("snapshot", help="snapshot commands (create, delete)",
+    g = sub.add_parser("snapshot", help="snapshot commands (create, delete, rename)",
                        description="Writable point-in-time copies that share data with their source.")
     gs = g.add_subparsers(title="commands", dest="snap_cmd", metavar="COMMAND", required=True)
-    p = gs.add_parser("create", parents=[common], help="snapshot a LUN or a snapshot",
-                      description="Create NAME as a snapshot of SOURCE (a LUN or another snapshot). "
-                                  "It is exported over NBD at once and is writable.")
+
+    def cmd(name, func, help, description):
+        p = gs.add_parser(name, parents=[common], help=help, description=description)
+        p.set_defaults(func=func, cmd=f"snapshot {name}", _parser=p)
+        return p
+
+    p = cmd("create", create, "snapshot a LUN or a snapshot",
+            "Create NAME as a snapshot of SOURCE (a LUN or another snapshot). "
+            "It is exported over NBD at once and is writable.")
     p.add_argument("source", metavar="SOURCE")
     p.add_argument("name", metavar="NAME")
     p.add_argument("--reserve", action="store_true",
                    help="reserve space for a full copy now (fails if the pool is short); "
                         "otherwise space is taken on demand and the snapshot is invalidated "
                         "if it runs out")
-    p.set_defaults(func=create, cmd="snapshot create", _parser=p)
-    p = gs.add_parser("delete", parents=[common], help="delete a snapshot (anywhere in a chain)",
-                      description="Delete a snapshot; its data passes to older snapshots that need it.")
+    p = cmd("delete", delete, "delete a snapshot (anywhere in a chain)",
+            "Delete a snapshot; its data passes to older snapshots that need it. "
+            "Guarded like `lun delete` (--force; never when protected).")
     p.add_argument("name", metavar="NAME")
-    p.set_defaults(func=delete, cmd="snapshot delete", _parser=p)
+    p.add_argument("--force", action="store_true", help=FORCE_HELP)
+    p = cmd("rename", rename, "rename a snapshot",
+            "Rename a snapshot. Connected clients go on; new connections use the new export name.")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("new_name", metavar="NEW")
 
     t = sub.add_parser("tree", parents=[common], help="show a sharing chain",
                        description="Show the chain NAME belongs to, with each LD's owned and "
@@ -40,8 +50,13 @@ def create(ctx, a) -> int:
 
 
 def delete(ctx, a) -> int:
-    res = ctx.call("snapshot.delete", name=a.name)
-    return ctx.emit(res, lambda r: f"deleted {r.get('deleted', a.name)}")
+    res = ctx.call("snapshot.delete", name=a.name, force=a.force or None)
+    return ctx.emit(res, lambda r: deleted("snapshot", r))
+
+
+def rename(ctx, a) -> int:
+    info = ctx.call("snapshot.rename", name=a.name, new_name=a.new_name)
+    return ctx.emit(info, lambda i: f"renamed snapshot {a.name} to {i['name']}\n{render_one(i)}")
 
 
 def tree(ctx, a) -> int:

@@ -16,6 +16,12 @@ class ControlError(Exception):
 
 
 def call(path: str, op: str, timeout: float = 600.0, **args):
+    """The result of ``op`` (its warnings dropped: see ``request``)."""
+    return request(path, op, timeout, args)[0]
+
+
+def request(path: str, op: str, timeout: float, args: dict) -> tuple[object, list[str]]:
+    """(result, warnings) of ``op``; ControlError when refused or unreachable."""
     try:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.settimeout(timeout)
@@ -32,7 +38,7 @@ def call(path: str, op: str, timeout: float = 600.0, **args):
         reply = msgpack.unpackb(_recv(s, n), raw=False)
     if not reply.get("ok"):
         raise ControlError(reply.get("error", "unknown error"), reply.get("errno", 0))
-    return reply.get("result")
+    return reply.get("result"), list(reply.get("warnings") or ())
 
 
 def _recv(s: socket.socket, n: int) -> bytes:

@@ -18,7 +18,8 @@ from ..tasks import BGCOPY, LEVEL, REBUILD, SCRUB
 from ..tasks.rebuild import TARGET as POOL
 from ..tasks.runner import check_rate
 from ..units import format_size
-from .schema import KINDS, POOL_SETTINGS
+from . import deletion, overcommit
+from .schema import KINDS, POOL_SETTINGS, Warned
 
 SNAPSHOT_ROLES = (Role.SNAPSHOT, Role.RESERVED_SNAPSHOT, Role.INVALID)   # invalid: a snapshot that ran out of space
 
@@ -52,7 +53,17 @@ class Handlers:
                 "pid": os.getpid()}
 
     def lun_create(self, name, size, raid=5, thick=False, ldad="default"):
-        return self.pool.create_ld(name, size, raid=raid, ldad=ldad, thick=thick).info()
+        ld = self.pool.create_ld(name, size, raid=raid, ldad=ldad, thick=thick)
+        return self._warn_overcommit(ld.info())
+
+    def _warn_overcommit(self, info):
+        """``info`` (of the LD an operation just provisioned), with the overcommit
+        warning when its LDAD is now provisioned beyond the configured ratio."""
+        why = overcommit.check(self.pool, info["ldad"], self.cfg.overcommit_warn)
+        if why is None:
+            return info
+        log.warning("%s", why)
+        return Warned(info, [why])
 
     def lun_list(self, snapshots_of=None, chain=None, kind=None):
         """Every LD by name, or those the filters select (all of them must match):
@@ -116,14 +127,24 @@ class Handlers:
         self.pool.resize_ld(name, new)
         if new < now:
             log.warning("LUN %s shrunk from %s to %s", name, format_size(now), format_size(new))
-        return self.pool.get(name).info()
+            return self.pool.get(name).info()
+        return self._warn_overcommit(self.pool.get(name).info())
 
-    def lun_delete(self, name):
-        self.pool.get(name)
+    def lun_delete(self, name, force=False):
+        """Deletes any LD, with guards (deletion.py): a protected one or the source of
+        a copy in progress never; one with connected clients, dependents or the
+        read-only mark only with ``force``, which says what it dropped."""
+        ld = self.pool.get(name)
+        dependents = self.pool.dependents(name)
+        clients = self.nbd.count(name)
+        deletion.check(ld, dependents, clients, force)
         self.tasks.cancel_target(name, f"{name} was deleted")
         self.nbd.disconnect(name)        # nobody keeps writing into a deleted LUN
         self.pool.delete_ld(name)
-        return {"deleted": name}
+        out = {"deleted": name, "disconnected": clients, "orphaned": [d.name for d in dependents]}
+        if clients or dependents or ld.read_only:
+            log.warning("%s deleted with --force: %s", name, deletion.dropped(out))
+        return out
 
     def lun_revert(self, name, to, keep=None, force=False):
         """``name`` reads like snapshot ``to`` from now on (disk/revert.py), under the
@@ -148,17 +169,40 @@ class Handlers:
         return info
 
     def snapshot_create(self, source, name, reserve=False):
-        return self.pool.snapshot(source, name, reserve=reserve).info()
+        info = self.pool.snapshot(source, name, reserve=reserve).info()
+        return self._warn_overcommit(info) if reserve else info
 
-    def snapshot_delete(self, name):
+    def snapshot_delete(self, name, force=False):
         """Deletes a snapshot and nothing else: a LUN or a clone named by mistake
         stays (issue 13: `snapshot delete demo` used to delete the LUN)."""
+        self._snapshot_only(name, "delete")
+        return self.lun_delete(name, force)
+
+    def lun_rename(self, name, new_name):
+        """Durable when this returns. Connected clients go on (they hold the LD, not
+        its name); new connections use the new export name."""
+        self.pool.rename_ld(name, new_name)
+        self.tasks.retarget(name, new_name)
+        self.nbd.rename(name, new_name)
+        log.info("%s renamed to %s", name, new_name)
+        info = self.pool.get(new_name).info()
+        if self.cfg.default_export == name:
+            why = (f"{name} was the default export (config default_export): clients asking for "
+                   f"the empty export name get nothing until the config names {new_name}")
+            log.warning("%s", why)
+            return Warned(info, [why])
+        return info
+
+    def snapshot_rename(self, name, new_name):
+        self._snapshot_only(name, "rename")
+        return self.lun_rename(name, new_name)
+
+    def _snapshot_only(self, name, verb):
         ld = self.pool.get(name)
         if ld.role not in SNAPSHOT_ROLES:
             what = "a LUN" if ld.role is Role.LUN else f"a {ld.role.value}"
-            raise InvalidArgument(f"{name} is {what}, not a snapshot; `vsanctl lun delete "
-                                  f"{name}` deletes it")
-        return self.lun_delete(name)
+            raise InvalidArgument(f"{name} is {what}, not a snapshot; `vsanctl lun {verb} "
+                                  f"{name}` {verb}s it")
 
     def tree(self, name):
         out = []
@@ -171,10 +215,11 @@ class Handlers:
                         "state": info["state"]})
         return out
 
-    def lun_set(self, name, read_only=None):
-        if read_only is None:
-            raise InvalidArgument("nothing to set (use --read-only on|off)")
-        self.pool.set_attrs(name, read_only=read_only)
+    def lun_set(self, name, read_only=None, protect=None):
+        attrs = {k: v for k, v in (("read_only", read_only), ("protected", protect)) if v is not None}
+        if not attrs:
+            raise InvalidArgument("nothing to set (use --read-only on|off, --protect on|off)")
+        self.pool.set_attrs(name, **attrs)
         return self.pool.get(name).info()
 
     def drive_list(self):
@@ -234,7 +279,7 @@ class Handlers:
         check_rate(rate)          # refuse before anything is created
         info = self.pool.snapclone(source, name).info()
         info["task"] = self.tasks.start(BGCOPY, name, rate).id
-        return info
+        return self._warn_overcommit(info)
 
     def snapclone_copy(self, name, rate=None):
         """A new copy task for a snapclone still in its tree (e.g. after a cancel)."""

@@ -2,15 +2,24 @@
 
 A frame is a 4-byte big-endian length and a msgpack map. Request:
 ``{"op": NAME, "args": {...}}``; reply: ``{"ok": True, "result": ...}`` or
-``{"ok": False, "error": MESSAGE, "errno": N}``.
+``{"ok": False, "error": MESSAGE, "errno": N}``. A successful reply may carry
+``"warnings": [MESSAGE, ...]``: the operation was done, but the admin should know
+something (vsanctl prints them on stderr).
 """
 
 from __future__ import annotations
 
 import struct
+from typing import Any, NamedTuple
 
 FRAME = struct.Struct(">I")
 MAX_FRAME = 16 << 20
+
+class Warned(NamedTuple):
+    """A handler's result with warnings for the reply."""
+    result: Any
+    warnings: list[str]
+
 
 # op -> {arg: (type, required)}
 OPS: dict[str, dict[str, tuple[type, bool]]] = {
@@ -23,8 +32,9 @@ OPS: dict[str, dict[str, tuple[type, bool]]] = {
     "lun.show": {"name": (str, True)},
     "lun.resize": {"name": (str, True), "size": (int, False), "delta": (int, False),
                    "allow_shrink": (bool, False)},
-    "lun.delete": {"name": (str, True)},
-    "lun.set": {"name": (str, True), "read_only": (bool, False)},
+    "lun.delete": {"name": (str, True), "force": (bool, False)},
+    "lun.rename": {"name": (str, True), "new_name": (str, True)},
+    "lun.set": {"name": (str, True), "read_only": (bool, False), "protect": (bool, False)},
     "lun.revert": {"name": (str, True), "to": (str, True), "keep": (str, False), "force": (bool, False)},
     "drive.list": {},
     "drive.fail": {"index": (int, True)},
@@ -32,7 +42,8 @@ OPS: dict[str, dict[str, tuple[type, bool]]] = {
     "drive.replace": {"index": (int, True), "drive": (str, False), "size": (int, False)},
     "drive.add": {"drive": (str, False), "size": (int, False), "ldad": (str, False)},
     "snapshot.create": {"source": (str, True), "name": (str, True), "reserve": (bool, False)},
-    "snapshot.delete": {"name": (str, True)},
+    "snapshot.delete": {"name": (str, True), "force": (bool, False)},
+    "snapshot.rename": {"name": (str, True), "new_name": (str, True)},
     "tree": {"name": (str, True)},
     "du": {"name": (str, False)},
     "snapclone.create": {"source": (str, True), "name": (str, True), "rate": (int, False)},

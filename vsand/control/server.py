@@ -9,7 +9,7 @@ import os
 
 import msgpack
 
-from .schema import FRAME, MAX_FRAME, validate
+from .schema import FRAME, MAX_FRAME, Warned, validate
 
 log = logging.getLogger("vsand.control")
 
@@ -71,6 +71,8 @@ class ControlServer:
             result = fn(**args)
             if asyncio.iscoroutine(result):
                 result = await result
+            if isinstance(result, Warned):
+                return {"ok": True, "result": result.result, "warnings": result.warnings}
             return {"ok": True, "result": result}
         except Exception as e:
             code = getattr(e, "errno", None) or errno.EIO

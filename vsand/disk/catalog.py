@@ -59,7 +59,9 @@ class Catalog:
         if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
             raise InvalidArgument(f"size must be a positive number of bytes, not {size!r}")
         if size % u.segment:
-            raise InvalidArgument(f"size {size} is not a multiple of {format_size(u.segment)}")
+            up = -(-size // u.segment) * u.segment
+            raise InvalidArgument(f"size {format_size(size)} ({size} bytes) is not a multiple of the LUN "
+                                  f"granularity, {format_size(u.segment)} (the next is {format_size(up)})")
         if size > u.max_ld_size:
             raise InvalidArgument(f"size {format_size(size)} exceeds the per-LD limit of "
                                   f"{format_size(u.max_ld_size)}")

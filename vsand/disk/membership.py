@@ -26,6 +26,7 @@ from ..faults import crashpoint
 from ..mapping.rsd import MAX_PSEGS
 from ..meta import format as fmt
 from ..physical.allocator import DriveSpace
+from ..units import format_size
 from .rebuild import holds, leaving_drives, survey
 
 MAX_DRIVES = 256          # a member names its drive in 8 bits (mapping/rsd.py)
@@ -35,7 +36,8 @@ def format_drive(d, pool_uuid, index: int, units, path: str, ldad: str) -> dict:
     """Writes drive ``index``'s label on ``d`` and returns its superblock record."""
     npsegs = (d.size - units.quorum) // units.pseg
     if npsegs < 1:
-        raise InvalidArgument(f"drive {path}: {d.size} bytes leaves no room for a PSEG")
+        raise InvalidArgument(f"drive {path}: {format_size(d.size)} leaves no room for a PSEG "
+                              f"({format_size(units.pseg)}) after the quorum space ({format_size(units.quorum)})")
     lab = fmt.Label(uuid.UUID(str(pool_uuid)), uuid.uuid4(), index, units.pseg, units.quorum, d.size)
     d.pwrite(fmt.LABEL_OFF, fmt.pack_label(lab))
     d.fsync()
@@ -104,8 +106,9 @@ def leave(pool, index: int) -> int:
     group = next(g for g in alloc.rss[ds.ldad] if index in g)
     room = sum(alloc.usable(alloc.drives[i]) for i in group if i != index)
     if held > room:
-        raise NoSpace(f"the other drives of drive {index}'s RSS have {room} free PSEGs; it holds "
-                      f"{held}: add a drive first")
+        p = pool.units.pseg
+        raise NoSpace(f"the other drives of drive {index}'s RSS have {format_size(room * p)} free; it "
+                      f"holds {format_size(held * p)}: add a drive first")
     stuck = _unplaceable(pool, index)
     if stuck:
         raise NoSpace(f"{stuck} member(s) on drive {index} would have nowhere to go (a RAID1 "

@@ -34,7 +34,7 @@ from ..mapping.lmap import SHARED, SS, owned
 from ..physical.drive import MissingDrive
 from . import membership, sharing
 from .ld import LogicalDisk
-from .role import Role, check_transition
+from .role import ORIGIN_ATTRS, Role, check_transition
 
 
 class Ops:
@@ -146,9 +146,33 @@ def _ldd(pool, rec, live):
     x = pool.catalog.by_id[rec["id"]]
     freed = sharing.unlink(x)
     pool.catalog.remove(x)
+    # An LD that named x as its origin keeps its data; that the origin is gone is
+    # recorded, so a later LD of the same name is not taken for it.
+    for other in pool.catalog.by_id.values():
+        for k in ORIGIN_ATTRS:
+            if other.attrs.get(k) == x.name:
+                del other.attrs[k]
+                other.attrs["origin_deleted"] = x.name
     pool.journal.forget(x.id)
     if live:
         _let_go(pool, x, freed)
+
+
+def _ldn(pool, rec, live):
+    """LD ``id`` is called ``name`` from now on. What names it follows in the same
+    record, so a crash cannot split them: other LDs' origin attributes and the
+    stored background tasks working on it (they find their LD by name)."""
+    ld = pool.catalog.by_id[rec["id"]]
+    old = ld.name
+    pool.catalog.rename(ld, rec["name"])
+    for other in pool.catalog.by_id.values():
+        for k in ORIGIN_ATTRS:
+            if other.attrs.get(k) == old:
+                other.attrs[k] = ld.name
+    for task in pool.tasks.values():
+        if task.get("target") == old:
+            task["target"] = ld.name
+    ld.refresh()
 
 
 def _ldr(pool, rec, live):
@@ -303,7 +327,7 @@ def _task(pool, rec, live):
 
 
 REPLAY: dict[str, Callable] = {
-    "ldc": _ldc, "ldd": _ldd, "ldr": _ldr, "lda": _lda, "snap": _snap, "cdet": _cdet,
+    "ldc": _ldc, "ldd": _ldd, "ldn": _ldn, "ldr": _ldr, "lda": _lda, "snap": _snap, "cdet": _cdet,
     "inv": _inv, "rvt": _rvt, "set": _set, "dfail": _dfail, "dleave": _dleave, "dgone": _dgone,
     "rsa": _rsa, "rsr": _rsr, "rsm": _rsm, "map": _map, "lmap": _lmap,
     "r5d": _r5d, "r5c": _r5c, "task": _task,

@@ -36,7 +36,7 @@ from .detector import Detector
 from .journal import Journal
 from .ld import LogicalDisk
 from .ops import Ops
-from .role import created_as
+from .role import ORIGIN_ATTRS, created_as
 from .space import Space
 from .transactions import Transactions
 from .verify import check_pool
@@ -349,6 +349,19 @@ class Pool:
             self.tx.ensure_meta_reserve(extra=(size - ld.size) // self.units.segment)
         self.ops.execute({"t": "ldr", "id": ld.id, "size": size})
 
+    def rename_ld(self, name: str, new: str) -> None:
+        """``name`` is called ``new`` from now on (durable when this returns); the
+        LDs that name it as their origin and the tasks working on it follow."""
+        ld = self.get(name)
+        self.tx.writable()
+        self.catalog.check_name(new)
+        self.ops.execute({"t": "ldn", "id": ld.id, "name": new})
+
+    def dependents(self, name: str) -> list[LogicalDisk]:
+        """The LDs that name ``name`` as their origin (its snapshots and snapclones)."""
+        return sorted((ld for ld in self.catalog.by_id.values()
+                       if any(ld.attrs.get(k) == name for k in ORIGIN_ATTRS)), key=lambda x: x.name)
+
     def set_attrs(self, name: str, **attrs) -> None:
         ld = self.get(name)
         self.ops.execute({"t": "lda", "id": ld.id, "attrs": attrs})
@@ -369,10 +382,14 @@ class Pool:
             want = sum(int(np.count_nonzero(owned(sharing.resolve_range(x, lo, hi))))
                        for lo, hi in x.l2.ranges()) if clone else nsegs
             need = self.space.reserved_psegs(x.ldad, extra=(x.raid, want))
-            if need > self.allocator.free_psegs(x.ldad):
+            free = self.allocator.free_psegs(x.ldad)
+            if need > free:
                 what = "the copy" if clone else "a full copy"
+                p = self.units.pseg
                 raise NoSpace(f"not enough free space to reserve {what} of {source} "
-                              f"({format_size(want * self.units.segment)} of RAID{x.raid})")
+                              f"({format_size(want * self.units.segment)} of RAID{x.raid}): with the "
+                              f"reservations made already it needs {format_size(need * p)} of drive "
+                              f"space, {format_size(free * p)} is free")
         self.tx.ensure_meta_reserve(extra=nsegs)
         crashpoint("snapshot.before_commit")
         # One commit: the source's pending writes, then the snapshot (the quiesce of

@@ -23,6 +23,10 @@ from enum import Enum
 from ..errors import InvalidArgument
 
 
+# Attributes by which an LD names the LD it was made from (its origin).
+ORIGIN_ATTRS = ("snapshot_of", "snapclone_of")
+
+
 class Role(str, Enum):
     LUN = "lun"
     SNAPSHOT = "snapshot"

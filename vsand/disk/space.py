@@ -9,6 +9,7 @@ from ..errors import NoSpace
 from ..mapping.lmap import DATA_MASK, SLOTS, entry_rsd, entry_slot, make_entry, rsds, slots
 from ..mapping.rsd import RsdTable, member_drives, member_psegs, pack_member, unpack_member
 from ..physical.allocator import RAID_WIDTH
+from ..units import format_size
 from .fence import ReadFence
 
 MEMBER_CACHE_MAX = 1 << 16
@@ -196,11 +197,24 @@ class Space:
         per = self.units.rstore_segments
         return sum(-(-n // per) * RAID_WIDTH[r] for r, n in segs.items())
 
+    def drive_bytes(self, raid: int, size: int) -> int:
+        """Drive space ``size`` bytes of RAID ``raid`` take once all written."""
+        return -(-size // self.units.rstore) * RAID_WIDTH[raid] * self.units.pseg
+
+    def capacity(self, ldad: str) -> int:
+        """Bytes of the working drives of ``ldad`` (failed and leaving ones left out)."""
+        return sum(d.npsegs for d in self.allocator.drives.values()
+                   if d.ldad == ldad and not d.failed and not d.leaving) * self.units.pseg
+
     def check_room(self, ldad: str, raid: int, segments: int) -> None:
         """Raises NoSpace unless ``segments`` more segments could be allocated now."""
         t = self.table(raid, ldad)
         free_slots = sum(bin(m).count("1") for m in t.free_slots.values())
         need = max(0, segments - free_slots)
         rstores = -(-need // self.units.rstore_segments)
-        if rstores * RAID_WIDTH[raid] > self.allocator.free_psegs(ldad):
-            raise NoSpace(f"not enough free space in LDAD {ldad!r} for {segments} MiB of RAID{raid}")
+        need_psegs, free = rstores * RAID_WIDTH[raid], self.allocator.free_psegs(ldad)
+        if need_psegs > free:
+            pseg, size = self.units.pseg, format_size(segments * self.units.segment)
+            raise NoSpace(f"not enough free space in LDAD {ldad!r} for {size} "
+                          f"of RAID{raid}: it needs {format_size(need_psegs * pseg)} of drive space "
+                          f"(redundancy included), {format_size(free * pseg)} is free")

@@ -32,6 +32,7 @@ from ..errors import IOFailure, NoSpace, PoolReadOnly, VsanError
 from ..faults import crashpoint
 from ..meta import format as fmt
 from ..meta.store import LogFull, MetaStore
+from ..units import format_size
 from . import recovery
 
 log = logging.getLogger("vsand.pool")
@@ -342,7 +343,9 @@ class Transactions:
             if ds.failed:
                 continue
             if ds.free + held.get(d, 0) < n:
-                raise NoSpace(f"drive {d} cannot hold the metadata reserve for this size")
+                p = pool.units.pseg
+                raise NoSpace(f"drive {d} cannot hold the metadata reserve for this size: it needs "
+                              f"{format_size(n * p)}, {format_size((ds.free + held.get(d, 0)) * p)} is free")
         for d in pool.quorum_ids:
             alloc.set_reserve(d, n)
 

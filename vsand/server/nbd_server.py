@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import logging
 import os
 import socket
@@ -85,6 +86,13 @@ class NbdServer:
             c.abort()
         return len(gone)
 
+    def rename(self, old: str, new: str) -> None:
+        """Export ``old`` is called ``new`` now: its connections go on serving it (they
+        hold the device, not the name) and count under the new name."""
+        for c in self.connections:
+            if c.export is not None and c.export.name == old:
+                c.export = dataclasses.replace(c.export, name=new)
+
     def refusal(self) -> str | None:
         """Why a new connection is refused, or None."""
         if len(self.connections) >= self.max_connections:
@@ -123,15 +131,19 @@ class NbdServer:
         self.servers.append(srv)
         log.info("NBD listening on %s:%d", host, port)
 
-    async def listen_socket(self, sock: socket.socket) -> None:
-        """An inherited listening socket (systemd socket activation)."""
+    async def listen_socket(self, sock: socket.socket, inherited: bool = True) -> None:
+        """A listening socket bound already: inherited (systemd socket activation), or
+        bound by the daemon before it opened its pool."""
         loop = asyncio.get_running_loop()
         if sock.family == socket.AF_UNIX:
             srv = await loop.create_unix_server(self._factory, sock=sock)
         else:
             srv = await loop.create_server(self._factory, sock=sock)
         self.servers.append(srv)
-        log.info("NBD listening on inherited socket %s", sock.getsockname())
+        where = sock.getsockname()
+        if not inherited:
+            where = f"unix:{where}" if sock.family == socket.AF_UNIX else "%s:%d" % where[:2]
+        log.info("NBD listening on %s%s", "inherited socket " if inherited else "", where)
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop accepting, let every connection finish what it has in flight, close."""

@@ -123,6 +123,13 @@ class TaskRunner:
             self.cancel(i, why)
         return ids
 
+    def retarget(self, old: str, new: str) -> None:
+        """The LD ``old`` is called ``new`` now (its stored task records follow in the
+        rename's own record, disk/ops.py)."""
+        for t in self.tasks.values():
+            if t.target == old:
+                t.target = new
+
     def set_rate(self, task_id: int, rate: int) -> Task:
         check_rate(rate)
         t = self.get(task_id)

@@ -85,6 +85,41 @@ def test_switch_member_not_committed_is_not_there_after_a_crash(tmp_path):
 
 
 def test_every_record_kind_has_an_apply_function():
-    written = {"ldc", "ldd", "ldr", "lda", "snap", "cdet", "inv", "set", "dfail", "dleave", "dgone",
+    written = {"ldc", "ldd", "ldn", "ldr", "lda", "snap", "cdet", "inv", "set", "dfail", "dleave", "dgone",
                "rsa", "rsr", "rsm", "map", "lmap", "r5d", "r5c", "task"}
     assert set(REPLAY) == written
+
+
+@pytest.mark.parametrize("checkpoint", [False, True], ids=["log", "checkpoint"])
+def test_rename_is_replayed_with_what_names_the_ld(tmp_path, checkpoint):
+    """``ldn``: the new name, the origin attributes of other LDs and the stored task
+    records that name it all come back from the log (kill -9 after the call) or a
+    checkpoint; a delete records the origin as gone."""
+    pool, paths = make_pool(tmp_path)
+    ld = pool.create_ld("a", 8 * MiB, raid=5)
+    data = os.urandom(MiB)
+    ld.write(0, data)
+    pool.snapshot("a", "s")
+    pool.snapclone("a", "c")
+    pool.save_task({"id": 1, "kind": "bgcopy", "target": "a", "state": "running"})
+    pool.save_task({"id": 2, "kind": "bgcopy", "target": "other", "state": "running"})
+    pool.rename_ld("a", "b")
+    if checkpoint:
+        pool.checkpoint()
+    for d in pool.drives.values():       # kill -9
+        d.close()
+    pool.closed = True
+    pool = Pool.open(paths)
+    assert sorted(pool.lds) == ["b", "c", "s"]
+    assert pool.get("s").attrs["snapshot_of"] == "b" and pool.get("c").attrs["snapclone_of"] == "b"
+    assert pool.tasks[1]["target"] == "b" and pool.tasks[2]["target"] == "other"
+    assert pool.get("b").read(0, MiB) == data and pool.get("s").read(0, MiB) == data
+    assert [x.name for x in pool.chain("b")] == ["s", "c", "b"]
+    pool.delete_ld("b")
+    pool.close()
+    pool = Pool.open(paths)
+    for name, key in (("s", "snapshot_of"), ("c", "snapclone_of")):
+        assert key not in pool.get(name).attrs and pool.get(name).attrs["origin_deleted"] == "b"
+    assert pool.get("s").read(0, MiB) == data
+    assert check_pool(pool) == []
+    pool.close()
