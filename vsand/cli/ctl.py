@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 
+from ..control import client
 from ..control.client import ControlError, call
 from ..control.schema import OPS
 from ..units import format_size, parse_size
@@ -23,10 +24,16 @@ ENV_CONTROL = "VSAN_CONTROL"
 MAX_SIZE = (1 << 63) - 1
 
 
-class CliError(Exception):
-    """One line for stderr and an exit code (1: the daemon said no / is unreachable)."""
+# Exit status (documented in vsanctl.py and --help): one per way a command can fail.
+OK, REFUSED, USAGE, UNREACHABLE, DENIED, LOST, PROTOCOL, TIMEOUT = range(8)
+EXIT = {client.REFUSED: REFUSED, client.UNREACHABLE: UNREACHABLE, client.DENIED: DENIED,
+        client.LOST: LOST, client.PROTOCOL: PROTOCOL, client.TIMEOUT: TIMEOUT}
 
-    def __init__(self, message: str, code: int = 1):
+
+class CliError(Exception):
+    """One line for stderr and an exit code (EXIT; 1: the daemon said no)."""
+
+    def __init__(self, message: str, code: int = REFUSED):
         super().__init__(message)
         self.message = message
         self.code = code
@@ -73,8 +80,9 @@ def on_off(text: str) -> bool:
 
 # ---- talking to the daemon ------------------------------------------------------------
 class Ctx:
-    def __init__(self, control: str, as_json: bool, cmd: str):
+    def __init__(self, control: str, as_json: bool, cmd: str, timeout: float = client.DEFAULT_TIMEOUT):
         self.control = control
+        self.timeout = timeout
         self.json = as_json
         self.cmd = cmd            # "lun create", for error lines
         self.out = sys.stdout
@@ -83,13 +91,13 @@ class Ctx:
         assert op in OPS, op
         args = {k: v for k, v in args.items() if v is not None}
         try:
-            return call(self.control, op, **args)
+            return call(self.control, op, timeout=self.timeout, **args)
         except ControlError as e:
-            raise CliError(self._explain(e)) from None
+            raise CliError(self._explain(e), EXIT[e.kind]) from None
 
     def _explain(self, e: ControlError) -> str:
-        cause = e.__context__
-        if isinstance(cause, OSError) and e.errno == 0:
+        cause = e.cause
+        if cause is not None:
             # connect() failed: the daemon is not there (or not ours to talk to)
             where = f"the vsand daemon at {self.control}"
             if cause.errno in (_errno.ENOENT, _errno.ECONNREFUSED, _errno.ENOTSOCK, _errno.ENOTDIR):
