@@ -13,8 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 
-from ..control import client
-from ..control.client import ControlError, call
+from ..control.client import DEFAULT_TIMEOUT, ControlError, call
 from ..control.schema import OPS
 from ..units import format_size, parse_size
 
@@ -24,16 +23,15 @@ ENV_CONTROL = "VSAN_CONTROL"
 MAX_SIZE = (1 << 63) - 1
 
 
-# Exit status (documented in vsanctl.py and --help): one per way a command can fail.
-OK, REFUSED, USAGE, UNREACHABLE, DENIED, LOST, PROTOCOL, TIMEOUT = range(8)
-EXIT = {client.REFUSED: REFUSED, client.UNREACHABLE: UNREACHABLE, client.DENIED: DENIED,
-        client.LOST: LOST, client.PROTOCOL: PROTOCOL, client.TIMEOUT: TIMEOUT}
+# Exit status by ControlError.kind (documented in vsanctl.py and --help); 2 is argparse's
+# usage error.
+EXIT = {"refused": 1, "unreachable": 3, "denied": 4, "lost": 5, "protocol": 6, "timeout": 7}
 
 
 class CliError(Exception):
     """One line for stderr and an exit code (EXIT; 1: the daemon said no)."""
 
-    def __init__(self, message: str, code: int = REFUSED):
+    def __init__(self, message: str, code: int = EXIT["refused"]):
         super().__init__(message)
         self.message = message
         self.code = code
@@ -80,7 +78,7 @@ def on_off(text: str) -> bool:
 
 # ---- talking to the daemon ------------------------------------------------------------
 class Ctx:
-    def __init__(self, control: str, as_json: bool, cmd: str, timeout: float = client.DEFAULT_TIMEOUT):
+    def __init__(self, control: str, as_json: bool, cmd: str, timeout: float = DEFAULT_TIMEOUT):
         self.control = control
         self.timeout = timeout
         self.json = as_json

@@ -12,16 +12,13 @@ One INFO line on the "vsand.audit" logger per operation that changes something
 from __future__ import annotations
 
 import logging
-import pwd
-import socket
-import struct
 from dataclasses import dataclass
 
+from ..peer import credentials, user_name
 from ..units import format_size
 
 log = logging.getLogger("vsand.audit")
 
-UCRED = struct.Struct("3i")       # struct ucred: pid, uid, gid
 SIZE_ARGS = ("size", "delta")     # arguments in bytes, shown as sizes
 MAX_VALUE = 200                   # characters of one argument value in the line
 
@@ -34,16 +31,10 @@ class Peer:
 
     @classmethod
     def of(cls, writer) -> Peer:
-        sock = writer.get_extra_info("socket")
-        try:
-            pid, uid, _ = UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, UCRED.size))
-        except (AttributeError, OSError):       # not a UNIX socket (a test's pipe): unknown
+        cred = credentials(writer.get_extra_info("socket"))
+        if cred is None:
             return cls(None, None, None)
-        try:
-            user = pwd.getpwuid(uid).pw_name
-        except KeyError:                        # a uid without a passwd entry (containers)
-            user = None
-        return cls(pid, uid, user)
+        return cls(cred[0], cred[1], user_name(cred[1]))
 
     def __str__(self) -> str:
         if self.uid is None:

@@ -91,7 +91,7 @@ class Handlers:
     def lun_delete(self, name):
         self.pool.get(name)
         self.tasks.cancel_target(name, f"{name} was deleted")
-        self.nbd.disconnect(name)        # nobody keeps writing into a deleted LUN
+        self.nbd.disconnect(name, f"LUN {name} deleted")   # nobody keeps writing into a deleted LUN
         self.pool.delete_ld(name)
         return {"deleted": name}
 
