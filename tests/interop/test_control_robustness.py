@@ -214,14 +214,20 @@ def read_reply(s) -> dict | None:
     return msgpack.unpackb(buf[4:])
 
 
+def flood(d, payload, n: int = 200) -> list[socket.socket]:
+    """``n`` control connections, connection i having sent ``payload(i)``."""
+    socks = []
+    for i in range(n):
+        s = connect(d.control)
+        s.sendall(payload(i))
+        socks.append(s)
+    return socks
+
+
 def test_oversized_requests_are_refused_at_once(short_daemon):
     d = short_daemon
     before = rss(d.proc.pid)
-    socks = []
-    for _ in range(200):
-        s = connect(d.control)
-        s.sendall(FRAME.pack(16 * MiB) + b"\x00" * 65536)     # 16 MiB promised, 64 KiB sent
-        socks.append(s)
+    socks = flood(d, lambda i: FRAME.pack(16 * MiB) + b"\x00" * 65536)     # 16 MiB promised, 64 KiB sent
     t0 = time.monotonic()
     for s in socks:
         r = read_reply(s)
@@ -235,12 +241,8 @@ def test_oversized_requests_are_refused_at_once(short_daemon):
 def test_partial_requests_time_out(short_daemon):
     d = short_daemon
     before = rss(d.proc.pid)
-    socks = []
-    for i in range(200):
-        s = connect(d.control)
-        # a header cut short, or a 1 MiB body (the most a request may be) of which 64 KiB came
-        s.sendall(b"\x00\x00" if i % 2 else FRAME.pack(MiB) + b"\x00" * 65536)
-        socks.append(s)
+    # nothing, a header cut short, or a 1 MiB body (the most a request may be) of which 64 KiB came
+    socks = flood(d, lambda i: [b"", b"\x00\x00", FRAME.pack(MiB) + b"\x00" * 65536][i % 3])
     assert d.ctl("status")["state"]             # answered while they hang
     t0 = time.monotonic()
     for s in socks:

@@ -74,12 +74,15 @@ class ControlServer:
 
     async def _request(self, reader, writer, peer) -> bytes | None:
         """The next request's bytes; None when the connection is to end."""
+        started = False        # a byte of the request came: silence is then a stall, not idleness
         try:
             async with asyncio.timeout(self.timeout):
                 try:
-                    head = await reader.readexactly(FRAME.size)
+                    head = await reader.readexactly(1)
+                    started = True
+                    head += await reader.readexactly(FRAME.size - 1)
                 except asyncio.IncompleteReadError as e:
-                    if e.partial:
+                    if e.partial or started:
                         log.info("control: %s closed the connection inside a frame header", peer)
                     return None
                 (n,) = FRAME.unpack(head)
@@ -91,7 +94,10 @@ class ControlServer:
                     return None
                 return await reader.readexactly(n)
         except TimeoutError:
-            log.warning("control: %s sent no whole request within %g s: closing it", peer, self.timeout)
+            if started:
+                log.warning("control: %s sent no whole request within %g s: closing it", peer, self.timeout)
+            else:
+                log.debug("control: %s idle for %g s: closing it", peer, self.timeout)
             return None
 
     async def _handle(self, raw: bytes, peer: Peer) -> dict:

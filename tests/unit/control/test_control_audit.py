@@ -10,6 +10,7 @@ import logging
 import os
 
 import pytest
+import pytest_asyncio
 
 from vsand.control import schema
 from vsand.control.audit import describe
@@ -36,45 +37,42 @@ def args_for(op: str) -> dict:
     return {k: SAMPLE[t] for k, (t, required) in schema.OPS[op].items() if required}
 
 
-@pytest.mark.asyncio
-async def test_every_mutating_op_is_audited_once_and_queries_never(tmp_path, caplog):
+@pytest_asyncio.fixture
+async def control(tmp_path, caplog):
+    """The path of a control socket served with the stand-in handlers."""
     caplog.set_level(logging.INFO, logger="vsand.audit")
     srv = ControlServer(Handlers())
     path = str(tmp_path / "c.sock")
     await srv.listen(path)
+    yield path
+    await srv.close()
+
+
+@pytest.mark.asyncio
+async def test_every_mutating_op_is_audited_once_and_queries_never(control, caplog):
     seen = []
-    try:
-        for op in sorted(schema.OPS):
-            caplog.clear()
-            try:
-                await asyncio.to_thread(call, path, op, **args_for(op))
-                outcome = "ok"
-            except ControlError as e:
-                outcome = f"refused: {e}"
-            lines = [r.getMessage() for r in caplog.records if r.name == "vsand.audit"]
-            seen += lines
-            if op in schema.QUERIES:
-                assert lines == [], (op, lines)
-                continue
-            who = f"uid={os.getuid()}(root)" if os.getuid() == 0 else f"uid={os.getuid()}"
-            assert len(lines) == 1 and lines[0].startswith(f"audit: {who}"), (op, lines)
-            assert f" pid={os.getpid()} {describe(op, args_for(op))}: {outcome}" in lines[0], lines
-        assert any(line.endswith("lun.delete name=x: refused: no LD named 'x'") for line in seen), seen
-    finally:
-        await srv.close()
+    for op in sorted(schema.OPS):
+        caplog.clear()
+        try:
+            await asyncio.to_thread(call, control, op, **args_for(op))
+            outcome = "ok"
+        except ControlError as e:
+            outcome = f"refused: {e}"
+        lines = [r.getMessage() for r in caplog.records if r.name == "vsand.audit"]
+        seen += lines
+        if op in schema.QUERIES:
+            assert lines == [], (op, lines)
+            continue
+        who = f"uid={os.getuid()}(root)" if os.getuid() == 0 else f"uid={os.getuid()}"
+        assert len(lines) == 1 and lines[0].startswith(f"audit: {who}"), (op, lines)
+        assert f" pid={os.getpid()} {describe(op, args_for(op))}: {outcome}" in lines[0], lines
+    assert any(line.endswith("lun.delete name=x: refused: no LD named 'x'") for line in seen), seen
 
 
 @pytest.mark.asyncio
-async def test_a_malformed_mutating_request_is_audited_as_refused(tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="vsand.audit")
-    srv = ControlServer(Handlers())
-    path = str(tmp_path / "c.sock")
-    await srv.listen(path)
-    try:
-        with pytest.raises(ControlError):
-            await asyncio.to_thread(call, path, "lun.create", name="x", size="big")
-    finally:
-        await srv.close()
+async def test_a_malformed_mutating_request_is_audited_as_refused(control, caplog):
+    with pytest.raises(ControlError):
+        await asyncio.to_thread(call, control, "lun.create", name="x", size="big")
     assert "lun.create name=x size=big: refused: lun.create: argument 'size' must be int" in caplog.text
 
 
