@@ -276,3 +276,22 @@ def test_control_connections_are_capped(tmp_path):
         assert r.returncode == 0, r.stderr
     finally:
         assert d.stop() == 0
+
+
+def test_task_wait_when_the_daemon_is_killed(tmp_path):
+    """`task wait` polls: the daemon killed between or during its calls ends it with
+    one line (lost mid-request, or no longer reachable), never a traceback."""
+    d = Daemon(tmp_path / "state", drives=6, drive_size="256M").start()
+    try:
+        d.ctl("lun.create", name="src", size=64 * MiB, thick=True)
+        tid = d.ctl("snapclone.create", source="src", name="cl", rate=1)["task"]     # ~1 min
+        p = subprocess.Popen(VSANCTL + ["--control", d.control, "task", "wait", str(tid)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert p.stdout.readline().startswith(f"task {tid} bgcopy cl: ")     # following it
+        d.proc.kill()
+        d.proc.wait()
+        out, err = p.communicate(timeout=30)
+    finally:
+        d.stop()
+    assert p.returncode in (LOST, UNREACHABLE), (p.returncode, err)
+    assert err.count("\n") == 1 and err.startswith("vsanctl: ") and "Traceback" not in err, err
