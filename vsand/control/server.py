@@ -55,8 +55,9 @@ class ControlServer:
         self.open += 1
         try:
             if self.open > self.max_connections:
-                log.warning("control: %d connections at once, more than control_max_connections "
-                            "(%d): refusing one", self.open, self.max_connections)
+                if self.open == self.max_connections + 1:      # once per crossing, not per refusal
+                    log.warning("control: more than control_max_connections (%d) connections at "
+                                "once: refusing new ones", self.max_connections)
                 await _send(writer, _error(f"the daemon serves at most {self.max_connections} "
                                            "control connections at once; try again", errno.EBUSY))
                 return
@@ -65,8 +66,10 @@ class ControlServer:
                 raw = await self._request(reader, writer, peer)
                 if raw is None:
                     return
-                await _send(writer, await self._handle(raw, peer))
-        except (ConnectionError, asyncio.IncompleteReadError):
+                reply = await self._handle(raw, peer)
+                async with asyncio.timeout(self.timeout):      # a client that does not read its reply
+                    await _send(writer, reply)
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
             pass
         finally:
             self.open -= 1
