@@ -34,6 +34,8 @@ class Config:
     io: str = "auto"                      # drive I/O: buffered, direct (O_DIRECT) or auto (direct for block devices)
     drive_error_limit: int = 4            # I/O errors a drive may give before it is failed
     drive_timeout: int = 30               # seconds a drive read or write may take (0 = no limit)
+    control_timeout: int = 10             # seconds a control client has to send a whole request
+    control_max_connections: int = 64     # control connections at once; more get an error reply
     scrub_interval: int = 30 * 86400      # seconds between scrubs (0 = never); like Debian's monthly mdadm check
     overcommit_warn: float = 1.0          # warn when provisioned space exceeds this x capacity; 0 = off
 
@@ -128,6 +130,13 @@ def _duration(text) -> int:
     return n
 
 
+def _positive_duration(text) -> int:
+    n = _duration(text)
+    if n == 0:
+        raise argparse.ArgumentTypeError(f"must be a duration of at least 1s, not {text!r}")
+    return n
+
+
 IO_ENGINES = ("auto", "uring", "threads")   # how reads that miss the page cache are done
 
 
@@ -193,7 +202,8 @@ CHECK = {"state_dir": _text, "drives": _positive, "drive_paths": _paths, "nbd_so
          "accept_data_loss": _on_off, "max_connections": _positive, "idle_timeout": _count,
          "memory_budget": _size, "io_threads": _count,
          "io": _io_mode, "io_engine": _io_engine, "drive_error_limit": _positive,
-         "drive_timeout": _duration,
+         "drive_timeout": _duration, "control_timeout": _positive_duration,
+         "control_max_connections": _positive,
          "scrub_interval": _duration, "overcommit_warn": _ratio}
 
 
@@ -267,6 +277,11 @@ def load(argv: list[str] | None = None) -> Config:
     ap.add_argument("--drive-timeout", type=_duration, metavar="DURATION",
                     help="a drive read or write that takes longer counts as an I/O error (its "
                          "data is served from redundancy): 30s (the default), 5s, 2m, or off")
+    ap.add_argument("--control-timeout", type=_positive_duration, metavar="DURATION",
+                    help="close a control connection that has not sent a whole request in this "
+                         "time: 10s (the default), 1m, ...")
+    ap.add_argument("--control-max-connections", type=_positive, metavar="N",
+                    help="control (vsanctl) connections at once (default 64); more get an error")
     ap.add_argument("--scrub-interval", type=_duration, metavar="DURATION",
                     help="start a scrub this long after the last one ended (or after this start, "
                          "when none is recorded): 30d (the default), 12h, 90m, 45s, or off")

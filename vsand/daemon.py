@@ -216,7 +216,8 @@ class Daemon:
                                 Throttle(cfg.task_rate_mib, cfg.task_latency_guard,
                                          foreground=lambda: self.nbd.requests),
                                 presync=self.pool.sync_data)
-        self.control = ControlServer(Handlers(self.pool, self.nbd, self.tasks, cfg, self._rebuild))
+        self.control = ControlServer(Handlers(self.pool, self.nbd, self.tasks, cfg, self._rebuild),
+                                     cfg.control_timeout, cfg.control_max_connections)
         self.stop_event = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -358,7 +358,7 @@ def test_idle_timeout_closes_only_idle_connections(tmp_path):
             assert busy.read(0, 4096) == b"x" * 4096
             assert time.monotonic() < deadline, "an idle connection was not closed"
         assert busy.read(0, 4096) == b"x" * 4096
-        assert "idle for 1s, closing" in d.read_log()
+        assert "closed: idle for 1 s (idle_timeout)" in d.read_log()
         assert d.ctl("status")["connections"] == 1
         busy.close()
     finally:

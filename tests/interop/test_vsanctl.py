@@ -1,5 +1,6 @@
 """vsanctl as a real subprocess against a real daemon: every command in table and
---json form, every error path (one stderr line, exit 1 for the daemon, 2 for usage),
+--json form, every error path (one stderr line, exit 1 for the daemon, 2 for usage,
+3 when it cannot be reached),
 how the daemon is found, and read-only LUNs as NBD clients see them."""
 
 from __future__ import annotations
@@ -286,14 +287,14 @@ def test_usage_errors_need_no_daemon(tmp_path):
 def test_daemon_not_running(tmp_path):
     missing = str(tmp_path / "nope" / "control.sock")
     for args in (["status"], ["--json", "lun", "list"], ["lun", "create", "x", "--size", "1G"], ["drive", "list"]):
-        r = vsanctl(*args, control=missing, rc=1)
+        r = vsanctl(*args, control=missing, rc=3)
         assert f"cannot reach the vsand daemon at {missing}" in r.stderr and "is vsand running?" in r.stderr
     # a stale socket left by a dead daemon: connection refused
     stale = str(tmp_path / "stale.sock")
     s = socket.socket(socket.AF_UNIX)
     s.bind(stale)
     s.close()
-    r = vsanctl("status", control=stale, rc=1)
+    r = vsanctl("status", control=stale, rc=3)
     assert "cannot reach" in r.stderr and "is vsand running?" in r.stderr
 
 
@@ -301,7 +302,7 @@ def test_vsan_control_env(daemon, tmp_path):
     st = json.loads(vsanctl("--json", "status", env={"VSAN_CONTROL": daemon.control}).stdout)
     assert st["pid"] == daemon.proc.pid
     missing = str(tmp_path / "env.sock")
-    r = vsanctl("status", env={"VSAN_CONTROL": missing}, rc=1)
+    r = vsanctl("status", env={"VSAN_CONTROL": missing}, rc=3)
     assert missing in r.stderr
     # --control wins over the environment
     vsanctl("status", control=daemon.control, env={"VSAN_CONTROL": missing})
@@ -310,7 +311,7 @@ def test_vsan_control_env(daemon, tmp_path):
 def test_default_control_path(tmp_path):
     if os.path.exists("/var/lib/vsand/control.sock"):
         pytest.skip("a vsand daemon is installed at the default path")
-    r = vsanctl("status", rc=1)
+    r = vsanctl("status", rc=3)
     assert "/var/lib/vsand/control.sock" in r.stderr
 
 

@@ -281,3 +281,29 @@ def test_running_copy_resumes_after_a_restart(tmp_path):
         assert nxt == tid + 1                            # ids go on from the saved ones
     finally:
         d.stop()
+
+
+@pytest.mark.snapclone
+def test_copy_progress_counts_only_the_segments_to_copy(daemon):
+    """Issue 13 item 8: a copy of a partly written LUN started at 47 %, its total
+    (every segment, holes included) dropping to the copied ones at the end. Now the
+    total is the allocated segments to copy, fixed from the start; progress starts
+    near 0 and only grows; the ETA is "-" until there is a rate."""
+    need("qemu-io")
+    vsanctl(daemon, "lun", "create", "p-src", "--size", "256M")
+    written = list(range(3, 256, 8))[:24]              # 24 scattered 1 MiB segments
+    run(["qemu-io", "-f", "raw", *[a for k in written for a in ("-c", f"write -P 0x{k:02x} {k}M 1M")],
+         daemon.uri("p-src")])
+    r = vsanctl(daemon, "--json", "snapclone", "create", "p-src", "p-cl", "--rate", "4", "--wait")
+    lines = json_lines(r.stdout)
+    polls = lines[1:]
+    running = [p for p in polls if p["state"] == "running"]
+    assert len(running) >= 5, polls                      # 24 MiB at 4 MiB/s: ~6 s of polls
+    assert {p["total"] for p in polls} == {len(written)}, [(p["done"], p["total"]) for p in polls]
+    assert running[0]["done"] <= 0.25 * len(written), running[0]
+    dones = [p["done"] for p in polls]
+    assert dones == sorted(dones) and dones[-1] == len(written) and polls[-1]["state"] == "done"
+    assert all(p["done"] + p["remaining"] == p["total"] for p in polls)
+    assert polls[-1]["bytes"] == len(written) * MiB
+    etas = [p["eta"] for p in running]
+    assert etas[0] is None and any(e is not None for e in etas), etas

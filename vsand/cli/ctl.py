@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 
-from ..control.client import ControlError, request
+from ..control.client import DEFAULT_TIMEOUT, ControlError, request
 from ..control.schema import OPS
 from ..units import format_size, parse_size
 
@@ -21,13 +21,17 @@ PROG = "vsanctl"
 DEFAULT_CONTROL = "/var/lib/vsand/control.sock"   # the daemon's default state dir
 ENV_CONTROL = "VSAN_CONTROL"
 MAX_SIZE = (1 << 63) - 1
-TIMEOUT = 600.0          # seconds for one control request
+
+
+# Exit status by ControlError.kind (documented in vsanctl.py and --help); 2 is argparse's
+# usage error.
+EXIT = {"refused": 1, "unreachable": 3, "denied": 4, "lost": 5, "protocol": 6, "timeout": 7}
 
 
 class CliError(Exception):
-    """One line for stderr and an exit code (1: the daemon said no / is unreachable)."""
+    """One line for stderr and an exit code (EXIT; 1: the daemon said no)."""
 
-    def __init__(self, message: str, code: int = 1):
+    def __init__(self, message: str, code: int = EXIT["refused"]):
         super().__init__(message)
         self.message = message
         self.code = code
@@ -74,8 +78,9 @@ def on_off(text: str) -> bool:
 
 # ---- talking to the daemon ------------------------------------------------------------
 class Ctx:
-    def __init__(self, control: str, as_json: bool, cmd: str):
+    def __init__(self, control: str, as_json: bool, cmd: str, timeout: float = DEFAULT_TIMEOUT):
         self.control = control
+        self.timeout = timeout
         self.json = as_json
         self.cmd = cmd            # "lun create", for error lines
         self.out = sys.stdout
@@ -84,16 +89,16 @@ class Ctx:
         assert op in OPS, op
         args = {k: v for k, v in args.items() if v is not None}
         try:
-            result, warnings = request(self.control, op, TIMEOUT, args)
+            result, warnings = request(self.control, op, self.timeout, args)
         except ControlError as e:
-            raise CliError(self._explain(e)) from None
+            raise CliError(self._explain(e), EXIT[e.kind]) from None
         for w in warnings:           # done, but worth knowing: stderr, so --json output stays JSON
             print(f"{PROG}: warning: {w}", file=sys.stderr)
         return result
 
     def _explain(self, e: ControlError) -> str:
-        cause = e.__context__
-        if isinstance(cause, OSError) and e.errno == 0:
+        cause = e.cause
+        if cause is not None:
             # connect() failed: the daemon is not there (or not ours to talk to)
             where = f"the vsand daemon at {self.control}"
             if cause.errno in (_errno.ENOENT, _errno.ECONNREFUSED, _errno.ENOTSOCK, _errno.ENOTDIR):

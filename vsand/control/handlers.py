@@ -139,7 +139,7 @@ class Handlers:
         clients = self.nbd.count(name)
         deletion.check(ld, dependents, clients, force)
         self.tasks.cancel_target(name, f"{name} was deleted")
-        self.nbd.disconnect(name)        # nobody keeps writing into a deleted LUN
+        self.nbd.disconnect(name, f"LUN {name} deleted")   # nobody keeps writing into a deleted LUN
         self.pool.delete_ld(name)
         out = {"deleted": name, "disconnected": clients, "orphaned": [d.name for d in dependents]}
         if clients or dependents or ld.read_only:

@@ -13,7 +13,11 @@ import struct
 from typing import Any, NamedTuple
 
 FRAME = struct.Struct(">I")
-MAX_FRAME = 16 << 20
+# A request is an op and a few names and numbers: far below 1 MiB. The daemon refuses
+# a longer one from its length alone, so a client cannot make it hold memory by
+# promising a big frame. Replies (lun list of a large pool) may be longer.
+MAX_REQUEST = 1 << 20
+MAX_REPLY = 16 << 20
 
 class Warned(NamedTuple):
     """A handler's result with warnings for the reply."""
@@ -62,6 +66,17 @@ OPS: dict[str, dict[str, tuple[type, bool]]] = {
 # what an LD is, for lun.list --kind: a LUN, a snapshot (also an invalidated one),
 # a snapclone (copying, or independent after BGCOPY)
 KINDS = ("lun", "snapshot", "snapclone")
+
+# Operations that only read. Every other op changes something and is audited (one
+# INFO line: who, what, outcome, server.py): a new op is audited unless it is added
+# here, so forgetting the list errs on the side of the record.
+QUERIES = frozenset({"status", "lun.list", "lun.show", "drive.list", "tree", "task.list",
+                     "task.show", "pool.get"})
+
+
+def mutating(op: str) -> bool:
+    return op in OPS and op not in QUERIES
+
 
 # pool.set: the settings an administrator may change, and their allowed values.
 # snapclone_mode: who preserves data for a snapclone's predecessor (DESIGN.md §8):

@@ -36,9 +36,12 @@ class Job:
 
 
 class Plan:
-    def __init__(self, pool, c, jobs, handled: int, phase: str, remaining: int):
+    def __init__(self, pool, c, jobs, handled: int, phase: str, remaining: int, copies_left: int):
+        """``remaining``: segments left to settle after this step; ``copies_left``:
+        those of them that need a copy (an estimate, recounted every pass)."""
         self.pool, self.c, self.jobs = pool, c, jobs
         self.handled, self.phase, self.remaining = handled, phase, remaining
+        self.copies_left = copies_left
         self.error: BaseException | None = None
         # its member lists must stay valid until finish: no rebuild switches meanwhile
         self.pinned = bool(jobs)
@@ -73,7 +76,8 @@ class Plan:
         if not alive:
             raise NotFound(f"snapclone {c.name} no longer exists")
         return {"copied": self.handled + applied, "bytes": applied * c.seg,
-                "remaining": self.remaining, "done": False, "phase": self.phase}
+                "remaining": self.remaining, "done": False, "phase": self.phase,
+                "work": applied, "work_left": self.copies_left}
 
 
 def _still(c, j: Job) -> bool:
@@ -176,30 +180,35 @@ def plan(pool, c, budget: int) -> Plan | dict:
     """The next step of clone ``c``: a Plan to run, or the final result (a dict) when
     the clone left its tree during planning."""
     if not c.role.copying:
-        return {"copied": 0, "bytes": 0, "remaining": 0, "done": True, "phase": "done"}
+        return {"copied": 0, "bytes": 0, "remaining": 0, "done": True, "phase": "done",
+                "work": 0, "work_left": 0}
     pool.tx.writable()
-    st = pool.bgcopy_state.setdefault(c.id, {"cursor": 0, "left": None})
+    # "left": segments of this pass still to settle; "work": those needing a copy
+    st = pool.bgcopy_state.setdefault(c.id, {"cursor": 0, "left": None, "work": 0})
     if st["left"] is None:
-        st["left"] = snapclone.shared_left(c)
+        st["left"], st["work"] = snapclone.shared_left(c), snapclone.copies_left(c)
     if st["left"] or st["cursor"]:
         jobs, handled = _plan_copy(c, st, budget)
         st["left"] = max(0, st["left"] - handled - len(jobs))
+        st["work"] = max(0, st["work"] - len(jobs))
         if not st["cursor"]:      # a pass ended: count again (CFWs unshared some)
             st["left"] = max(0, snapclone.shared_left(c) - len(jobs))
+            st["work"] = max(0, snapclone.copies_left(c) - len(jobs))
         if jobs or st["left"] or st["cursor"]:
-            return Plan(pool, c, jobs, handled, "copy", st["left"])
+            return Plan(pool, c, jobs, handled, "copy", st["left"], st["work"])
     # A copy is dropped when its segment's holder changed meanwhile (e.g. a newer clone
     # copied it first) though the clone still shares it: the next pass takes it again.
     left = snapclone.shared_left(c)
     if left:
-        st["left"], st["cursor"] = left, 0
-        return Plan(pool, c, [], 0, "copy", left)
-    left = snapclone.pred_left(c)
+        st["left"], st["cursor"], st["work"] = left, 0, snapclone.copies_left(c)
+        return Plan(pool, c, [], 0, "copy", left, st["work"])
+    left, copies = snapclone.pred_counts(c)
     if left >= snapclone.QUIESCE_M:
         jobs, handled = _plan_pred(c, budget)
-        return Plan(pool, c, jobs, handled, "leave", max(0, left - handled - len(jobs)))
+        return Plan(pool, c, jobs, handled, "leave", max(0, left - handled - len(jobs)),
+                    max(0, copies - len(jobs)))
     # Fewer than M left: copy them here, with the loop held, and leave the tree.
-    p = Plan(pool, c, *_plan_pred(c, None), "leave", 0)
+    p = Plan(pool, c, *_plan_pred(c, None), "leave", 0, 0)
     p.io()
     r = p.finish()
     pool.leave_tree(c)

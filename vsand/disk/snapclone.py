@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InvalidArgument
+from ..mapping.lmap import SS, owned
 from . import sharing
 
 MODES = ("eager", "scaling")
@@ -48,13 +49,38 @@ def shared_left(c) -> int:
 
 def pred_left(c) -> int:
     """Segments phase 2 still owes C's predecessor."""
-    return sum(int(np.count_nonzero(sharing.pred_pending(c, lo, hi))) for lo, hi in c.l2.ranges())
+    return pred_counts(c)[0]
+
+
+def copies_left(c) -> int:
+    """Segments phase 1 still has to copy: shared ones whose holder holds data. A
+    shared hole is settled without a copy, so it is no work in a task's progress."""
+    n = 0
+    for lo, hi in c.l2.ranges():
+        pend = (c.l2.entries(lo, hi) & SS) != 0
+        if pend.any():
+            n += int(np.count_nonzero(pend & owned(sharing.resolve_range(c, lo, hi))))
+    return n
+
+
+def pred_counts(c) -> tuple[int, int]:
+    """(segments phase 2 still owes C's predecessor, those of them that need a copy)."""
+    left = copies = 0
+    for lo, hi in c.l2.ranges():
+        need = sharing.pred_pending(c, lo, hi)
+        if need.any():
+            left += int(np.count_nonzero(need))
+            copies += int(np.count_nonzero(need & owned(c.l2.entries(lo, hi))))
+    return left, copies
 
 
 def state(c) -> dict:
+    """Where BGCOPY stands: ``remaining`` segments to settle in this ``phase``, of
+    which ``copies`` need data copied (the work a task's progress counts)."""
     if not c.role.copying:
-        return {"remaining": 0, "phase": "done", "done": True}
+        return {"remaining": 0, "copies": 0, "phase": "done", "done": True}
     left = shared_left(c)
     if left:
-        return {"remaining": left, "phase": "copy", "done": False}
-    return {"remaining": pred_left(c), "phase": "leave", "done": False}
+        return {"remaining": left, "copies": copies_left(c), "phase": "copy", "done": False}
+    left, copies = pred_counts(c)
+    return {"remaining": left, "copies": copies, "phase": "leave", "done": False}

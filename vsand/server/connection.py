@@ -20,6 +20,10 @@ server's group commit, which makes one commit serve every connection waiting at
 that moment. Replies to everything before a DISC or a framing error are sent
 before the connection closes. A client that disappears only ever loses its own
 connection: every write checks ``closed`` first.
+
+Every connection that ends says so in one INFO line with its export, its peer and
+why (``ended``): whoever decides to close records the reason first; a close
+nobody here decided is the client's (or its socket's) doing.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import asyncio
 import logging
 
 from ..nbd import constants as C
+from ..peer import credentials
 from ..nbd import wire
 from ..nbd.handshake import Closed, Handshake, Negotiated
 from .budget import Share
@@ -80,11 +85,12 @@ class NbdConnection(asyncio.BufferedProtocol):
         self.starved = False      # reading stopped for memory (the budget, or reads in flight)
         self._timer = None
         self.peer = "?"
+        self.why: str | None = None   # why the daemon closes it (None: the client did)
 
     # ---- asyncio callbacks ---------------------------------------------------------
     def connection_made(self, transport):
         self.transport = transport
-        self.peer = str(transport.get_extra_info("peername") or "unix")
+        self.peer = describe_peer(transport)
         why = self.server.refusal()
         if why is not None:
             log.warning("connection %s refused: %s", self.peer, why)
@@ -100,6 +106,7 @@ class NbdConnection(asyncio.BufferedProtocol):
         self._clock, self._soon = loop.time, loop.call_soon
 
     def connection_lost(self, exc):
+        self.ended(exc)
         self.closed = True
         self.server.connections.discard(self)
         self.mem.close()
@@ -142,7 +149,7 @@ class NbdConnection(asyncio.BufferedProtocol):
             fn(*args)
         except Exception:
             log.exception("connection %s: internal error, closing", self.peer)
-            self.abort()
+            self.abort("internal error (see the traceback above)")
 
     # ---- what the server's sweep looks at -----------------------------------------------
     def idle_since(self, now: float) -> float:
@@ -193,15 +200,14 @@ class NbdConnection(asyncio.BufferedProtocol):
     # ---- handshake -----------------------------------------------------------------
     def _timeout(self):
         if self.reader is None and not self.closed:
-            log.info("connection %s: handshake timed out", self.peer)
-            self.abort()
+            self.abort(f"handshake not finished within {HANDSHAKE_TIMEOUT:g} s")
 
     def _handshake(self, data: bytes) -> None:
         out, outcome = self.hs.receive(data)
         if out:
             self.transport.write(out)
         if isinstance(outcome, Closed):
-            log.debug("connection %s: %s", self.peer, outcome.reason)
+            self.why = self.why or f"handshake ended: {outcome.reason}"
             self.transport.close()     # sends what is buffered first
         elif isinstance(outcome, Negotiated):
             self._timer.cancel()
@@ -228,7 +234,7 @@ class NbdConnection(asyncio.BufferedProtocol):
             if reads.stream is None or not self.paused and reads.go_on(out):
                 self._requests(out)
         except wire.ProtocolError as e:
-            log.info("connection %s: %s; closing", self.peer, e)
+            self.why = self.why or f"protocol violation: {e}"
             self._send(out)
             self.disconnecting = True
             self._close_when_answered()
@@ -236,7 +242,7 @@ class NbdConnection(asyncio.BufferedProtocol):
         except Broken as e:
             log.error("connection %s: %s; closing", self.peer, e)
             self._send(out)
-            self.abort()
+            self.abort(f"error: {e}")
             return
         self._send(out)
         m = self.mem
@@ -346,6 +352,7 @@ class NbdConnection(asyncio.BufferedProtocol):
         if not err and cmd == C.CMD_BLOCK_STATUS and off + max(length, 1) > dev.size:
             err, msg = C.EINVAL, "block status beyond the end of the export"
         if cmd == C.CMD_DISC and not err:
+            self.why = self.why or "client disconnect (NBD_CMD_DISC)"
             self.disconnecting = True       # DISC gets no reply
             return
         if err:
@@ -429,16 +436,39 @@ class NbdConnection(asyncio.BufferedProtocol):
         if self.disconnecting:
             self._close_when_answered()
 
-    def abort(self) -> None:
+    def abort(self, why: str) -> None:
         if self.transport is not None and not self.closed:
+            self.why = self.why or why
             self.transport.abort()
 
-    def shutdown(self) -> None:
+    def shutdown(self, why: str) -> None:
         """Graceful stop: stop reading, close once parked replies are out."""
         if self.closed:
             return
+        self.why = self.why or why
         self.disconnecting = True
         if self.reader is None:
             self.transport.close()
         else:
             self._close_when_answered()
+
+    def ended(self, exc: BaseException | None) -> None:
+        """The one line a closed connection leaves in the log."""
+        if self.closed:
+            return
+        why = self.why
+        if why is None:
+            why = f"connection error: {exc}" if exc is not None else \
+                "client closed the connection without NBD_CMD_DISC"
+        export = self.export.name if self.export is not None else "-"
+        log.info("NBD connection %s export %s closed: %s", self.peer, export or "''", why)
+
+
+def describe_peer(transport) -> str:
+    """``127.0.0.1:40522``, or for a UNIX socket the client's process: ``unix pid=7 uid=0``."""
+    name = transport.get_extra_info("peername")
+    if isinstance(name, tuple) and len(name) >= 2:
+        host = name[0]
+        return f"[{host}]:{name[1]}" if ":" in host else f"{host}:{name[1]}"
+    cred = credentials(transport.get_extra_info("socket"))
+    return f"unix pid={cred[0]} uid={cred[1]}" if cred else "unix"

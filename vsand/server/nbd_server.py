@@ -79,11 +79,11 @@ class NbdServer:
         """Connections serving export ``name``."""
         return sum(1 for c in self.connections if c.export is not None and c.export.name == name)
 
-    def disconnect(self, name: str) -> int:
-        """Drops every connection to export ``name`` (it is being deleted)."""
+    def disconnect(self, name: str, why: str) -> int:
+        """Drops every connection to export ``name`` (e.g. it is being deleted)."""
         gone = [c for c in self.connections if c.export is not None and c.export.name == name]
         for c in gone:
-            c.abort()
+            c.abort(why)
         return len(gone)
 
     def rename(self, old: str, new: str) -> None:
@@ -107,8 +107,7 @@ class NbdServer:
         for c in list(self.connections):
             c.trim()
             if self.idle_timeout and c.idle_since(now) > self.idle_timeout:
-                log.info("connection %s: idle for %ds, closing", c.peer, self.idle_timeout)
-                c.shutdown()
+                c.shutdown(f"idle for {self.idle_timeout} s (idle_timeout)")
         self._sweeper = loop.call_later(SWEEP, self._sweep)
 
     # ---- listeners -----------------------------------------------------------------
@@ -153,13 +152,13 @@ class NbdServer:
         for srv in self.servers:
             srv.close()
         for conn in list(self.connections):
-            conn.shutdown()
+            conn.shutdown("daemon shutdown")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while self.connections and loop.time() < deadline:
             await asyncio.sleep(0.01)
         for conn in list(self.connections):
-            conn.abort()
+            conn.abort(f"daemon shutdown (replies not done within {timeout:g} s)")
         for srv in self.servers:
             await srv.wait_closed()
         await loop.run_in_executor(None, self.io.shutdown)   # reads in flight finish

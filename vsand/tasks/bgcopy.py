@@ -18,9 +18,10 @@ class BgCopy:
         self.moving = moving or asyncio.Lock()    # shared with rebuild (see there)
 
     def check(self, target: str) -> int:
-        """Work known to remain for a new task on ``target`` (raises NotFound). A
-        clone with nothing left still gets its step: that is what detaches it."""
-        return int(self.engine.clone_state(target).get("remaining", 0))
+        """Work known to remain for a new task on ``target`` (raises NotFound): the
+        segments that need a copy, not the holes that are settled in bulk. A clone
+        with nothing left still gets its step: that is what detaches it."""
+        return int(self.engine.clone_state(target)["copies"])
 
     async def step(self, target: str, max_segments: int) -> Step:
         """Plans on the loop, copies in a worker thread (the bytes move while NBD
@@ -48,5 +49,6 @@ class BgCopy:
 
 
 def _step(r: dict, loop_seconds: float | None) -> Step:
-    return Step(int(r["copied"]), int(r["bytes"]), int(r["remaining"]), bool(r["done"]),
+    """Progress counts copies ("work"): settling a shared hole is bookkeeping."""
+    return Step(int(r["work"]), int(r["bytes"]), int(r["work_left"]), bool(r["done"]),
                 str(r.get("phase", "")), loop_seconds)

@@ -221,9 +221,8 @@ class TaskRunner:
                     self._finish(t, FAILED, kind.gone(t.target))
                 return
             now = self.clock()
-            t.done += r.units
+            t.advance(r.units, r.remaining)
             t.bytes += r.nbytes
-            t.total = t.done + r.remaining
             t.phase = r.phase or t.phase
             t.sample(now)
             busy = now - t0 if r.loop_seconds is None else r.loop_seconds
@@ -231,7 +230,7 @@ class TaskRunner:
             if t.state != RUNNING:          # cancelled while the step awaited its I/O
                 return
             if r.done:
-                t.total = t.done
+                t.done = t.total = max(t.total, t.done)     # what was left went away by itself
                 self._finish(t, DONE)
                 return
             await self._checkpoint(t, now)

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from dataclasses import dataclass, field
 
+from .rate import Ewma
 from .throttle import MiB, TokenBucket
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 ACTIVE = (QUEUED, RUNNING)
 FINISHED = (DONE, FAILED, CANCELLED)
-RATE_WINDOW = 5.0        # seconds of history behind the MiB/s and ETA figures
 
 # what pool.save_task stores; anything else is rebuilt at run time
 SAVED = ("id", "kind", "target", "state", "error", "done", "total", "bytes", "rate",
@@ -39,7 +38,7 @@ class Task:
     state: str = QUEUED
     error: str = ""
     done: int = 0             # work units (segments) handled, across restarts
-    total: int = 0            # done + remaining as last reported
+    total: int = 0            # fixed at the start; grows only when new work appears
     bytes: int = 0            # data bytes copied, across restarts
     rate: int = 0             # this task's own limit in MiB/s; 0 = only the global one
     phase: str = ""
@@ -48,7 +47,8 @@ class Task:
     finished: float | None = None
     # run time only
     bucket: TokenBucket = field(default_factory=TokenBucket, repr=False)
-    samples: deque = field(default_factory=deque, repr=False)   # (monotonic, bytes, done)
+    unit_rate: Ewma = field(default_factory=Ewma, repr=False)
+    byte_rate: Ewma = field(default_factory=Ewma, repr=False)
     saved_at: float = 0.0
 
     @classmethod
@@ -67,34 +67,28 @@ class Task:
         return self.state in ACTIVE
 
     # ---- progress -------------------------------------------------------------------
+    def advance(self, units: int, remaining: int) -> None:
+        """A step handled ``units`` and reports ``remaining``. The total stays what it
+        was unless more work appeared; work that went away without us (clients
+        overwrote the segments meanwhile) counts as done, so done + remaining is
+        always the total and the percentage never jumps back."""
+        self.done += units
+        self.total = max(self.total, self.done + remaining)
+        self.done = max(self.done, self.total - remaining)
+
     def sample(self, now: float) -> None:
-        self.samples.append((now, self.bytes, self.done))
-        self._trim(now)
-
-    def _trim(self, now: float) -> None:
-        # keep one sample at or before the window start as the baseline
-        while len(self.samples) > 1 and self.samples[1][0] <= now - RATE_WINDOW:
-            self.samples.popleft()
-
-    def rates(self, now: float) -> tuple[float, float]:
-        """(bytes/s, units/s) over the last RATE_WINDOW seconds; 0 when stalled."""
-        self._trim(now)
-        if self.state != RUNNING or not self.samples:
-            return 0.0, 0.0
-        t0, b0, d0 = self.samples[0]
-        _, b1, d1 = self.samples[-1]
-        span = now - t0
-        if span <= 0:
-            return 0.0, 0.0
-        return (b1 - b0) / span, (d1 - d0) / span
+        self.unit_rate.update(now, self.done)
+        self.byte_rate.update(now, self.bytes)
 
     def info(self, now: float) -> dict:
-        bps, ups = self.rates(now)
+        running = self.state == RUNNING
+        ups = self.unit_rate.rate(now) if running else None
+        bps = self.byte_rate.rate(now) if running else None
         remaining = max(0, self.total - self.done)
         out = self.record()
         out["remaining"] = remaining
-        out["mib_s"] = round(bps / MiB, 1)
-        out["eta"] = round(remaining / ups, 1) if ups > 0 and self.state == RUNNING else None
+        out["mib_s"] = round(bps / MiB, 1) if bps else 0.0
+        out["eta"] = round(remaining / ups, 1) if ups else None      # None: no rate yet ("-")
         return out
 
 

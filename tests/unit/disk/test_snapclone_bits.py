@@ -107,7 +107,8 @@ def test_fig13_bgcopy_keeps_seed_then_write_to_ld(tmp_path, mode):
     # Fig. 13d: segment 0 is shared by all four, LD holds it
     assert (bits(s0, 0), bits(s1, 0), bits(c0, 0), bits(ld, 0)) == ("Ss", "SpSs", "SpSs", "Sp+own")
     r = pool.bgcopy_step("C0", 1)
-    assert r == {"copied": 1, "bytes": SEG, "remaining": 3, "done": False, "phase": "copy"}
+    assert r == {"copied": 1, "bytes": SEG, "remaining": 3, "done": False, "phase": "copy",
+                 "work": 1, "work_left": 3}
     # Fig. 13e: C0 has its own copy, C0.Ss is clear, LD.Sp stays (the seed)
     assert bits(c0, 0) == "Sp+own" and bits(ld, 0) == "Sp+own"
     assert ss(s1, 0) and ss(s0, 0)
@@ -704,3 +705,27 @@ def test_bgcopy_step_that_finds_no_room_midway_keeps_no_slot(tmp_path, monkeypat
     assert pool.get("c").read(0, 8 * MiB) == pattern(7, 8 * MiB)
     assert check_invariants(pool) == [] and check_pool(pool) == []
     pool.close()
+
+
+def test_bgcopy_work_counts_only_the_segments_it_copies(tmp_path):
+    """Issue 13 item 8: a task's progress counts copies; the shared holes of a
+    partly written LD are settled in bulk and are no work."""
+    pool, _ = make_pool(tmp_path)
+    ld = pool.create_ld("LD", 64 * MiB, raid=5)
+    written = [1, 7, 8, 30, 63]
+    for k in written:
+        ld.write(k * SEG, b"w" * 100)
+    pool.snapclone("LD", "C")
+    st = pool.clone_state("C")
+    assert st["copies"] == len(written) and st["remaining"] == 64
+    steps, left = [], len(written)
+    while True:
+        r = pool.bgcopy_step("C", 2)
+        steps.append(r)
+        if r["done"]:
+            break
+        assert r["work"] <= 2 and r["work_left"] == left - r["work"], r
+        left = r["work_left"]
+    assert sum(s["work"] for s in steps) == len(written) and left == 0
+    assert sum(s["bytes"] for s in steps) == len(written) * SEG
+    assert pool.clone_state("C")["copies"] == 0

@@ -68,7 +68,13 @@ class FakePool:
         if c is None:
             raise NotFound(f"no logical disk named {name!r}")
         rem = c["nsegs"] - c["next"]
-        return {"remaining": rem, "phase": "copy" if rem else "detached", "done": rem == 0}
+        return {"remaining": rem, "copies": self._allocated(c, c["next"], c["nsegs"]),
+                "phase": "copy" if rem else "detached", "done": rem == 0}
+
+    @staticmethod
+    def _allocated(c: dict, lo: int, hi: int) -> int:
+        """Allocated segments (every ``every``-th) in lo..hi: the ones to copy."""
+        return -(-hi // c["every"]) - -(-lo // c["every"])
 
     def bgcopy_plan(self, name: str, n: int) -> dict:
         """A step done while planning: the engine returns a result dict, no Plan."""
@@ -89,7 +95,8 @@ class FakePool:
         if self.after_step:
             self.after_step(name)
         return {"copied": hi - lo, "bytes": nbytes, "remaining": c["nsegs"] - hi,
-                "done": hi == c["nsegs"]}
+                "done": hi == c["nsegs"], "work": nbytes // MiB,
+                "work_left": self._allocated(c, hi, c["nsegs"])}
 
 
 def make_runner(clock: Clock, pool: FakePool, **kw) -> TaskRunner:

@@ -1,0 +1,27 @@
+"""Who is at the other end of a UNIX socket: the kernel's word (SO_PEERCRED)."""
+
+from __future__ import annotations
+
+import pwd
+import socket
+import struct
+
+UCRED = struct.Struct("3i")       # struct ucred: pid, uid, gid
+
+
+def credentials(sock) -> tuple[int, int] | None:
+    """(pid, uid) of a UNIX socket's peer; None for other sockets (TCP, test pipes)."""
+    if sock is None or getattr(sock, "family", None) != socket.AF_UNIX:
+        return None
+    try:
+        pid, uid, _ = UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, UCRED.size))
+    except OSError:
+        return None
+    return pid, uid
+
+
+def user_name(uid: int) -> str | None:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:                        # a uid without a passwd entry (containers)
+        return None
