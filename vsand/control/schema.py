@@ -70,7 +70,7 @@ KINDS = ("lun", "snapshot", "snapclone")
 # Operations that only read. Every other op changes something and is audited (one
 # INFO line: who, what, outcome, server.py): a new op is audited unless it is added
 # here, so forgetting the list errs on the side of the record.
-QUERIES = frozenset({"status", "lun.list", "lun.show", "drive.list", "tree", "task.list",
+QUERIES = frozenset({"status", "lun.list", "lun.show", "du", "drive.list", "tree", "task.list",
                      "task.show", "pool.get"})
 
 

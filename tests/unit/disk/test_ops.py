@@ -85,7 +85,7 @@ def test_switch_member_not_committed_is_not_there_after_a_crash(tmp_path):
 
 
 def test_every_record_kind_has_an_apply_function():
-    written = {"ldc", "ldd", "ldn", "ldr", "lda", "snap", "cdet", "inv", "set", "dfail", "dleave", "dgone",
+    written = {"ldc", "ldd", "ldn", "ldr", "lda", "snap", "cdet", "inv", "rvt", "set", "dfail", "dleave", "dgone",
                "rsa", "rsr", "rsm", "map", "lmap", "r5d", "r5c", "task"}
     assert set(REPLAY) == written
 
