@@ -122,7 +122,7 @@ def test_lun_deleted_under_a_client_is_logged(daemon):
     p = nbdsh(daemon, "n3", "sys.stdin.readline()\n")
     pid = int(p.stdout.readline())
     try:
-        assert vsanctl(daemon, "lun", "delete", "n3")[1] == 0
+        assert vsanctl(daemon, "lun", "delete", "n3", "--force")[1] == 0    # a connected client needs --force
         assert closed_line(daemon, "n3", pid).endswith("closed: LUN n3 deleted")
     finally:
         p.stdin.close()

@@ -69,7 +69,7 @@ class Handlers:
         """Every LD by name, or those the filters select (all of them must match):
         ``snapshots_of`` the snapshots and snapclones whose origin is NAME (also
         after NAME was deleted), ``chain`` NAME's sharing chain in its order
-        (oldest first), ``kind`` one of schema.KINDS. Each with its space figures
+        (oldest first until a revert), ``kind`` one of schema.KINDS. Each with its space figures
         (disk/usage.py)."""
         if kind is not None and kind not in KINDS:
             raise InvalidArgument(f"unknown kind {kind!r} (known: {', '.join(KINDS)})")
@@ -77,7 +77,10 @@ class Handlers:
             sorted(self.pool.lds.values(), key=lambda x: x.name)
         infos = [ld.info() for ld in lds]
         if snapshots_of is not None:
-            infos = [i for i in infos if i["origin"] == snapshots_of]
+            # a deleted origin's name is kept in origin_deleted: matched only while no
+            # new LD has that name, so a new "m1" does not adopt the old m1's snapshots
+            key = "origin" if snapshots_of in self.pool.lds else "origin_deleted"
+            infos = [i for i in infos if i.get(key) == snapshots_of]
             if not infos and snapshots_of not in self.pool.lds:
                 self.pool.get(snapshots_of)         # NotFound: most likely a typo
         if kind is not None:
@@ -157,7 +160,7 @@ class Handlers:
                                   f"change under them: disconnect them, or add --force to drop them")
         self.pool.revert(name, to, keep)
         if n:
-            self.nbd.disconnect(name)
+            self.nbd.disconnect(name, f"LUN {name} reverted to {to} (--force)")
         log.warning("LUN %s reverted to %s%s%s", name, to,
                     f"; its state before is snapshot {keep}" if keep else "; its state before is freed",
                     f"; {n} client(s) dropped" if n else "")
