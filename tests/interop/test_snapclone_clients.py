@@ -264,7 +264,7 @@ def test_several_clones_a_clone_of_a_snapshot_and_a_snapshot_of_a_clone(d, tmp_p
         assert_reads(d, name, h, f"after {m} was deleted")
     assert tree_names(d, ms) == [ms, "mc-c1s"]
     out = vsanctl(d, "tree", ms).splitlines()
-    assert out[0].split()[:5] == ["LD", "(oldest", "first)", "OWNED", "SHARED"], out
+    assert out[0].split()[:5] == ["LD", "(chain", "order)", "OWNED", "SHARED"], out
     assert [ln.split()[0] for ln in out[1:]] == [ms, "mc-c1s"], out
     assert all(ln.split()[-1] == "ok" for ln in out[1:]), out
     out = vsanctl(d, "tree", "mc-c2").splitlines()
