@@ -19,7 +19,7 @@ import sys
 from .. import __version__
 from .ctl import DEFAULT_CONTROL, ENV_CONTROL, PROG, CliError, Ctx, Parser, resolve_control
 
-GROUPS = ("status", "lun", "du", "snapshot", "snapclone", "task", "pool", "drive")
+GROUPS = ("status", "lun", "du", "snapshot", "snapclone", "diff", "task", "pool", "drive")
 
 
 def common_options() -> argparse.ArgumentParser:

@@ -11,6 +11,7 @@ import logging
 import os
 
 from ..disk import snapclone, usage
+from ..disk.diff import diff_extents
 from ..disk.role import Role
 from ..errors import InvalidArgument
 from ..disk.level import TOLERANCE as LEVEL_TOLERANCE
@@ -170,6 +171,15 @@ class Handlers:
                         "space": info.get("space", "lun"), "invalid": ld.invalid,
                         "state": info["state"]})
         return out
+
+    def diff(self, name, since=None):
+        """The extents of ``name`` that may differ from ``since`` (an LD of its
+        chain), or its allocated extents: what an incremental (a full) backup copies."""
+        newer = self.pool.get(name)
+        older = self.pool.get(since) if since is not None else None
+        ext = diff_extents(newer, older)
+        return {"name": name, "since": since, "size": newer.size,
+                "extents": [[o, n] for o, n in ext], "changed": sum(n for _, n in ext)}
 
     def lun_set(self, name, read_only=None):
         if read_only is None:

@@ -35,6 +35,7 @@ OPS: dict[str, dict[str, tuple[type, bool]]] = {
     "snapshot.delete": {"name": (str, True)},
     "tree": {"name": (str, True)},
     "du": {"name": (str, False)},
+    "diff": {"name": (str, True), "since": (str, False)},
     "snapclone.create": {"source": (str, True), "name": (str, True), "rate": (int, False)},
     "snapclone.copy": {"name": (str, True), "rate": (int, False)},
     "task.list": {},

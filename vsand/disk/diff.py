@@ -43,6 +43,11 @@ def check_pair(newer, older=None) -> None:
                               f"(see `vsanctl tree {newer.name}`)")
 
 
+def peers(ld) -> list:
+    """The LDs a diff of ``ld`` can be taken against: the others of its chain."""
+    return [] if ld.invalid else [m for m in chain_of(ld) if m is not ld]
+
+
 def _resolved(ld, lo: int, hi: int) -> np.ndarray:
     """Holders' entries of ``ld`` for segments lo..hi; past its end, unallocated."""
     out = np.zeros(hi - lo, dtype=np.uint32)
