@@ -19,11 +19,14 @@ from ..tasks import BGCOPY, LEVEL, REBUILD, SCRUB
 from ..tasks.rebuild import TARGET as POOL
 from ..tasks.runner import check_rate
 from ..units import format_size
-from .schema import KINDS, POOL_SETTINGS
+from .schema import KINDS, MAX_FRAME, POOL_SETTINGS
 
 SNAPSHOT_ROLES = (Role.SNAPSHOT, Role.RESERVED_SNAPSHOT, Role.INVALID)   # invalid: a snapshot that ran out of space
 
 log = logging.getLogger("vsand.control")
+
+# [offset, length] pairs take at most 19 bytes of msgpack each: this many fit a frame
+MAX_DIFF_EXTENTS = (MAX_FRAME - (1 << 20)) // 19
 
 # pool.set keys (schema.POOL_SETTINGS) -> (the pool's record key, effective value)
 POOL_KEYS = {"snapclone_mode": (snapclone.SETTING, lambda pool: snapclone.mode(pool.settings))}
@@ -178,6 +181,11 @@ class Handlers:
         newer = self.pool.get(name)
         older = self.pool.get(since) if since is not None else None
         ext = diff_extents(newer, older)
+        if len(ext) > MAX_DIFF_EXTENTS:
+            ctx = f"vsand:changed:{since}" if since else "base:allocation"
+            raise InvalidArgument(f"{name} has {len(ext)} changed extents, more than a control reply "
+                                  f"holds ({MAX_DIFF_EXTENTS}): read them over NBD (block status "
+                                  f"context {ctx} of export {name})")
         return {"name": name, "since": since, "size": newer.size,
                 "extents": [[o, n] for o, n in ext], "changed": sum(n for _, n in ext)}
 

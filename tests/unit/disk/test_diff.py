@@ -212,3 +212,18 @@ def test_changes_bound_to_the_lds(chain):
     chain.snapshot("lun", "snap2")
     with pytest.raises(InvalidArgument, match="deleted"):
         ch.extents(0, SEG)
+
+
+def test_control_op(chain, monkeypatch):
+    """The 'diff' control op: extents as [offset, length] and the total; a diff
+    with more extents than a control reply holds is refused with the NBD way."""
+    from vsand.control import handlers
+    h = handlers.Handlers(chain, nbd=None, tasks=None, cfg=None)
+    r = h.diff("lun", since="snap1")
+    assert r == {"name": "lun", "since": "snap1", "size": 8 * SEG,
+                 "extents": [[SEG, 3 * SEG], [6 * SEG, SEG]], "changed": 4 * SEG}
+    assert h.diff("snap1")["extents"] == [[0, 4 * SEG]]
+    monkeypatch.setattr(handlers, "MAX_DIFF_EXTENTS", 1)
+    with pytest.raises(InvalidArgument, match="vsand:changed:snap1 of export lun"):
+        h.diff("lun", since="snap1")
+    assert h.diff("snap1")["changed"] == 4 * SEG
