@@ -27,6 +27,7 @@ import pytest
 
 from daemonkit import SYS_PY, Daemon, healthy, need, run
 from test_clients_libnbd import SYS_ENV, need_nbdsh, nbdsh
+from test_invalid_snapshot_nbd import fill
 
 MiB = 1 << 20
 LUN_SIZE = 256 * MiB
@@ -194,16 +195,7 @@ def test_vsanctl_diff_of_an_invalid_snapshot(tmp_path):
         nbdsh(d.uri("lun"), f"h.pwrite(b'\\x11' * {2 * MiB}, 0); h.flush()")
         vsanctl(d, "snapshot", "create", "lun", "snap")
         vsanctl(d, "lun", "create", "filler", "--size", "512M", "--raid", "0")
-        nbdsh(d.uri("filler"), f"""
-            for k in range({512}):
-                try:
-                    h.pwrite(b"\\x33" * {MiB}, k * {MiB})
-                except nbd.Error as e:
-                    assert e.errno == "ENOSPC", e
-                    break
-            else:
-                raise AssertionError("the pool never filled")
-        """)
+        fill(d, "filler", 512 * MiB)
         nbdsh(d.uri("lun"), "h.pwrite(b'lun wins', 10); h.flush()")       # invalidates snap
         assert json.loads(vsanctl(d, "--json", "lun", "show", "snap").stdout)["state"] == "invalid"
         for args in (["snap"], ["lun", "--from", "snap"], ["snap", "--from", "lun"]):

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from poolkit import make_pool
+from test_invalid_snapshot import tight_pool
 from vsand.disk import diff
 from vsand.disk.sharing import resolve_range
-from vsand.errors import InvalidArgument, VsanError
+from vsand.errors import InvalidArgument
 from vsand.units import MiB, Units
 
 SEG = MiB
@@ -163,16 +164,7 @@ def test_snapclone_that_left_its_tree_refused(pool):
 
 
 def test_invalid_snapshot_refused(tmp_path):
-    pool, _ = make_pool(tmp_path, size=8 * MiB + 10 * 2 * MiB)
-    lun = pool.create_ld("lun", 4 * SEG, raid=0)
-    lun.write(0, b"\x11" * 2 * SEG)
-    snap = pool.snapshot("lun", "snap")
-    filler = pool.create_ld("filler", 200 * SEG, raid=0)
-    with pytest.raises(VsanError):
-        filler.write_zeroes(0, filler.size, may_trim=False)
-    pool.flush()
-    lun.write(10, b"lun wins")                 # no room for the snapshot's copy
-    assert snap.invalid
+    pool, lun, snap, _ = tight_pool(tmp_path)
     with pytest.raises(InvalidArgument, match="invalid"):
         diff.diff_extents(lun, snap)
     with pytest.raises(InvalidArgument, match="invalid"):
