@@ -5,8 +5,8 @@
   ``vsand:changed:snap1`` on export snap2, BLOCK_STATUS) copies only the changed
   extents into the backup file, which must equal a full nbdcopy of snap2 byte for
   byte, having copied a small part of the LUN. ``qemu-img map`` with
-  ``x-dirty-bitmap=vsand:changed:snap1`` and ``vsanctl diff snap2 --from snap1``
-  report the same extents.
+  ``x-dirty-bitmap=vsand:changed:snap1``, ``vsanctl diff snap2 --from snap1``
+  and ``nbdinfo --map=vsand:changed:snap1`` report the same extents.
 * vsanctl diff: table, --bytes, --json, and its error paths (unknown LD, LDs of
   different chains, an invalidated snapshot), one stderr line each.
 * NBD negotiation: LIST with ``vsand:changed:`` lists the LDs of the export's
@@ -148,6 +148,11 @@ def test_incremental_backup_copies_only_what_changed(d, tmp_path):
     assert full["extents"] == [[0, 40 * MB], [100 * MB, 8 * MB], [200 * MB, 3 * MB]]
     assert vsanctl(d, "diff", "snap1").stdout.splitlines()[-1] == \
         "total: 51 MiB in 3 extents of 256 MiB, snap1 (allocated)"
+
+    # nbdinfo --map reads it too (offset, length, flags per line)
+    r = run(["nbdinfo", "--map=vsand:changed:snap1", d.uri("snap2")], env=SYS_ENV)
+    assert [[int(o), int(n)] for o, n, f, *_ in (ln.split() for ln in r.stdout.splitlines())
+            if f == "1"] == want
 
     # qemu's x-dirty-bitmap reads the context: changed extents are "data": false
     r = run(["qemu-img", "map", "--output=json", "--image-opts",
