@@ -219,3 +219,21 @@ def test_control_op(chain, monkeypatch):
     with pytest.raises(InvalidArgument, match="vsand:changed:snap1 of export lun"):
         h.diff("lun", since="snap1")
     assert h.diff("snap1")["changed"] == 4 * SEG
+
+
+def test_after_a_revert_the_lun_sits_mid_chain(chain):
+    """A revert puts the LUN next to the snapshot it reverted to, in the middle of
+    the chain: resolved entries still give the right diff whatever the order."""
+    g = chain.get
+    chain.revert("lun", "snap1", keep="before")
+    order = [x.name for x in chain.chain("lun")]
+    assert order.index("lun") < order.index("snap2"), order     # not the newest any more
+    lun, s1, s2, before = g("lun"), g("snap1"), g("snap2"), g("before")
+    assert segs(lun, s1) == []                      # reads like snap1
+    assert segs(lun, s2) == segs(s1, s2) == [1, 3, 6]
+    assert segs(before, s2) == [2] and segs(before, lun) == [1, 2, 3, 6]
+    lun.write(7 * SEG, b"after the revert")
+    assert segs(lun, s1) == [7] and segs(s1, lun) == [7]
+    for a in (lun, s1, s2, before):
+        for b in (lun, s1, s2, before):
+            assert_safe(a, b)
