@@ -15,6 +15,7 @@ from . import faults
 from .config import Config, load
 from .control.handlers import Handlers
 from .control.server import ControlServer
+from .disk import diff
 from .disk.assembly import has_label
 from .disk.pool import Pool
 from .errors import HalfCreated, Unsupported, VsanError
@@ -113,6 +114,13 @@ class Exports:
 
     def begin_flush(self):
         return self.pool.begin_flush()
+
+    def peers(self, name: str) -> list[str]:
+        ld = self.pool.lds.get(self._name(name))
+        return [] if ld is None else [p.name for p in diff.peers(ld)]
+
+    def changes(self, name: str, since: str) -> diff.Changes:
+        return diff.Changes(self.pool, self.pool.get(self._name(name)), self.pool.get(since))
 
 
 class Fresh:

@@ -30,6 +30,8 @@ made, and nothing but a write to an LD changes its bytes. After every step:
   (``reserve_left >= snapclone.copy_need``);
 - the seed invariant: for each adjacent pair P = pred(X), where X.Sp is set and
   P.Ss is clear, P reads exactly what X reads for that segment;
+- changed-block diffs are a safe superset (test_snapshot_model.check_diffs): a
+  copying clone's own copies (seeds) are reported, never a segment that differs;
 - in-tree clones carry clone="copying" and space="reserve", are never invalidated;
   fills carry no share bit without the neighbour to share with.
 
@@ -75,6 +77,7 @@ from test_snapshot_model import (
     FILLER,
     TIGHT_DRIVE,
     accounting_problems,
+    check_diffs,
     crash_reopen,
     first_diff,
     new_pool,
@@ -777,6 +780,12 @@ class SnapcloneMachine(RuleBasedStateMachine):
                 assert (ld.role.reserved) == (name in self.reserved)
         problems = seed_problems(pool, reads)
         assert not problems, "seed invariant violated:\n  " + "\n  ".join(problems)
+
+    @invariant()
+    def diffs_are_safe(self):
+        """test_snapshot_model.check_diffs, with copying clones and their seeds."""
+        if hasattr(self, "pool"):
+            check_diffs(self.pool, self.model, self._names())
 
     @invariant()
     def structure(self):

@@ -26,7 +26,11 @@
      snapshot exists (no leaked reservation);
    - space accounting (usage_invariants.py): every LD's referenced / exclusive
      agree with a segment-by-segment reference, the LDs' allocated sum to the
-     pool's, and a delete frees exactly the deleted LD's exclusive segments.
+     pool's, and a delete frees exactly the deleted LD's exclusive segments;
+   - changed-block diffs (disk/diff.py) are a safe superset (``check_diffs``): for
+     each pair of LDs of one chain, unreported segments hold equal model bytes,
+     segments both read from one entry are unreported, the order does not matter;
+     alone, an LD's diff is its allocated segments; other chains are refused.
 
 2. Reserve vs on-demand space in a tiny pool (deterministic): an on-demand
    snapshot whose copy finds no space is invalidated (IOFailure on reads, shown in
@@ -66,12 +70,14 @@ from commit_faults import (  # noqa: E402
 from engine_invariants import check_invariants  # noqa: E402
 from usage_invariants import delete_measured, usage_problems  # noqa: E402
 
+from vsand.disk import diff  # noqa: E402
 from vsand.disk.check import check_pool  # noqa: E402
+from vsand.disk.sharing import holder  # noqa: E402
 from vsand.disk.pool import Pool  # noqa: E402
 from vsand.disk.role import Role  # noqa: E402
 from vsand.disk.recovery import used_slots  # noqa: E402
 from vsand.errors import InvalidArgument, IOFailure, NoSpace  # noqa: E402
-from vsand.mapping.lmap import ALLOCATED, SP, SS, STATE_MASK  # noqa: E402
+from vsand.mapping.lmap import ALLOCATED, SHARED, SP, SS, STATE_MASK  # noqa: E402
 from vsand.units import MiB, Units  # noqa: E402
 
 SEG = MiB
@@ -655,6 +661,11 @@ class SnapshotMachine(RuleBasedStateMachine):
             assert ld.attrs.get("snapshot_of") == self.origin.get(name), (name, ld.attrs)
 
     @invariant()
+    def diffs_are_safe(self):
+        if hasattr(self, "pool"):
+            check_diffs(self.pool, self.model, self._names())
+
+    @invariant()
     def structure(self):
         if not hasattr(self, "pool"):
             return
@@ -663,6 +674,57 @@ class SnapshotMachine(RuleBasedStateMachine):
         problems += accounting_problems(self.pool)
         problems += usage_problems(self.pool)
         assert not problems, "pool invariants violated:\n  " + "\n  ".join(problems)
+
+
+def check_diffs(pool: Pool, model: dict[str, bytearray], names: list[str]) -> None:
+    """Changed-block diffs (disk/diff.py) are a safe superset: for every pair of
+    valid LDs of one chain, a segment not reported holds the same model bytes in
+    both, one that both read from the same entry (found by ``holder``, a segment at
+    a time) is never reported, and the order of the two does not matter. Alone, an
+    LD's unreported segments are zeros in the model and its allocated ones are
+    reported. LDs of different chains are refused."""
+    names = [n for n in names if not pool.get(n).invalid]
+    for name in names:
+        ld = pool.get(name)
+        got = _diff_segments(ld, None)
+        data = _words(model[name], ld.l2.nsegs).any(axis=1)
+        for k in range(ld.l2.nsegs):
+            if k not in got:
+                assert not data[k], f"{name}: segment {k} holds data, not reported"
+            assert (k in got) == bool(holder(ld, k)[1] & STATE_MASK), f"{name}: segment {k}"
+    heads = {}
+    for name in names:
+        chain = [x.name for x in pool.chain(name)]
+        heads.setdefault(chain[0], chain)
+    for chain in heads.values():
+        lds = [pool.get(n) for n in chain if n in names]
+        for i, a in enumerate(lds):
+            for b in lds[i + 1:]:
+                got = _diff_segments(a, b)
+                assert got == _diff_segments(b, a), f"diff({a.name}, {b.name}) depends on the order"
+                n = min(a.l2.nsegs, b.l2.nsegs)
+                same = ~(_words(model[a.name], n) != _words(model[b.name], n)).any(axis=1)
+                for k in range(n):
+                    if k not in got:
+                        assert same[k], f"segment {k} differs between {a.name} and {b.name}, not reported"
+                    elif holder(a, k)[1] & ~SHARED == holder(b, k)[1] & ~SHARED:
+                        raise AssertionError(f"segment {k}: {a.name} and {b.name} read one entry, reported")
+    if len(heads) > 1:
+        x, y = (pool.get(c[-1]) for c in list(heads.values())[:2])
+        with pytest.raises(InvalidArgument, match="not in one sharing chain"):
+            diff.diff_extents(x, y)
+
+
+def _words(m: bytearray, nsegs: int) -> np.ndarray:
+    """The first ``nsegs`` segments of a model, one row of 64-bit words each (a view)."""
+    return np.frombuffer(m, dtype=np.uint64, count=nsegs * SEG // 8).reshape(nsegs, SEG // 8)
+
+
+def _diff_segments(newer, older) -> set[int]:
+    out = set()
+    for off, n in diff.diff_extents(newer, older):
+        out.update(range(off // SEG, (off + n) // SEG))
+    return out
 
 
 SnapshotMachine.TestCase.settings = settings(

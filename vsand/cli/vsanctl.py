@@ -30,7 +30,7 @@ EXIT_STATUS = """exit status:
   6  the reply was not a vsand control reply (malformed or oversized)
   7  no reply within --timeout seconds"""
 
-GROUPS = ("status", "lun", "du", "snapshot", "snapclone", "task", "pool", "drive")
+GROUPS = ("status", "lun", "du", "snapshot", "snapclone", "diff", "task", "pool", "drive")
 
 
 def common_options() -> argparse.ArgumentParser:

@@ -11,6 +11,7 @@ import logging
 import os
 
 from ..disk import snapclone, usage
+from ..disk.diff import diff_extents
 from ..disk.role import Role
 from ..errors import InvalidArgument
 from ..disk.level import TOLERANCE as LEVEL_TOLERANCE
@@ -19,11 +20,14 @@ from ..tasks.rebuild import TARGET as POOL
 from ..tasks.runner import check_rate
 from ..units import format_size
 from . import deletion, overcommit
-from .schema import KINDS, POOL_SETTINGS, Warned
+from .schema import KINDS, MAX_REPLY, POOL_SETTINGS, Warned
 
 SNAPSHOT_ROLES = (Role.SNAPSHOT, Role.RESERVED_SNAPSHOT, Role.INVALID)   # invalid: a snapshot that ran out of space
 
 log = logging.getLogger("vsand.control")
+
+# [offset, length] pairs take at most 19 bytes of msgpack each: this many fit a frame
+MAX_DIFF_EXTENTS = (MAX_REPLY - (1 << 20)) // 19
 
 # pool.set keys (schema.POOL_SETTINGS) -> (the pool's record key, effective value)
 POOL_KEYS = {"snapclone_mode": (snapclone.SETTING, lambda pool: snapclone.mode(pool.settings))}
@@ -217,6 +221,20 @@ class Handlers:
                         "space": info.get("space", "lun"), "invalid": ld.invalid,
                         "state": info["state"]})
         return out
+
+    def diff(self, name, since=None):
+        """The extents of ``name`` that may differ from ``since`` (an LD of its
+        chain), or its allocated extents: what an incremental (a full) backup copies."""
+        newer = self.pool.get(name)
+        older = self.pool.get(since) if since is not None else None
+        ext = diff_extents(newer, older)
+        if len(ext) > MAX_DIFF_EXTENTS:
+            ctx = f"vsand:changed:{since}" if since else "base:allocation"
+            raise InvalidArgument(f"{name} has {len(ext)} changed extents, more than a control reply "
+                                  f"holds ({MAX_DIFF_EXTENTS}): read them over NBD (block status "
+                                  f"context {ctx} of export {name})")
+        return {"name": name, "since": since, "size": newer.size,
+                "extents": [[o, n] for o, n in ext], "changed": sum(n for _, n in ext)}
 
     def lun_set(self, name, read_only=None, protect=None):
         attrs = {k: v for k, v in (("read_only", read_only), ("protected", protect)) if v is not None}

@@ -50,6 +50,7 @@ OPS: dict[str, dict[str, tuple[type, bool]]] = {
     "snapshot.rename": {"name": (str, True), "new_name": (str, True)},
     "tree": {"name": (str, True)},
     "du": {"name": (str, False)},
+    "diff": {"name": (str, True), "since": (str, False)},
     "snapclone.create": {"source": (str, True), "name": (str, True), "rate": (int, False)},
     "snapclone.copy": {"name": (str, True), "rate": (int, False)},
     "task.list": {},
@@ -70,7 +71,7 @@ KINDS = ("lun", "snapshot", "snapclone")
 # Operations that only read. Every other op changes something and is audited (one
 # INFO line: who, what, outcome, server.py): a new op is audited unless it is added
 # here, so forgetting the list errs on the side of the record.
-QUERIES = frozenset({"status", "lun.list", "lun.show", "du", "drive.list", "tree", "task.list",
+QUERIES = frozenset({"status", "lun.list", "lun.show", "du", "diff", "drive.list", "tree", "task.list",
                      "task.show", "pool.get"})
 
 

@@ -83,6 +83,13 @@ def unknown_state(es: np.ndarray) -> np.ndarray:
     return ((es & STATE_MASK) != 0) & ((es & STATE_MASK) != ALLOCATED)
 
 
+def differ(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Mask of pairs of resolved entries (holders' entries, share bits ignored) that
+    may hold different bytes: not the same data entry, unless neither is allocated
+    (both read zeros)."""
+    return ((a & DATA_MASK) != (b & DATA_MASK)) & (((a | b) & STATE_MASK) != 0)
+
+
 class L2map:
     gens: list[int] | None = None
 

@@ -4,6 +4,12 @@ Feed it bytes; it returns bytes to send and, at the end, either ``Negotiated``
 (enter transmission) or ``Closed`` (drop the connection). Export knowledge comes
 from two callables, so this module never sees storage.
 
+Metadata contexts: ``base:allocation`` is the protocol's own; an export may
+offer more (``contexts(export name)`` returns their full names). A LIST query
+names one context, or a namespace or prefix ending in ":" (``base:``,
+``vsand:changed:``), which lists every context under it; SET selects exact names
+only. Names nobody offers are simply not selected (proto.md), never an error.
+
 Option handling follows proto.md (see ../shared/NBD-NOTES.md §1.2-1.3): every
 option's data is consumed exactly; one final reply per option; unknown options
 and ones we do not implement get ERR_UNSUP and negotiation goes on.
@@ -73,6 +79,7 @@ class Handshake:
     lookup: Callable[[str], Export | None]
     listing: Callable[[], list[Export]]
     shutting_down: Callable[[], bool] = lambda: False
+    contexts: Callable[[str], list[str]] = lambda name: []   # beyond base:allocation
     refused: str | None = None     # server policy (too many connections): every option is refused
     buf: bytearray = field(default_factory=bytearray)
     state: str = "flags"
@@ -236,21 +243,27 @@ class Handshake:
             return error(opt, C.REP_ERR_UNKNOWN, f"no export named {name!r}")
         if opt == C.OPT_SET_META_CONTEXT:
             self.meta_export = exp.name   # canonical: "" (default export) matches GO by either name
-        if opt == C.OPT_LIST_META_CONTEXT and not queries:
-            matched = [C.BASE_ALLOCATION]
+        offered = [C.BASE_ALLOCATION] + [c for c in self.contexts(exp.name) if c != C.BASE_ALLOCATION]
+        if opt == C.OPT_SET_META_CONTEXT:
+            # exact names only: a bare "base:" selects nothing in SET (proto.md)
+            matched = [c for c in offered if c in queries]
+        elif not queries:
+            matched = offered
         else:
-            matched = sorted({C.BASE_ALLOCATION for q in queries if q in ("base:", C.BASE_ALLOCATION)})
-            if opt == C.OPT_SET_META_CONTEXT:
-                # A bare "base:" selects nothing in SET (proto.md).
-                matched = [C.BASE_ALLOCATION] if C.BASE_ALLOCATION in queries else []
+            matched = [c for c in offered if any(_matches(q, c) for q in queries)]
         out = []
-        for ctx in matched:
-            cid = 0 if opt == C.OPT_LIST_META_CONTEXT else 1
+        for i, ctx in enumerate(matched):
+            cid = 0 if opt == C.OPT_LIST_META_CONTEXT else i + 1   # ids: unique per SET
             if opt == C.OPT_SET_META_CONTEXT:
                 self.meta[cid] = ctx
             out.append(reply(opt, C.REP_META_CONTEXT, struct.pack(">I", cid) + ctx.encode()))
         out.append(reply(opt, C.REP_ACK))
         return b"".join(out)
+
+
+def _matches(query: str, ctx: str) -> bool:
+    """A LIST query names ``ctx``, or a prefix of it that ends with ":"."""
+    return query == ctx or query.endswith(":") and ctx.startswith(query)
 
 
 def _decode(b: bytes) -> str | None:

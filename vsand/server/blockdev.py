@@ -48,6 +48,17 @@ class Exports(Protocol):
 
     def listing(self) -> list: ...
 
+    def peers(self, name: str) -> list[str]:
+        """The LDs export ``name`` can be diffed against (the others of its sharing
+        chain); [] for an unknown export."""
+        ...
+
+    def changes(self, name: str, since: str):
+        """An object whose ``extents(off, n)`` is [(length, changed)] covering
+        [off, off+n) of export ``name``: True where it may differ from LD ``since``.
+        Raises (with an errno) when the two share no data."""
+        ...
+
     def begin_flush(self):
         """Starts making every write already handled, on every device, durable: a
         job whose ``run()`` may block (a worker thread runs it) and whose

@@ -62,7 +62,8 @@ class NbdConnection(asyncio.BufferedProtocol):
         self.server = server
         self.transport = None
         self.closed = False
-        self.hs = Handshake(server.lookup_export, server.list_exports, lambda: server.stopping)
+        self.hs = Handshake(server.lookup_export, server.list_exports, lambda: server.stopping,
+                            contexts=server.contexts)
         self._hsbuf = bytearray(16384)   # options longer than this arrive over several recvs
         self.reader: wire.RequestReader | None = None
         self.dev = None
@@ -70,6 +71,7 @@ class NbdConnection(asyncio.BufferedProtocol):
         self.tflags = 0
         self.structured = False
         self.meta: dict[int, str] = {}
+        self.statuses: list = []  # (context id, what BLOCK_STATUS reports for it), by id
         self.waiting = 0          # replies parked for a commit
         self.disconnecting = False
         self.paused = False       # the client is not taking its replies
@@ -217,6 +219,8 @@ class NbdConnection(asyncio.BufferedProtocol):
             self.tflags = outcome.flags
             self.structured = outcome.structured
             self.meta = outcome.meta_contexts
+            self.statuses = [(cid, self.server.status(outcome.export.name, self.dev, ctx))
+                             for cid, ctx in sorted(self.meta.items())]
             self.reader = wire.RequestReader(room=self._write_room)
             self.reads = Reads(self.dev, self.structured, self.mem, self._send, self._room,
                                self._storage_error, self._offload)
@@ -405,14 +409,17 @@ class NbdConnection(asyncio.BufferedProtocol):
             out.append(wire.simple(cookie))
 
     def _block_status(self, flags, cookie, off, length) -> bytes:
-        extents = [(n, 0 if alloc else C.STATE_HOLE | C.STATE_ZERO)
-                   for n, alloc in self.dev.extents(off, max(length, 1))]
-        if flags & C.CMD_FLAG_REQ_ONE:
-            n, f = extents[0]
-            extents = [(min(n, length) or 1, f)]
-        ids = sorted(self.meta)
-        return b"".join(wire.block_status_chunk(cookie, cid, extents, i == len(ids) - 1)
-                        for i, cid in enumerate(ids))
+        """One chunk per selected context (server/contexts.py), all built before
+        any is sent: a context that fails makes the whole request an error."""
+        chunks = []
+        for cid, status in self.statuses:
+            extents = status(off, max(length, 1))
+            if flags & C.CMD_FLAG_REQ_ONE:
+                n, f = extents[0]
+                extents = [(min(n, length) or 1, f)]
+            chunks.append((cid, extents))
+        return b"".join(wire.block_status_chunk(cookie, cid, extents, i == len(chunks) - 1)
+                        for i, (cid, extents) in enumerate(chunks))
 
     def _storage_error(self, out, cookie, exc) -> None:
         err = nbd_errno(exc)

@@ -10,7 +10,7 @@ import os
 import socket
 
 from ..nbd.handshake import Export
-from . import budget
+from . import budget, contexts
 from .committer import Committer
 from .connection import NbdConnection
 
@@ -40,7 +40,7 @@ class NbdServer:
                  memory_budget: int = budget.DEFAULT, io_threads: int = IO_THREADS,
                  ring=None):
         """``exports``: lookup(name) -> (Export, BlockDevice) | None, listing() ->
-        [Export], begin_flush() (see blockdev.Exports). ``idle_timeout`` 0: never. ``memory_budget``:
+        [Export], begin_flush(), peers(name), changes(name, since) (see blockdev.Exports). ``idle_timeout`` 0: never. ``memory_budget``:
         bytes shared by all connections beyond their floors (server/budget.py).
         ``io_threads`` 0: drive I/O runs on the loop, one call at a time. ``ring``:
         reads that miss the page cache go through it (physical/uring.py: the
@@ -73,6 +73,13 @@ class NbdServer:
 
     def device(self, name: str):
         return self.exports.lookup(name)[1]
+
+    def contexts(self, name: str) -> list[str]:
+        """Block status contexts export ``name`` offers beyond base:allocation."""
+        return contexts.offered(self.exports, name)
+
+    def status(self, name: str, dev, ctx: str) -> contexts.Status:
+        return contexts.status(self.exports, name, dev, ctx)
 
     # ---- per export ------------------------------------------------------------------
     def count(self, name: str) -> int:

@@ -588,3 +588,40 @@ def test_error_message_stays_valid_utf8_when_capped(o, data):
     payload = expect_single(hs, o, data, C.REP_ERR_UNKNOWN)
     assert len(payload) <= C.MAX_STRING
     payload.decode("utf-8")
+
+
+# ---- contexts an export offers beyond base:allocation -----------------------------------------
+EXTRA = ["vsand:changed:s1", "vsand:changed:s2"]
+
+
+def with_contexts() -> Handshake:
+    return structured(contexts=lambda name: EXTRA if name == "disk" else [])
+
+
+@pytest.mark.parametrize("queries,expected", [
+    ([], [b"base:allocation", b"vsand:changed:s1", b"vsand:changed:s2"]),
+    ([b"vsand:changed:"], [b"vsand:changed:s1", b"vsand:changed:s2"]),
+    ([b"vsand:"], [b"vsand:changed:s1", b"vsand:changed:s2"]),
+    ([b"vsand:changed:s2"], [b"vsand:changed:s2"]),
+    ([b"vsand:changed:s", b"vsand:changed", b"vsand:changed:nosuch", b"qemu:"], []),
+    ([b"vsand:changed:s2", b"base:"], [b"base:allocation", b"vsand:changed:s2"]),
+])
+def test_list_offered_contexts(queries, expected):
+    hs = with_contexts()
+    got = ctx_replies(hs.receive(opt(C.OPT_LIST_META_CONTEXT, meta(b"disk", queries)))[0],
+                      C.OPT_LIST_META_CONTEXT)
+    assert [n for _, n in got] == expected and all(i == 0 for i, _ in got)
+    got = ctx_replies(hs.receive(opt(C.OPT_LIST_META_CONTEXT, meta(b"ro", queries)))[0],
+                      C.OPT_LIST_META_CONTEXT)
+    assert [n for _, n in got] == [n for n in expected if n.startswith(b"base:")]
+
+
+def test_set_offered_contexts_exact_names_unique_ids():
+    hs = with_contexts()
+    out, _ = hs.receive(opt(C.OPT_SET_META_CONTEXT, meta(b"disk", [
+        b"vsand:changed:s2", b"vsand:changed:", b"vsand:", b"vsand:changed:nosuch", b"base:allocation"])))
+    got = ctx_replies(out, C.OPT_SET_META_CONTEXT)
+    assert [n for _, n in got] == [b"base:allocation", b"vsand:changed:s2"]
+    assert len({i for i, _ in got}) == 2 and 0 not in {i for i, _ in got}
+    _, outcome = hs.receive(opt(C.OPT_GO, info_go(b"disk")))
+    assert outcome.meta_contexts == {i: n.decode() for i, n in got}
