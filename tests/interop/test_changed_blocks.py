@@ -25,57 +25,15 @@ import textwrap
 
 import pytest
 
-from daemonkit import SYS_PY, Daemon, healthy, need, run
+from daemonkit import ROOT, SYS_PY, Daemon, healthy, need, run
 from test_clients_libnbd import SYS_ENV, need_nbdsh, nbdsh
 from test_invalid_snapshot_nbd import fill
 
 MiB = 1 << 20
 LUN_SIZE = 256 * MiB
 
-# Copies the extents that changed (flag bit 0 of the context) from the export into
-# a backup file; prints the extents and the bytes copied as JSON.
-INCREMENTAL = textwrap.dedent("""
-    import json, sys
-    import nbd
-    uri, ctx, backup = sys.argv[1:4]
-    h = nbd.NBD()
-    h.add_meta_context(ctx)
-    h.connect_uri(uri)
-    assert h.can_meta_context(ctx), "context not selected"
-    size = h.get_size()
-    changed = []
-    def cb(name, off, entries, err):
-        assert name == ctx, name
-        pos = off
-        for i in range(0, len(entries), 2):
-            n, flags = entries[i], entries[i + 1]
-            n = min(n, size - pos)
-            assert n > 0 and flags in (0, 1), (n, flags)
-            if flags & 1:
-                if changed and changed[-1][0] + changed[-1][1] == pos:
-                    changed[-1][1] += n
-                else:
-                    changed.append([pos, n])
-            pos += n
-        got.append(pos)
-        return 0
-    off = 0
-    while off < size:
-        got = []
-        h.block_status(min(size - off, 64 << 20), off, cb)
-        assert got and got[0] > off
-        off = got[0]
-    copied = 0
-    with open(backup, "r+b") as f:
-        for o, n in changed:
-            for p in range(o, o + n, 4 << 20):
-                m = min(4 << 20, o + n - p)
-                f.seek(p)
-                f.write(h.pread(m, p))
-                copied += m
-    h.shutdown()
-    print(json.dumps({"extents": changed, "copied": copied}))
-""")
+# the admin's incremental-backup tool (README, "Common tasks"): libnbd, system Python
+BACKUP_DIFF = os.path.join(ROOT, "scripts", "backup_diff.py")
 
 
 def vsanctl(d, *args, rc=0):
@@ -119,7 +77,7 @@ def test_incremental_backup_copies_only_what_changed(d, tmp_path):
     vsanctl(d, "snapshot", "create", "vm", "snap2")
     qemu_io(d, "vm", "write -P 0x88 60M 1M")            # after snap2: not in its diff
 
-    r = run([SYS_PY, "-c", INCREMENTAL, d.uri("snap2"), "vsand:changed:snap1", str(backup)], env=SYS_ENV)
+    r = run([SYS_PY, BACKUP_DIFF, d.uri("snap2"), "snap1", str(backup), "--json"], env=SYS_ENV)
     inc = json.loads(r.stdout)
     MB = MiB
     want = [[0, MB], [17 * MB, MB], [34 * MB, 2 * MB], [150 * MB, MB], [201 * MB, MB]]
@@ -316,3 +274,18 @@ def test_context_of_a_deleted_snapshot_and_no_context(d):
     r = run([SYS_PY, "-c", script], env=SYS_ENV)
     assert r.returncode == 0, r.stderr
     healthy(d)
+
+
+def test_backup_diff_refusals(d, tmp_path):
+    """scripts/backup_diff.py says what is wrong and writes nothing."""
+    need_nbdsh()
+    vsanctl(d, "lun", "create", "bk", "--size", "8M")
+    vsanctl(d, "snapshot", "create", "bk", "bk1")
+    small = tmp_path / "small.img"
+    small.write_bytes(b"\x5a" * MiB)
+    for args, why in ((("nosuch",), "does not offer vsand:changed:nosuch"),
+                      (("bk1",), "not a full backup of it")):
+        r = subprocess.run([SYS_PY, BACKUP_DIFF, d.uri("bk"), *args, str(small)], env=SYS_ENV,
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1 and why in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert small.read_bytes() == b"\x5a" * MiB
