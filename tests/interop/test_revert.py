@@ -7,6 +7,8 @@
   kept snapshot theirs, e2fsck is clean on each. The LUN is changed after the revert
   (s1 unchanged), then reverted to s2, which now stands after it in the chain, without
   keeping anything; a restart finds every LD as it was.
+* On the way, scripts/backup_diff.py brings a full backup of s1 to s2, then (the
+  chain reordered by the revert) to the changed LUN, each byte for byte.
 * The control plane with qemu-io data: every refusal is one line and changes
   nothing; --force drops a held client; a kill -9 right after a revert finds it done.
 """
@@ -14,6 +16,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -21,7 +24,7 @@ import subprocess
 import pytest
 
 from blockstack import Stack, e2fsck_clean, make_tree, mutate, need_kernel_path, same_tree, tree_sums
-from daemonkit import Daemon, healthy, need, run
+from daemonkit import ROOT, SYS_PY, Daemon, healthy, need, run
 from flakydrive import qemu_io
 from test_vsanctl import ctl, js
 
@@ -30,6 +33,20 @@ MiB = 1 << 20
 
 def chain(daemon, name: str) -> list[str]:
     return [r["name"] for r in daemon.ctl("tree", name=name)]
+
+
+def incremental(daemon, tmp, newer: str, since: str, backup) -> int:
+    """scripts/backup_diff.py: BACKUP (holding SINCE) is brought to NEWER; the bytes copied."""
+    r = subprocess.run([SYS_PY, os.path.join(ROOT, "scripts", "backup_diff.py"), daemon.uri(newer),
+                        since, str(backup), "--json"], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, PATH="/usr/bin:" + os.environ.get("PATH", "")))
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)["copied"]
+
+
+def file_sha(path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
 
 
 def export_sha(daemon, name: str) -> str:
@@ -41,6 +58,8 @@ def export_sha(daemon, name: str) -> str:
 def test_ext4_revert_to_any_snapshot(tmp_path):
     need_kernel_path()
     need("nbdcopy")
+    if subprocess.run([SYS_PY, "-c", "import nbd"], capture_output=True).returncode:
+        pytest.skip("python3-libnbd is not installed")
     d = Daemon(tmp_path / "state").start()
     lun = "fs"
     stacks = []
@@ -81,6 +100,12 @@ def test_ext4_revert_to_any_snapshot(tmp_path):
         e2fsck_clean(rw.loop, "the LUN before the revert")
         assert not rw.detach()
 
+        # an incremental backup from s1 to s2 through the changed-blocks context
+        backup = tmp_path / "backup.img"
+        run(["nbdcopy", d.uri("s1"), str(backup)])
+        copied = incremental(d, tmp_path, "s2", "s1", backup)
+        assert file_sha(backup) == export_sha(d, "s2") and 0 < copied < 128 * MiB // 2, copied
+
         out = ctl(d, "lun", "revert", lun, "--to", "s1", "--keep", "before").stdout
         assert f"reverted LUN {lun} to s1 (its state before: kept as snapshot before)" in out, out
         assert chain(d, lun) == ["s1", lun, "s2", "before"]
@@ -97,6 +122,9 @@ def test_ext4_revert_to_any_snapshot(tmp_path):
         e2fsck_clean(rw.loop, "the reverted LUN after changes")
         assert not rw.detach()
         check("s1", v1, "ro-s1")
+        # diffs in a reordered chain: the backup (s2) brought to the reverted LUN
+        incremental(d, tmp_path, lun, "s2", backup)
+        assert file_sha(backup) == export_sha(d, lun)
 
         # to s2, which stands after the LUN now; the state before (v4) is dropped
         out = ctl(d, "lun", "revert", lun, "--to", "s2").stdout
