@@ -177,6 +177,15 @@ def test_revert_refusals_force_and_kill(tmp_path):
         assert chain(d, "v") == ["a", "b", "v"]
         pattern_is(d, "v", 0xC3)
 
+        # protected: only with --keep (nothing freed); read-only: only with --force
+        ctl(d, "lun", "set", "v", "--protect", "on", "--read-only", "on")
+        r = ctl(d, "lun", "revert", "v", "--to", "a", rc=1)
+        assert "v is read-only: a revert changes its data; add --force" in r.stderr, r.stderr
+        r = ctl(d, "lun", "revert", "v", "--to", "a", "--force", rc=1)
+        assert "v is protected: a revert would free its current data; add --keep" in r.stderr, r.stderr
+        ctl(d, "lun", "set", "v", "--protect", "off", "--read-only", "off")
+        pattern_is(d, "v", 0xC3)
+
         # a held client: refused, then dropped by --force after the revert
         env = dict(os.environ, PATH="/usr/bin:" + os.environ.get("PATH", ""))
         script = ("import sys\nprint('connected', flush=True)\nsys.stdin.readline()\n"
@@ -205,6 +214,7 @@ def test_revert_refusals_force_and_kill(tmp_path):
         d.stop(sig=signal.SIGKILL)
         d.start()
         assert chain(d, "v") == ["a", "was-a", "b", "v"]    # was-a stands where v stood
+        assert "<chain v>" in ctl(d, "du", "v").stdout       # named after its LUN, not its end
         pattern_is(d, "v", 0xB2)
         pattern_is(d, "was-a", 0xA1)
         pattern_is(d, "a", 0xA1)

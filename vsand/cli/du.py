@@ -20,7 +20,7 @@ HEADERS = ["NAME", "PROVISIONED", "ALLOCATED", "REFERENCED", "EXCLUSIVE", "SHARE
 def register(sub, common) -> None:
     p = sub.add_parser("du", parents=[common], help="space used per LD, chain and pool",
                        description="Show the space every LD (or NAME's sharing chain) uses, chain by "
-                                   "chain (oldest first), each chain's total and the pool's figures. "
+                                   "chain (in chain order: oldest first until a revert), each chain's total and the pool's figures. "
                                    + FIGURES_HELP)
     p.add_argument("name", metavar="NAME", nargs="?", help="only the chain NAME belongs to")
     p.add_argument("--bytes", action="store_true", help="exact byte counts instead of KiB/MiB/GiB")
@@ -39,7 +39,7 @@ def render(r: dict, exact: bool = False) -> str:
     for c in r["chains"]:
         rows += [row(u["name"], u) for u in c["lds"]]
         if len(c["lds"]) > 1:        # named after its newest LD
-            rows.append(row(f"<chain {c['lds'][-1]['name']}>", c, ("PROVISIONED", "ALLOCATED")))
+            rows.append(row(f"<chain {c.get('name', c['lds'][-1]['name'])}>", c, ("PROVISIONED", "ALLOCATED")))
     if len(r["chains"]) > 1:
         total = {k: sum(c[k] for c in r["chains"]) for k in ("provisioned", "allocated")}
         rows.append(row("<TOTAL>", total, ("PROVISIONED", "ALLOCATED")))
@@ -50,3 +50,4 @@ def render(r: dict, exact: bool = False) -> str:
             f"{amount(p['freeing'], exact)} freeing")
     body = table(HEADERS, rows, right=range(1, len(HEADERS))) if rows else "no LUNs"
     return body + "\n" + pool
+

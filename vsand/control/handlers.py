@@ -100,13 +100,15 @@ class Handlers:
 
     def du(self, name=None):
         """``rbd du``: the space figures of every LD (or of NAME's sharing chain),
-        chain by chain (oldest first), each chain's totals, and the pool's."""
+        chain by chain (in chain order: oldest first until a revert), each chain's totals, and the pool's."""
         lds = [self.pool.get(name)] if name is not None else \
             sorted(self.pool.lds.values(), key=lambda x: x.name)
         chains = []
         for c in usage.chains(lds):
             rows = usage.chain_usage(c)
-            chains.append({"lds": rows, "provisioned": sum(r["provisioned"] for r in rows),
+            # named after its LUN or clone, which a revert may have moved into the middle
+            label = next((ld.name for ld in c if not ld.role.snapshot and not ld.invalid), c[-1].name)
+            chains.append({"name": label, "lds": rows, "provisioned": sum(r["provisioned"] for r in rows),
                            "allocated": sum(r["allocated"] for r in rows)})
         return {"chains": chains, "pool": usage.pool_usage(self.pool)}
 
@@ -145,6 +147,7 @@ class Handlers:
         dependents = self.pool.dependents(name)
         clients = self.nbd.count(name)
         deletion.check(ld, dependents, clients, force)
+        self.pool.tx.writable()     # a pool that cannot commit refuses now, before anyone is dropped
         self.tasks.cancel_target(name, f"{name} was deleted")
         self.nbd.disconnect(name, f"LUN {name} deleted")   # nobody keeps writing into a deleted LUN
         self.pool.delete_ld(name)
@@ -162,6 +165,9 @@ class Handlers:
         if n and not force:
             raise InvalidArgument(f"{name} has {n} connected client(s) that would see the disk "
                                   f"change under them: disconnect them, or add --force to drop them")
+        if self.pool.get(name).read_only and not force:
+            raise InvalidArgument(f"{name} is read-only: a revert changes its data; add --force "
+                                  f"to revert it anyway")
         self.pool.revert(name, to, keep)
         if n:
             self.nbd.disconnect(name, f"LUN {name} reverted to {to} (--force)")

@@ -12,6 +12,11 @@ from ..units import Units, format_size
 RAID_TYPES = (0, 1, 5)
 
 
+# names no LD may take: the target of pool-wide tasks (tasks/rebuild.py TARGET), which a
+# task kept by LD name would otherwise be taken for
+RESERVED = frozenset({"pool"})
+
+
 class Catalog:
     def __init__(self, units: Units):
         self.units = units
@@ -51,6 +56,9 @@ class Catalog:
         if not isinstance(name, str) or not name or len(name) > 255 or "/" in name \
                 or not name.isprintable():
             raise InvalidArgument(f"bad LD name {name!r} (1-255 printable characters, no '/')")
+        if name in RESERVED:
+            raise InvalidArgument(f"{name!r} is reserved: pool-wide tasks (rebuild, scrub, "
+                                  f"leveling) are listed with it as their target")
         if name in self.by_name:
             raise Exists(f"logical disk {name!r} exists")
 

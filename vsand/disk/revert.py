@@ -32,8 +32,13 @@ def record(pool, name: str, to: str, keep: str | None) -> dict:
         raise InvalidArgument(f"{to} is a {s.role.value}, not a snapshot")
     busy = [ld.name for ld in chain if ld.role.copying]
     if busy:
-        raise InvalidArgument(f"snapclone {busy[0]} is still copying from this chain; "
-                              f"revert when its copy is done")
+        raise InvalidArgument(f"snapclone {busy[0]} still depends on this chain; revert when its "
+                              f"copy is done (`vsanctl snapclone copy {busy[0]}` restarts a "
+                              f"cancelled one) or after deleting it")
+    if x.attrs.get("protected") and keep is None:
+        # its bytes before the revert would be freed: a protected LD keeps them
+        raise InvalidArgument(f"{name} is protected: a revert would free its current data; "
+                              f"add --keep NEWNAME to keep it as a snapshot")
     rec = {"t": "rvt", "id": x.id, "to": s.id}
     if keep is not None:
         pool.catalog.check_name(keep)

@@ -24,7 +24,7 @@ def test_refused_while_a_snapclone_of_the_chain_copies(tmp_path):
     pool.get("x").write(0, b"\x01" * SEG)
     pool.snapshot("x", "s")
     pool.snapclone("x", "c")
-    with pytest.raises(InvalidArgument, match="snapclone c is still copying"):
+    with pytest.raises(InvalidArgument, match="snapclone c still depends on this chain"):
         pool.revert("x", "s")
     assert names(pool, "x") == ["s", "c", "x"]
     with pytest.raises(InvalidArgument, match="c is a copying-clone, not a snapshot"):
@@ -75,4 +75,34 @@ def test_only_a_lun_is_reverted_to_a_snapshot_of_its_own_chain(tmp_path):
         pool.revert("x", "t")
     pool.revert("x", "ss")          # a snapshot of a snapshot is in the chain too
     assert names(pool, "x") == ["ss", "x", "s"]
+    pool.close()
+
+
+def test_a_protected_lun_keeps_its_data_through_a_revert(tmp_path):
+    """A revert without --keep frees the LUN's current bytes, which protection is
+    there to prevent; with --keep nothing is freed, so it is allowed."""
+    pool, _ = make_pool(tmp_path)
+    pool.create_ld("x", 4 * MiB)
+    pool.get("x").write(0, b"\x01" * SEG)
+    pool.snapshot("x", "s")
+    pool.get("x").write(0, b"\x02" * SEG)
+    pool.set_attrs("x", protected=True)
+    with pytest.raises(InvalidArgument, match="x is protected: a revert would free its current data"):
+        pool.revert("x", "s")
+    assert pool.get("x").read(0, 1) == b"\x02"
+    pool.revert("x", "s", keep="k")
+    assert pool.get("x").read(0, 1) == b"\x01" and pool.get("k").read(0, 1) == b"\x02"
+    pool.close()
+
+
+def test_pool_is_not_an_ld_name(tmp_path):
+    """Pool-wide tasks have the target "pool": an LD of that name would be taken
+    for it (a rename would retarget a scrub, a delete cancel a rebuild)."""
+    pool, _ = make_pool(tmp_path)
+    pool.create_ld("x", 4 * MiB)
+    for call in (lambda: pool.create_ld("pool", 4 * MiB), lambda: pool.rename_ld("x", "pool"),
+                 lambda: pool.snapshot("x", "pool")):
+        with pytest.raises(InvalidArgument, match="'pool' is reserved"):
+            call()
+    assert sorted(pool.lds) == ["x"]
     pool.close()
