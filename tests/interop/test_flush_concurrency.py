@@ -15,6 +15,7 @@ from types import SimpleNamespace
 from poolkit import make_pool
 from test_nbd_bad_input import Conn
 from vsand.daemon import Exports
+from vsand.listeners import Listeners
 from vsand.nbd import constants as C
 from vsand.server.nbd_server import NbdServer
 from vsand.units import MiB
@@ -35,10 +36,14 @@ class Served:
         self.loop = asyncio.get_running_loop()
         self.stop = asyncio.Event()
         self.server = NbdServer(Exports(self.pool))
-        await self.server.listen_unix(self.path)
+        self.listeners = Listeners([])
+        self.listeners.bind_unix(self.path, self.path + ".control")
+        for sock in self.listeners.nbd:
+            await self.server.listen_socket(sock, inherited=False)
         self.ready.set()
         await self.stop.wait()
         await self.server.stop(timeout=5)
+        self.listeners.close()
 
     def __enter__(self):
         self.thread.start()

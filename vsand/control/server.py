@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import os
 
 import msgpack
 
@@ -31,17 +30,6 @@ class ControlServer:
         self.timeout = timeout
         self.max_connections = max_connections
         self.open = 0               # connections being served
-
-    async def listen(self, path: str) -> None:
-        if os.path.exists(path):
-            os.unlink(path)
-        old = os.umask(0o177)        # the socket is created 0600: root's tool only
-        try:
-            self.server = await asyncio.start_unix_server(self._client, path)
-        finally:
-            os.umask(old)
-        os.chmod(path, 0o600)
-        log.info("control listening on %s", path)
 
     async def listen_socket(self, sock) -> None:
         self.server = await asyncio.start_unix_server(self._client, sock=sock)

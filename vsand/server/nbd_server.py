@@ -6,7 +6,6 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import logging
-import os
 import socket
 
 from ..nbd.handshake import Export
@@ -123,23 +122,9 @@ class NbdServer:
             self._sweeper = asyncio.get_running_loop().call_later(SWEEP, self._sweep)
         return NbdConnection(self)
 
-    async def listen_unix(self, path: str) -> None:
-        if os.path.exists(path):
-            os.unlink(path)
-        srv = await asyncio.get_running_loop().create_unix_server(self._factory, path)
-        os.chmod(path, 0o660)
-        self.servers.append(srv)
-        log.info("NBD listening on unix:%s", path)
-
-    async def listen_tcp(self, host: str, port: int) -> None:
-        srv = await asyncio.get_running_loop().create_server(self._factory, host, port,
-                                                             reuse_address=True)
-        self.servers.append(srv)
-        log.info("NBD listening on %s:%d", host, port)
-
     async def listen_socket(self, sock: socket.socket, inherited: bool = True) -> None:
-        """A listening socket bound already: inherited (systemd socket activation), or
-        bound by the daemon before it opened its pool."""
+        """A listening socket bound already (listeners.py): inherited from systemd
+        socket activation, or bound by the daemon before it opened its pool."""
         loop = asyncio.get_running_loop()
         if sock.family == socket.AF_UNIX:
             srv = await loop.create_unix_server(self._factory, sock=sock)

@@ -15,6 +15,7 @@ import pytest_asyncio
 from vsand.control import schema
 from vsand.control.audit import describe
 from vsand.control.client import ControlError, call
+from vsand.listeners import Listeners
 from vsand.control.server import ControlServer
 from vsand.errors import InvalidArgument
 
@@ -43,9 +44,12 @@ async def control(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="vsand.audit")
     srv = ControlServer(Handlers())
     path = str(tmp_path / "c.sock")
-    await srv.listen(path)
+    listeners = Listeners([])
+    listeners.bind_unix(path + ".nbd", path)
+    await srv.listen_socket(listeners.control)
     yield path
     await srv.close()
+    listeners.close()
 
 
 @pytest.mark.asyncio
