@@ -117,6 +117,13 @@ def link_snapshot(x, p) -> None:
 
 
 # ---- delete anywhere ----------------------------------------------------------------------
+def passes_down(xe: np.ndarray, pe: np.ndarray) -> np.ndarray:
+    """Where X's predecessor (entries ``pe``) reads X's own entry (``xe``) through
+    X: a delete of X hands it down instead of freeing it (space accounting counts
+    the same, disk/usage.py). Not over a seed: there the predecessor has its own."""
+    return ((xe & SP) != 0) & ((xe & SS) == 0) & ((pe & SS) != 0)
+
+
 def unlink(x) -> np.ndarray:
     """Removes ``x`` from its chain: where the predecessor reads a segment that x
     owns, the allocation passes to it; pred and succ are linked and their bits
@@ -136,7 +143,7 @@ def unlink(x) -> np.ndarray:
             pe = p.l2.entries(lo, hi)
             # p read x's own entry: it becomes p's own. Where p holds its own copy
             # (a seed: x.Sp kept over p's copy) nothing passes.
-            take = xp & ~xs & ((pe & SS) != 0)
+            take = passes_down(xe, pe)
             hand = alloc & take
             if hand.any():
                 x.pool.space.fence.moved()   # reads begun before may have resolved them

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..mapping.lmap import SP, SS, STATE_MASK
+from ..mapping.lmap import SS, STATE_MASK
 from ..physical.allocator import RAID_WIDTH
-from .sharing import chain_of
+from .sharing import chain_of, passes_down
 
 SPAN_LMAPS = 32       # LMAPs of a chain counted in one go
 
@@ -49,8 +49,8 @@ def chain_segments(chain: list) -> list[dict[str, int]]:
             ref[i] += int(np.count_nonzero(reads))
             alloc[i] += int(np.count_nonzero(owns[i]))
             mine = owns[i]
-            if i:      # what the predecessor reads through me passes to it (sharing.unlink)
-                mine = mine & ~(((es[i] & SP) != 0) & ~ss[i] & ss[i - 1])
+            if i:      # what the predecessor reads through me passes to it on a delete
+                mine = mine & ~passes_down(es[i], es[i - 1])
             excl[i] += int(np.count_nonzero(mine))
     return [{"allocated": a, "referenced": r, "exclusive": x} for a, r, x in zip(alloc, ref, excl)]
 
