@@ -38,6 +38,7 @@ class Config:
     control_max_connections: int = 64     # control connections at once; more get an error reply
     scrub_interval: int = 30 * 86400      # seconds between scrubs (0 = never); like Debian's monthly mdadm check
     overcommit_warn: float = 1.0          # warn when provisioned space exceeds this x capacity; 0 = off
+    metrics: str = ""                     # HTTP HOST:PORT for /metrics (a port alone: loopback); "" = off
 
     def finish(self) -> "Config":
         self.state_dir = os.path.abspath(self.state_dir)
@@ -45,6 +46,10 @@ class Config:
         self.control = self.control or os.path.join(self.state_dir, "control.sock")
         if self.listen.lower() == "none":
             self.listen = ""
+        if self.metrics.lower() in ("none", "off"):
+            self.metrics = ""
+        elif self.metrics.isdigit():
+            self.metrics = f"127.0.0.1:{self.metrics}"
         return self
 
     def tcp(self) -> tuple[str, int] | None:
@@ -53,6 +58,13 @@ class Config:
         host, _, port = self.listen.rpartition(":")
         host = host.strip("[]") or "127.0.0.1"
         return host, int(port)
+
+    def metrics_addr(self) -> tuple[str, int] | None:
+        """Where the HTTP listener (/metrics) binds, or None: off."""
+        if not self.metrics:
+            return None
+        host, _, port = self.metrics.rpartition(":")
+        return host.strip("[]") or "127.0.0.1", int(port)
 
 
 # TOML tables: [section] key -> Config field (the flat keys are everything else)
@@ -184,6 +196,22 @@ def _paths(value) -> list[str]:
     return value
 
 
+def _metrics(text) -> str:
+    """HOST:PORT, or a port alone (loopback: 127.0.0.1), or "" / "none" / "off"."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        text = str(text)
+    t = _text(text).strip()
+    if t.lower() in ("", "none", "off"):
+        return t
+    if t.isdigit():
+        t = f"127.0.0.1:{t}"
+    try:
+        return _listen(t)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT or PORT (port 1-65535; [::1]:PORT for "
+                                         f"IPv6) or off, not {text!r}") from None
+
+
 def _listen(text) -> str:
     """HOST:PORT (IPv6 hosts in brackets), or "" / "none"."""
     t = _text(text).strip()
@@ -204,7 +232,7 @@ CHECK = {"state_dir": _text, "drives": _positive, "drive_paths": _paths, "nbd_so
          "io": _io_mode, "io_engine": _io_engine, "drive_error_limit": _positive,
          "drive_timeout": _duration, "control_timeout": _positive_duration,
          "control_max_connections": _positive,
-         "scrub_interval": _duration, "overcommit_warn": _ratio}
+         "scrub_interval": _duration, "overcommit_warn": _ratio, "metrics": _metrics}
 
 
 def _flatten(data: dict, where: str) -> dict:
@@ -289,6 +317,9 @@ def load(argv: list[str] | None = None) -> Config:
                     help="warn (in the reply and the log) when LUNs, snapclones and reserved "
                          "snapshots would need more than RATIO x an LDAD's drive space once "
                          "written: 1.0 (the default), 1.5, ... or off")
+    ap.add_argument("--metrics", type=_metrics, metavar="HOST:PORT",
+                    help="serve Prometheus metrics over HTTP at http://HOST:PORT/metrics (a port "
+                         "alone listens on 127.0.0.1; default off)")
     args = ap.parse_args(argv)
     cfg = Config()
     if args.config:

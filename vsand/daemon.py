@@ -177,12 +177,14 @@ class Daemon:
             early = not fresh.had_lock
             if early:
                 listeners.bind_tcp(cfg.tcp())
+                listeners.bind_metrics(cfg.metrics_addr())
             fresh.make_dir()
             lock = StateDirLock(cfg.state_dir)
             lock.acquire()
             try:
                 if not early:
                     listeners.bind_tcp(cfg.tcp())
+                    listeners.bind_metrics(cfg.metrics_addr())
                 listeners.bind_unix(cfg.nbd_socket, cfg.control)
                 ring = self._ring()
                 self.pool = open_pool(cfg)
@@ -234,6 +236,11 @@ class Daemon:
             await self.nbd.listen_socket(sock, inherited=listeners.nbd_inherited)
         await self.control.listen_socket(listeners.control)
         log.info("control listening on %s", cfg.control)
+        web = None
+        if listeners.metrics:
+            from .web.server import WebListener     # aiohttp is loaded only when configured
+            web = WebListener(self, listeners.metrics)
+            await web.start()
         log.info("serving %d LUN(s): %s", len(self.pool.lds), ", ".join(sorted(self.pool.lds)) or "-")
         resumed = self.tasks.resume()
         if resumed:
@@ -250,6 +257,8 @@ class Daemon:
         sd_notify("STOPPING=1")
         if scrubs is not None:
             scrubs.cancel()
+        if web is not None:
+            await web.stop()
         await self.tasks.stop()        # at a step boundary; they resume at the next start
         await self.nbd.stop()
         await self.control.close()

@@ -29,30 +29,18 @@ class Listeners:
         self.nbd_inherited = bool(self.nbd)
         self.control = next((s for n, s in inherited if n == "control"), None)
         self.paths: list[str] = []           # the socket files bound here, unlinked at close
+        self.metrics: list[socket.socket] = []  # the HTTP listener's (vsand/web), when configured
 
     def bind_tcp(self, tcp: tuple[str, int] | None) -> None:
         if tcp is None or self.nbd_inherited:
             return
-        host, port = tcp
-        try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        except socket.gaierror as e:
-            raise ListenError(f"cannot listen on {host}:{port}: {e.strerror}") from None
-        for family, kind, proto, _, addr in infos:
-            s = socket.socket(family, kind, proto)
-            try:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as asyncio does
-                if family == socket.AF_INET6:
-                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                s.bind(addr)
-                s.listen(128)
-            except OSError as e:
-                s.close()
-                raise ListenError(f"cannot listen on {host}:{port}: {(e.strerror or str(e)).lower()}"
-                                  + (" (another vsand, nbd-server or qemu-nbd? choose another "
-                                     "with --listen HOST:PORT or 'none')"
-                                     if e.errno == errno.EADDRINUSE else "")) from None
-            self.nbd.append(s)
+        _tcp(tcp, self.nbd, "", " (another vsand, nbd-server or qemu-nbd? choose another "
+                                "with --listen HOST:PORT or 'none')")
+
+    def bind_metrics(self, tcp: tuple[str, int] | None) -> None:
+        if tcp is not None:
+            _tcp(tcp, self.metrics, " for metrics", " (choose another with --metrics HOST:PORT "
+                                                    "or the config key metrics)")
 
     def bind_unix(self, nbd_path: str, control_path: str) -> None:
         """The daemon holds the state directory's lock: a file left at these paths
@@ -79,7 +67,7 @@ class Listeners:
         return s
 
     def close(self) -> None:
-        for s in self.nbd + [self.control]:
+        for s in self.nbd + self.metrics + [self.control]:
             if s is not None:
                 s.close()
         for p in self.paths:
@@ -87,3 +75,26 @@ class Listeners:
                 os.unlink(p)
             except FileNotFoundError:
                 pass
+
+
+def _tcp(tcp: tuple[str, int], into: list, what: str, in_use: str) -> None:
+    """Binds and listens on every address ``tcp`` resolves to, each socket into
+    ``into`` (closed by Listeners.close, also when a later one fails)."""
+    host, port = tcp
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise ListenError(f"cannot listen on {host}:{port}{what}: {e.strerror}") from None
+    for family, kind, proto, _, addr in infos:
+        s = socket.socket(family, kind, proto)
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as asyncio does
+            if family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            s.bind(addr)
+            s.listen(128)
+        except OSError as e:
+            s.close()
+            raise ListenError(f"cannot listen on {host}:{port}{what}: {(e.strerror or str(e)).lower()}"
+                              + (in_use if e.errno == errno.EADDRINUSE else "")) from None
+        into.append(s)

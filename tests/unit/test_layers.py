@@ -28,6 +28,7 @@ ALLOWED = {
     "server": {"server", "nbd", "peer"},      # peer: SO_PEERCRED, stdlib only
     "cli": {"", "control.schema", "control.client", "units", "errors", "disk.check", "cli"},
     "control": {"control", "disk", "tasks", "errors", "units", "peer"},
+    "web": {"web", "server", "disk", "tasks", "control.schema"},   # reads the daemon; nothing imports it
     "tasks": {"tasks", "errors", "faults", "units"},
     "disk": {"disk", "mapping", "redundancy", "physical", "meta", "errors", "faults", "units"},
     "mapping": {"mapping"},

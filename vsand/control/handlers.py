@@ -151,6 +151,7 @@ class Handlers:
         self.tasks.cancel_target(name, f"{name} was deleted")
         self.nbd.disconnect(name, f"LUN {name} deleted")   # nobody keeps writing into a deleted LUN
         self.pool.delete_ld(name)
+        self.nbd.forget(name)       # its metrics end; a new LUN of that name starts at 0
         out = {"deleted": name, "disconnected": clients, "orphaned": [d.name for d in dependents]}
         if clients or dependents or ld.read_only:
             log.warning("%s deleted with --force: %s", name, deletion.dropped(out))

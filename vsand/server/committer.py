@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+
+from .stats import Latency
 
 log = logging.getLogger("vsand.server")
 
@@ -26,6 +29,9 @@ class Committer:
         self.scheduled = False
         self.running = False
         self.commits = 0
+        self.latency = Latency()    # begin to answer, of each commit that succeeded
+        self.failures = 0
+        self.t0 = 0.0               # when the commit running (or last run) began
 
     def request(self, conn, reply: bytes) -> None:
         self.waiters.append((conn, reply))
@@ -41,6 +47,7 @@ class Committer:
         if self.running or not self.waiters:
             return
         waiters, self.waiters = self.waiters, []
+        self.t0 = time.perf_counter()
         try:
             job = self.begin()
         except Exception as e:     # answered as an error to each waiter; the daemon lives on
@@ -71,9 +78,12 @@ class Committer:
     def _answer(self, waiters, err) -> None:
         if err is None:
             self.commits += 1
-        elif hasattr(err, "message"):          # a storage error: its message says it all
-            log.error("commit failed: %s", err.message)
+            self.latency.add(time.perf_counter() - self.t0)
         else:
-            log.error("commit failed", exc_info=err)
+            self.failures += 1
+            if hasattr(err, "message"):          # a storage error: its message says it all
+                log.error("commit failed: %s", err.message)
+            else:
+                log.error("commit failed", exc_info=err)
         for conn, reply in waiters:
             conn.committed(reply, err)

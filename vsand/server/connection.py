@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from time import perf_counter     # latencies: the loop's clock may be cached per iteration (uvloop)
 
 from ..nbd import constants as C
 from ..peer import credentials
@@ -86,6 +87,8 @@ class NbdConnection(asyncio.BufferedProtocol):
         self.mem = Share(server.budget, self._held, self._budget_resume)
         self.starved = False      # reading stopped for memory (the budget, or reads in flight)
         self._timer = None
+        self.stats = None         # the export's stats.ExportStats, once negotiated
+        self.t0 = 0.0             # perf_counter() when the request being handled was taken
         self.peer = "?"
         self.why: str | None = None   # why the daemon closes it (None: the client did)
 
@@ -97,6 +100,7 @@ class NbdConnection(asyncio.BufferedProtocol):
         if why is not None:
             log.warning("connection %s refused: %s", self.peer, why)
             self.hs.refused = why
+            self.server.stats.refused += 1
         self.server.connections.add(self)
         # Backpressure (see the module doc): paused as soon as the transport keeps
         # any reply bytes, resumed once it keeps none, which frees them all.
@@ -216,6 +220,8 @@ class NbdConnection(asyncio.BufferedProtocol):
             self._hsbuf = None
             self.export = outcome.export
             self.dev = self.server.device(outcome.export.name)
+            self.stats = self.server.stats.export(outcome.export.name)
+            self.stats.connections += 1
             self.tflags = outcome.flags
             self.structured = outcome.structured
             self.meta = outcome.meta_contexts
@@ -300,27 +306,30 @@ class NbdConnection(asyncio.BufferedProtocol):
         meanwhile; then, on the loop, ``answer(error, reply)`` puts the reply in the
         list ``reply``, which is None once the connection has closed."""
         self._track(1, nbytes)
-        landed = lambda err: self._offloaded(err, nbytes, answer)    # noqa: E731
+        t0 = self.t0
+        landed = lambda err: self._offloaded(err, nbytes, answer, t0)    # noqa: E731
         ring = self.server.ring
         if ring is None or not job.start(ring, landed):
             self._in_worker(job.run, landed)
 
-    def _offloaded(self, err, nbytes: int, answer) -> None:
+    def _offloaded(self, err, nbytes: int, answer, t0: float) -> None:
         # Reads land in bursts (a ring's completions come together): their replies
         # go out in one write, on the loop's next turn, not one system call each.
         if not self.landed:
             self._soon(self._answer_landed)
-        self.landed.append((err, nbytes, answer))
+        self.landed.append((err, nbytes, answer, t0))
 
     def _answer_landed(self) -> None:
         landed, self.landed = self.landed, []
         reply: list = []
-        for err, nbytes, answer in landed:
+        took, now = self.stats.took, perf_counter()
+        for err, nbytes, answer, t0 in landed:
             self._track(-1, -nbytes)
             if self.closed:
                 answer(err, None)         # it still ends its job
             else:
                 self._guarded(answer, err, reply)
+                took(C.CMD_READ, now - t0)
         self._replied(reply)
 
     def _answer_later(self, answer) -> None:
@@ -351,6 +360,7 @@ class NbdConnection(asyncio.BufferedProtocol):
             self.writes.piece(out, payload)
             return
         self.server.requests += 1       # background tasks pace themselves by this
+        self.t0 = t0 = perf_counter()
         dev = self.dev
         err, msg = wire.check(cmd, flags, off, length, dev.size, self.tflags, bool(self.meta))
         if not err and cmd == C.CMD_BLOCK_STATUS and off + max(length, 1) > dev.size:
@@ -359,20 +369,29 @@ class NbdConnection(asyncio.BufferedProtocol):
             self.why = self.why or "client disconnect (NBD_CMD_DISC)"
             self.disconnecting = True       # DISC gets no reply
             return
+        st = self.stats
         if err:
             if cmd == C.CMD_WRITE and payload is not None:
                 self.reader.discard_write()
+            st.error(err)
             out.append(wire.error_reply(cookie, err, msg, self.structured))
             return
+        # Counted as handled; timed when the reply is made (_done, _finish, the
+        # landing of a READ's drive I/O, a commit), except a streamed READ.
+        st.ops[cmd] += 1
+        st.bytes[cmd] += length
         if cmd == C.CMD_WRITE:
-            self.writes.start(out, flags, cookie, off, payload)
+            self.writes.start(out, flags, cookie, off, payload, t0)
             return
         try:
             if cmd == C.CMD_READ:
+                n = self.inflight
                 self.reads.read(out, flags, cookie, off, length)
+                if self.inflight == n and self.reads.stream is None:
+                    st.took(cmd, perf_counter() - t0)     # answered here
                 return
             if cmd == C.CMD_FLUSH:
-                self._after_commit(wire.simple(cookie))
+                self._after_commit(wire.simple(cookie), cmd, t0)
                 return
             elif cmd == C.CMD_TRIM:
                 dev.trim(off, length)
@@ -380,12 +399,14 @@ class NbdConnection(asyncio.BufferedProtocol):
                 dev.write_zeroes(off, length, not flags & C.CMD_FLAG_NO_HOLE)
             elif cmd == C.CMD_BLOCK_STATUS:
                 out.append(self._block_status(flags, cookie, off, length))
+                st.took(cmd, perf_counter() - t0)
                 return
             # CACHE: the page cache already holds what was read; nothing to do.
         except Exception as e:
             self._storage_error(out, cookie, e)
+            st.took(cmd, perf_counter() - t0)
             return
-        self._done(out, cmd, flags, cookie)
+        self._done(out, cmd, flags, cookie, t0)
 
     def _track(self, n: int, nbytes: int) -> None:
         self.inflight += n
@@ -396,17 +417,19 @@ class NbdConnection(asyncio.BufferedProtocol):
         fut = asyncio.get_running_loop().run_in_executor(self.server.io, run)
         fut.add_done_callback(lambda f: then(f.exception()))
 
-    def _finish(self, out, cmd, flags, cookie, exc) -> None:
+    def _finish(self, out, cmd, flags, cookie, exc, t0: float) -> None:
         if exc is not None:
             self._storage_error(out, cookie, exc)
+            self.stats.took(cmd, perf_counter() - t0)
         else:
-            self._done(out, cmd, flags, cookie)
+            self._done(out, cmd, flags, cookie, t0)
 
-    def _done(self, out, cmd, flags, cookie) -> None:
+    def _done(self, out, cmd, flags, cookie, t0: float) -> None:
         if flags & C.CMD_FLAG_FUA and cmd in wire.WRITES:
-            self._after_commit(wire.simple(cookie))
+            self._after_commit(wire.simple(cookie), cmd, t0)
         else:
             out.append(wire.simple(cookie))
+            self.stats.took(cmd, perf_counter() - t0)
 
     def _block_status(self, flags, cookie, off, length) -> bytes:
         """One chunk per selected context (server/contexts.py), all built before
@@ -423,22 +446,28 @@ class NbdConnection(asyncio.BufferedProtocol):
 
     def _storage_error(self, out, cookie, exc) -> None:
         err = nbd_errno(exc)
+        self.stats.error(err)
         if err == C.EIO and not hasattr(exc, "message"):
             log.error("connection %s: unexpected error", self.peer, exc_info=exc)
         out.append(wire.error_reply(cookie, err, str(exc)[:200], self.structured))
 
-    def _after_commit(self, reply: bytes) -> None:
+    def _after_commit(self, reply: bytes, cmd: int, t0: float) -> None:
         self.waiting += 1
-        self.server.committer.request(self, reply)
+        self.server.committer.request(self, (reply, cmd, t0))
 
-    def committed(self, reply: bytes, err: BaseException | None) -> None:
-        """Called by the group committer once per parked reply."""
+    def committed(self, parked: tuple, err: BaseException | None) -> None:
+        """Called by the group committer once per parked (reply, command, perf_counter()
+        the request arrived)."""
         self.waiting -= 1
         if self.closed:
             return
+        reply, cmd, t0 = parked
         if err is not None:
             cookie = int.from_bytes(reply[8:16], "big")
-            reply = wire.error_reply(cookie, nbd_errno(err), str(err)[:200], self.structured)
+            e = nbd_errno(err)
+            self.stats.error(e)
+            reply = wire.error_reply(cookie, e, str(err)[:200], self.structured)
+        self.stats.took(cmd, perf_counter() - t0)
         self._deliver([reply])
         if self.disconnecting:
             self._close_when_answered()

@@ -12,6 +12,7 @@ from ..nbd.handshake import Export
 from . import budget, contexts
 from .committer import Committer
 from .connection import NbdConnection
+from .stats import Stats
 
 log = logging.getLogger("vsand.server")
 
@@ -61,6 +62,7 @@ class NbdServer:
             asyncio.get_running_loop().add_reader(ring.fileno(), ring.reap)
         self.servers: list[asyncio.base_events.Server] = []
         self.requests = 0          # requests handled so far (the task throttle's foreground signal)
+        self.stats = Stats()       # per export, kept by the connections (read by vsand/web)
 
     # ---- what the handshake sees ----------------------------------------------------
     def lookup_export(self, name: str) -> Export | None:
@@ -98,6 +100,11 @@ class NbdServer:
         for c in self.connections:
             if c.export is not None and c.export.name == old:
                 c.export = dataclasses.replace(c.export, name=new)
+        self.stats.rename(old, new)
+
+    def forget(self, name: str) -> None:
+        """Export ``name`` is gone (deleted): its figures go with it."""
+        self.stats.forget(name)
 
     def refusal(self) -> str | None:
         """Why a new connection is refused, or None."""

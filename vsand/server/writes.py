@@ -13,7 +13,7 @@ NbdConnection._handshake): the device, the request reader (``left``,
 ``discard_write``) and four callables. ``track(n, nbytes)`` counts jobs in
 flight; ``offload(run, then)`` runs ``run()`` in a worker thread, then
 ``then(exception)`` on the loop (a job keeps its own ``error``); ``later(answer)`` has ``answer(out)`` fill a reply sent when it is
-made; ``finish(out, cmd, flags, cookie, exc)`` puts the reply in ``out``: the
+made; ``finish(out, cmd, flags, cookie, exc, t0)`` puts the reply in ``out``: the
 error, a FUA write's reply after the commit, or the plain one.
 """
 
@@ -25,10 +25,10 @@ from ..nbd import constants as C
 class _Write:
     """A WRITE whose pieces may be written by worker threads, in any order."""
 
-    __slots__ = ("cookie", "flags", "pending", "err", "last")
+    __slots__ = ("cookie", "flags", "t0", "pending", "err", "last")
 
-    def __init__(self, cookie: int, flags: int):
-        self.cookie, self.flags = cookie, flags
+    def __init__(self, cookie: int, flags: int, t0: float):
+        self.cookie, self.flags, self.t0 = cookie, flags, t0   # t0: when it was taken (perf_counter)
         self.pending = 0            # pieces being written
         self.err: BaseException | None = None
         self.last = False           # its last piece has arrived (or the rest is discarded)
@@ -47,8 +47,8 @@ class Writes:
         self.cur: _Write | None = None   # the WRITE whose pieces are arriving
         self.at = 0                       # where its next piece goes
 
-    def start(self, out: list, flags: int, cookie: int, off: int, payload) -> None:
-        self.at, self.cur = off, _Write(cookie, flags)
+    def start(self, out: list, flags: int, cookie: int, off: int, payload, t0: float) -> None:
+        self.at, self.cur = off, _Write(cookie, flags, t0)
         self.piece(out, payload)
 
     def piece(self, out: list, payload) -> None:
@@ -82,4 +82,4 @@ class Writes:
             self.later(lambda out: self._answer(out, w))
 
     def _answer(self, out: list, w: _Write) -> None:
-        self.finish(out, C.CMD_WRITE, w.flags, w.cookie, w.err)
+        self.finish(out, C.CMD_WRITE, w.flags, w.cookie, w.err, w.t0)
