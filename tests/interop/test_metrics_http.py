@@ -103,7 +103,8 @@ def test_counters_follow_fio(tmp_path):
         assert m["vsand_logical_disks", (("kind", "snapshot"),)] == 1
         assert m["vsand_logical_disks", (("kind", "lun"),)] == 2
         assert lun(m, "vsand_lun_shared_bytes", "m-s1") == written
-        assert m["vsand_logical_disk_allocated_bytes", (("kind", "snapshot"),)] == written
+        assert m["vsand_logical_disk_allocated_bytes", (("kind", "lun"),)] == written   # quiet: 0
+        assert m["vsand_logical_disk_exclusive_bytes", (("kind", "snapshot"),)] == 0     # all shared
         # pool and drives
         drives = {dict(k[1])["drive"] for k in m if k[0] == "vsand_drive_capacity_bytes"}
         assert drives == {"0", "1", "2", "3"}
@@ -198,7 +199,7 @@ def test_metrics_are_off_unless_configured(tmp_path):
     d = Daemon(tmp_path / "state", drives=4, drive_size="256M").start()
     try:
         assert listening_ports(d.proc.pid) == {d.port}       # NBD's port, nothing else
-        assert "metrics" not in d.read_log()
+        assert "metrics listening" not in d.read_log()
     finally:
         assert d.stop() == 0
     d, port = metrics_daemon(tmp_path / "on")

@@ -124,10 +124,10 @@ class VsandCollector(Collector):
                           ("reserved", "Segments promised to reserved snapshots and copying "
                                        "snapclones")):
             yield GaugeMetricFamily(f"vsand_pool_{key}_bytes", what, value=p[key])
-        st = pool.status()["state"]
-        yield GaugeMetricFamily("vsand_pool_degraded", "1: a drive has failed", value=int(st == "degraded"))
+        yield GaugeMetricFamily("vsand_pool_degraded", "1: a drive has failed",
+                                value=int(bool(pool.failed_drives)))
         yield GaugeMetricFamily("vsand_pool_read_only", "1: the pool refuses writes (a metadata "
-                                "write failed)", value=int(st.startswith("read-only")))
+                                "write failed)", value=int(pool.tx.failed is not None))
         pseg = pool.units.pseg
         cap = GaugeMetricFamily("vsand_drive_capacity_bytes", "The drive's PSEGs",
                                 labels=["drive", "path", "ldad"])
