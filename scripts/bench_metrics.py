@@ -4,7 +4,9 @@
 (no --metrics) and on (--metrics, scraped every --scrape seconds while fio runs),
 and of the code before the counters existed (--before REV, the vsand package of that
 commit) for the cost of the counters themselves, which metrics-off pays as well;
-nbdkit's memory plugin and qemu-nbd on a raw file for reference.
+nbdkit's memory plugin and qemu-nbd on a raw file for reference. Besides IOPS, each
+server's CPU time per request (from /proc/PID/stat around each run), which a busy
+shared machine disturbs less.
 
 The targets run in turn within each of --rounds rounds (this machine's speed drifts
 from minute to minute), each round starting one target further on (every other one backwards), and a figure is
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -40,17 +43,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_vsand(srv: Servers, state: str, size: int, extra: list[str], src: str | None = None) -> Vsand:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (all its threads) so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_vsand(srv: Servers, state: str, size: int, extra: list[str], src: str | None = None) -> tuple[Vsand, int]:
     v = Vsand(state)
     env = None
     if src:     # PYTHONPATH comes before the editable install's finder
         env = {**os.environ, "PYTHONPATH": os.path.abspath(src)}
-    srv.spawn([sys.executable, "-m", "vsand", "--state-dir", state, "--drives", "4",
+    p = srv.spawn([sys.executable, "-m", "vsand", "--state-dir", state, "--drives", "4",
                "--drive-size", str(max(size, 1 << 30)), "--listen", "none",
                "--log-level", "warning", *extra], v.control, env=env)
     time.sleep(0.2)     # the control socket appears a moment before the daemon answers
     v.call("lun.create", name="r0", size=size, raid=0)
-    return v
+    return v, p.pid
 
 
 class Scraper(threading.Thread):
@@ -89,35 +99,42 @@ def main() -> int:
         if not shutil.which(tool):
             print(f"{tool} is missing (make test installs it as root)", file=sys.stderr)
             return 2
+    # stopped with SIGTERM (or SIGINT, which a background shell job ignores): the
+    # servers are stopped on the way out
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     size = parse_size(args.size)
     work = tempfile.mkdtemp(prefix="bench-metrics-", dir=args.dir)
     uris: dict[str, str] = {}
+    pids: dict[str, int] = {}
     try:
         with Servers() as srv:
             sock = os.path.join(work, "nbdkit.sock")
-            srv.spawn(["nbdkit", "-f", "-U", sock, "memory", str(size)], sock)
+            pids[NBDKIT] = srv.spawn(["nbdkit", "-f", "-U", sock, "memory", str(size)], sock).pid
             uris[NBDKIT] = f"nbd+unix:///?socket={sock}"
             raw = os.path.join(work, "disk.raw")
             with open(raw, "wb") as f:
                 f.truncate(size)
             qs = os.path.join(work, "qemu.sock")
-            srv.spawn(["qemu-nbd", "-f", "raw", "-k", qs, "--cache=writeback", "--aio=threads",
-                       "-t", "--shared=8", raw], qs)
+            pids[QEMU] = srv.spawn(["qemu-nbd", "-f", "raw", "-k", qs, "--cache=writeback",
+                                    "--aio=threads", "-t", "--shared=8", raw], qs).pid
             uris[QEMU] = f"nbd+unix:///?socket={qs}"
-            uris[OFF] = start_vsand(srv, os.path.join(work, "off"), size, []).uri("r0")
+            v, pids[OFF] = start_vsand(srv, os.path.join(work, "off"), size, [])
+            uris[OFF] = v.uri("r0")
             port = free_port()
-            uris[ON] = start_vsand(srv, os.path.join(work, "on"), size,
-                                   ["--metrics", f"127.0.0.1:{port}"]).uri("r0")
+            v, pids[ON] = start_vsand(srv, os.path.join(work, "on"), size, ["--metrics", f"127.0.0.1:{port}"])
+            uris[ON] = v.uri("r0")
             before = ""
             if args.before:
                 src = os.path.join(work, "before-src")
                 before = export_tree(ROOT, args.before, src)
-                uris[BEFORE] = start_vsand(srv, os.path.join(work, "before"), size, [], src).uri("r0")
+                v, pids[BEFORE] = start_vsand(srv, os.path.join(work, "before"), size, [], src)
+                uris[BEFORE] = v.uri("r0")
             scraper = Scraper(f"http://127.0.0.1:{port}/metrics", args.scrape)
             scraper.start()
             for t, uri in uris.items():      # lay the data down once: reads hit written data
                 fio(uri, "write", "1m", 8, size, 0)
             runs: dict[str, dict[str, list[float]]] = {j: {t: [] for t in uris} for j, _ in JOBS}
+            cpu: dict[str, dict[str, list[float]]] = {j: {t: [] for t in uris} for j, _ in JOBS}
             names = list(uris)
             for r in range(args.rounds):
                 # each round starts at another target, every other one backwards: no
@@ -129,32 +146,39 @@ def main() -> int:
                     for t in order:
                         uri = uris[t]
                         os.sync()    # a run must not pay for the writeback of the one before
-                        iops = fio(uri, rw, "4k", 32, size, args.runtime)["iops"]
-                        runs[job][t].append(iops)
-                        print(f"round {r + 1} {job} {t}: {iops / 1000:.1f}k IOPS", file=sys.stderr)
+                        c0 = cpu_seconds(pids[t])
+                        got = fio(uri, rw, "4k", 32, size, args.runtime)
+                        # the server's CPU per request: steadier than IOPS on a shared machine
+                        cpu[job][t].append((cpu_seconds(pids[t]) - c0) / got["ios"] * 1e6)
+                        runs[job][t].append(got["iops"])
+                        print(f"round {r + 1} {job} {t}: {got['iops'] / 1000:.1f}k IOPS, "
+                              f"{cpu[job][t][-1]:.1f} us CPU/request", file=sys.stderr)
             scraper.halt.set()
             scraper.join()
         print(f"\nvsand {tree_state(ROOT)}" + (f"; vsand-before = {args.before} ({before[:12]})" if before else ""))
         print(f"{size >> 20} MiB RAID0 LUN on 4 image files, 4K QD32, {args.runtime} s per run, "
               f"{args.rounds} rounds, median; {os.cpu_count()} cores; metrics scraped every "
               f"{args.scrape:g} s ({scraper.scrapes} scrapes of {scraper.bytes} bytes)")
-        print(f"\n{'target':<20}" + "".join(f"{j:>26}" for j, _ in JOBS))
+        print(f"\n{'target':<20}" + "".join(f"{j:>26}{'CPU/req':>10}" for j, _ in JOBS))
         for t in uris:
             row = f"{t:<20}"
             for job, _ in JOBS:
                 m, base = median(runs[job][t]), median(runs[job][NBDKIT])
-                row += f"{f'{m / 1000:.1f}k ({m / base:.2f}x nbdkit)':>26}"
+                row += f"{f'{m / 1000:.1f}k ({m / base:.2f}x nbdkit)':>26}{median(cpu[job][t]):>8.1f}us"
             print(row)
         for job, _ in JOBS:
             on, off = median(runs[job][ON]), median(runs[job][OFF])
-            line = f"{job}: metrics on / off = {on / off:.3f}"
+            con, coff = median(cpu[job][ON]), median(cpu[job][OFF])
+            line = f"{job}: metrics on / off: IOPS {on / off:.3f}, CPU per request {con / coff:.3f}"
             if BEFORE in uris:
-                line += f"; off / before = {off / median(runs[job][BEFORE]):.3f}"
+                line += (f"; off / before: IOPS {off / median(runs[job][BEFORE]):.3f}, "
+                         f"CPU per request {coff / median(cpu[job][BEFORE]):.3f}")
             print(line)
         print("\nevery round (k IOPS):")
         for job, _ in JOBS:
             for t in uris:
-                print(f"  {job:<14}{t:<20}" + " ".join(f"{x / 1000:.1f}" for x in runs[job][t]))
+                print(f"  {job:<14}{t:<20}" + " ".join(f"{x / 1000:.1f}" for x in runs[job][t])
+                      + "   CPU us/request " + " ".join(f"{x:.1f}" for x in cpu[job][t]))
         return 0
     except (RuntimeError, OSError) as e:
         print(f"benchmark failed: {e}", file=sys.stderr)
