@@ -123,7 +123,7 @@ def test_counters_follow_fio(tmp_path):
         assert d.stop() == 0, d.read_log()
 
 
-def test_rename_keeps_and_delete_drops_the_figures(tmp_path):
+def test_rename_delete_and_a_snapclone_task(tmp_path):
     need_fio_nbd()
     d, port = metrics_daemon(tmp_path)
     try:
@@ -135,6 +135,21 @@ def test_rename_keeps_and_delete_drops_the_figures(tmp_path):
         m = scrape(port)
         assert lun(m, "vsand_lun_requests_total", "b", op="write") == 8
         assert not [k for k in m if ("lun", "a") in k[1]]
+        # a snapclone: its BGCOPY task shows until done, then counts as done
+        d.ctl("snapclone.create", source="b", name="c")
+        deadline = time.monotonic() + 30
+        while True:
+            m = scrape(port)
+            for k, v in m.items():
+                if k[0] == "vsand_task_progress_ratio":
+                    assert dict(k[1])["kind"] == "bgcopy" and dict(k[1])["target"] == "c"
+                    assert 0 <= v <= 1
+            if m.get(("vsand_tasks", (("state", "done"),))) == 1 or time.monotonic() > deadline:
+                break
+        assert m["vsand_tasks", (("state", "done"),)] == 1
+        assert m["vsand_logical_disks", (("kind", "snapclone"),)] == 1
+        assert not [k for k in m if k[0] == "vsand_task_progress_ratio"]    # only active tasks
+        d.ctl("lun.delete", name="c")
         d.ctl("lun.delete", name="b")
         d.ctl("lun.create", name="b", size=8 * MiB, raid=0)
         assert lun(scrape(port), "vsand_lun_requests_total", "b", op="write") == 0
