@@ -266,10 +266,11 @@ def render_one(i: dict) -> str:
     rows += [(f, f"{size(i[f])} ({i[f]} bytes)") for f in FIGURES[2:] if f in i]
     rows += [("kind", kind(i)), ("raid", f"RAID{i.get('raid')}"),
              ("ldad", i.get("ldad", "-")), ("read-only", yes_no(i.get("read_only"))),
-             ("protected", yes_no(i.get("protected"))),
-             ("allowed certs", ", ".join(i.get("allow_cert") or ()) or "any (no rule)"),
-             ("read-only for", ", ".join(i.get("readonly_for") or ()) or "nobody (no rule)"),
-             ("state", i.get("state", "ok"))]
+             ("protected", yes_no(i.get("protected")))]
+    # access rules (README "Access control"), shown when set
+    rows += [(label, ", ".join(i[k])) for k, label in (("allow_cert", "allowed certs"),
+                                                        ("readonly_for", "read-only for")) if i.get(k)]
+    rows += [("state", i.get("state", "ok"))]
     if "connections" in i:
         rows.append(("connections", i["connections"]))
     rows += [(k.replace("_", "-"), v) for k, v in sorted(i.items()) if k not in KNOWN]
