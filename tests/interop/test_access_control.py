@@ -50,6 +50,12 @@ def go(c: Conn, name: str) -> list[tuple[int, bytes]]:
     return c.opt_final(C.OPT_GO)
 
 
+def ro_flag(got) -> bool:
+    """READ_ONLY in a successful GO's NBD_INFO_EXPORT."""
+    info = [x for t, x in got if t == C.REP_INFO and x[:2] == b"\x00\x00"]
+    return bool(struct.unpack(">HQH", info[0])[2] & C.FLAG_READ_ONLY)
+
+
 def listed(c: Conn) -> list[str]:
     c.option(C.OPT_LIST)
     got = c.opt_final(C.OPT_LIST)
@@ -57,8 +63,8 @@ def listed(c: Conn) -> list[str]:
     return [d[4:4 + struct.unpack_from(">I", d)[0]].decode() for t, d in got if t == C.REP_SERVER]
 
 
-def opened(d, source: str | None = None, transport: str = "tcp") -> Conn:
-    c = Conn(d, transport, source=source)
+def opened(d, source: str | None = None, transport: str = "tcp", host: str = "127.0.0.1") -> Conn:
+    c = Conn(d, transport, source=source, host=host)
     c.greeting()
     c.send(struct.pack(">I", C.FLAG_C_FIXED_NEWSTYLE | C.FLAG_C_NO_ZEROES))
     return c
@@ -189,6 +195,33 @@ def test_bad_allowlist_key_refuses_the_start(tmp_path):
         assert r.returncode == 2 and why in r.stderr, r.stderr
 
 
+def test_ipv6_loopback_allowlist_and_rules(tmp_path):
+    """A listener on [::1]: ::1 admitted by nbd_allow, and a --readonly-for ::1 rule
+    matched (IPv6 refusals: tests/unit/test_access_rules.py)."""
+    d = Daemon(tmp_path / "state", drives=6, drive_size="256M")
+    d.args += ["--listen", f"[::1]:{d.port}", "--nbd-allow", "::1"]
+    d.start()
+    try:
+        d.ctl("lun.create", name="v6ro", size=16 * MiB, raid=0)
+        d.ctl("lun.create", name="v6rw", size=16 * MiB, raid=0)
+        ctl(d, "lun", "set", "v6ro", "--readonly-for", "::1")
+        c = opened(d, host="::1")
+        assert listed(c) == ["v6ro", "v6rw"]
+        got = go(c, "v6ro")
+        assert got[-1] == (C.REP_ACK, b"") and ro_flag(got)
+        ck = c.request(C.CMD_WRITE, 0, 512, payload=b"\x66" * 512)
+        assert c.reply_errno(ck) == C.EPERM
+        c.close()
+        c = opened(d, host="::1")
+        got = go(c, "v6rw")
+        assert not ro_flag(got)
+        c.write(0, b"\x77" * 512)
+        c.close()
+        idle(d)
+    finally:
+        d.stop()
+
+
 # ---- per-LUN rules ---------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def open_d(tmp_path_factory):
@@ -220,10 +253,7 @@ def test_readonly_for_an_address(open_d):
 
     # a raw client: READ_ONLY in the flags, and every write-type command EPERM
     c = opened(d, REFUSED)
-    got = go(c, "shared")
-    info = [x for t, x in got if t == C.REP_INFO and x[:2] == b"\x00\x00"]
-    flags = struct.unpack(">HQH", info[0])[2]
-    assert flags & C.FLAG_READ_ONLY
+    assert ro_flag(go(c, "shared"))
     for cmd, length, payload in ((C.CMD_WRITE, 512, b"\xee" * 512), (C.CMD_TRIM, 4096, b""),
                                  (C.CMD_WRITE_ZEROES, 4096, b"")):
         ck = c.request(cmd, 0, length, payload=payload)
@@ -233,9 +263,7 @@ def test_readonly_for_an_address(open_d):
 
     # another address writes; the read-only client sees what it wrote
     c = opened(d, ALLOWED)
-    got = go(c, "shared")
-    flags = struct.unpack(">HQH", [x for t, x in got if t == C.REP_INFO and x[:2] == b"\x00\x00"][0])[2]
-    assert not flags & C.FLAG_READ_ONLY
+    assert not ro_flag(go(c, "shared"))
     c.write(0, b"\x11" * 4096)
     c.close()
     qemu_io(uri, "read -P 0x11 0 4k", "-r")
@@ -252,9 +280,7 @@ def test_rule_change_applies_to_new_connections(open_d):
     ctl(d, "lun", "set", "later", "--readonly-for", "127.0.0.0/30", "--readonly-for", "cert:reports")
     old.write(0, b"\x33" * 512)             # the connection keeps the access it was given
     new = opened(d, REFUSED)
-    got = go(new, "later")
-    flags = struct.unpack(">HQH", [x for t, x in got if t == C.REP_INFO and x[:2] == b"\x00\x00"][0])[2]
-    assert flags & C.FLAG_READ_ONLY
+    assert ro_flag(go(new, "later"))
     ck = new.request(C.CMD_WRITE, 0, 512, payload=b"\x44" * 512)
     assert new.reply_errno(ck) == C.EPERM
     assert new.read(0, 512) == b"\x33" * 512
@@ -263,7 +289,7 @@ def test_rule_change_applies_to_new_connections(open_d):
     assert js(d, "lun", "show", "later")["readonly_for"] == ["127.0.0.0/30", "cert:reports"]
     assert "readonly_for" not in js(d, "lun", "set", "later", "--readonly-for", "")
     c = opened(d, REFUSED)
-    got = go(c, "later")
+    assert not ro_flag(go(c, "later"))
     c.write(0, b"\x55" * 512)               # cleared: read-write again
     c.close()
     idle(d)
@@ -345,9 +371,7 @@ def test_rules_survive_restart_and_kill(tmp_path):
         info = js(d, "lun", "show", "keep")
         assert "allow_cert" not in info and info["readonly_for"] == [f"{REFUSED}/32"]
         c = opened(d, REFUSED)
-        got = go(c, "keep")
-        flags = struct.unpack(">HQH", [x for t, x in got if t == C.REP_INFO and x[:2] == b"\x00\x00"][0])[2]
-        assert flags & C.FLAG_READ_ONLY
+        assert ro_flag(go(c, "keep"))
         c.close()
         idle(d)
     finally:
