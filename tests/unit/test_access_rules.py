@@ -8,7 +8,10 @@ from ipaddress import ip_address
 import pytest
 
 from vsand.access import ATTRS, Allowlist, Client, Rules, address_of, network, rule
+from vsand.config import load
 from vsand.disk.role import ACCESS_ATTRS
+from vsand.nbd.handshake import Export
+from vsand.server.nbd_server import NbdServer
 
 V4 = ip_address("127.0.0.1")
 V4B = ip_address("127.0.0.2")
@@ -129,3 +132,48 @@ def test_rule_forms():
 def test_the_storage_layer_keeps_the_same_attributes():
     # disk/role.py cannot import access.py (layers); snapshots copy these keys
     assert ACCESS_ATTRS == ATTRS
+
+
+# ---- where the policy meets the daemon: its config and the NBD server -------------------
+def test_nbd_allow_flag_and_toml(tmp_path):
+    assert load([]).nbd_allow == []
+    assert load(["--nbd-allow", "::1", "--nbd-allow", "10.0.0.0/8"]).nbd_allow == ["::1", "10.0.0.0/8"]
+    f = tmp_path / "v.toml"
+    f.write_text('nbd_allow = ["127.0.0.2/32"]\n')
+    assert load(["--config", str(f)]).nbd_allow == ["127.0.0.2/32"]
+    assert load(["--config", str(f), "--nbd-allow", "::1"]).nbd_allow == ["::1"]   # the flag wins
+
+
+class FakeExports:
+    def __init__(self, attrs):
+        self.attrs = attrs
+
+    def rules(self, name):
+        return Rules.of(self.attrs)
+
+    def begin_flush(self):
+        return None
+
+
+def test_server_access_verdicts():
+    exp = Export("db", 1 << 20)
+    srv = NbdServer(FakeExports({"readonly_for": ["127.0.0.1/32"]}), io_threads=0)
+    got = srv.access(exp, Client(V4))
+    assert got == Export("db", 1 << 20, read_only=True)
+    assert srv.access(exp, Client(V4B)) is exp
+    srv = NbdServer(FakeExports({"allow_cert": ["db1"]}), io_threads=0)
+    assert srv.access(exp, Client(V4, frozenset({"db1"}))) is exp
+    assert "certificate" in srv.access(exp, Client(V4))
+
+
+def test_unreadable_rules_refuse_never_serve(caplog):
+    srv = NbdServer(FakeExports({"readonly_for": ["not a network"]}), io_threads=0)
+    assert srv.access(Export("db", 1 << 20), Client(V4)) == "the export's access rules cannot be read"
+    assert "unreadable access rules" in caplog.text
+
+
+def test_server_refusal_names_the_address():
+    srv = NbdServer(FakeExports({}), io_threads=0, allow=Allowlist(["127.0.0.2/32"]))
+    assert srv.refusal(Client(V4)) == "address 127.0.0.1 is not allowed on this listener (nbd_allow)"
+    assert srv.refusal(Client(V4B)) is None and srv.refusal(UNIX) is None
+    assert NbdServer(FakeExports({}), io_threads=0).refusal(Client(V6)) is None
