@@ -88,7 +88,7 @@ class Handshake:
     shutting_down: Callable[[], bool] = lambda: False
     contexts: Callable[[str], list[str]] = lambda name: []   # beyond base:allocation
     access: Callable[[Export], Export | str] = lambda exp: exp
-    refused: str | None = None     # server policy (too many connections): every option is refused
+    refused: str | None = None     # server policy (too many connections, nbd_allow): every option is refused
     denied: list[tuple[str, str]] = field(default_factory=list)
     buf: bytearray = field(default_factory=bytearray)
     state: str = "flags"
