@@ -7,6 +7,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field, fields
 
+from .access import network
 from .physical.drive import IO_MODES
 from .server.budget import DEFAULT as MEMORY_BUDGET
 from .units import parse_size
@@ -20,6 +21,7 @@ class Config:
     drive_paths: list[str] = field(default_factory=list)   # explicit drives instead
     nbd_socket: str = ""                  # default: STATE_DIR/nbd.sock
     listen: str = "127.0.0.1:10809"       # "" or "none" disables TCP
+    nbd_allow: list[str] = field(default_factory=list)   # TCP clients served (addresses, networks); empty: all
     control: str = ""                     # default: STATE_DIR/control.sock
     default_export: str = ""              # served for the empty export name
     log_level: str = "info"
@@ -184,6 +186,23 @@ def _paths(value) -> list[str]:
     return value
 
 
+def _networks(value) -> list[str]:
+    """A list of addresses and networks (access.network), kept as given."""
+    if not isinstance(value, list):
+        raise argparse.ArgumentTypeError(f"expected a list of addresses or networks, not {value!r}")
+    for v in value:
+        _network(v)
+    return value
+
+
+def _network(text) -> str:
+    try:
+        network(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def _listen(text) -> str:
     """HOST:PORT (IPv6 hosts in brackets), or "" / "none"."""
     t = _text(text).strip()
@@ -197,7 +216,7 @@ def _listen(text) -> str:
 
 
 CHECK = {"state_dir": _text, "drives": _positive, "drive_paths": _paths, "nbd_socket": _text,
-         "listen": _listen, "control": _text, "default_export": _text,
+         "listen": _listen, "nbd_allow": _networks, "control": _text, "default_export": _text,
          "log_level": _choice(LOG_LEVELS), "drive_size": _size, "task_rate_mib": _rate, "task_latency_guard": _on_off,
          "accept_data_loss": _on_off, "max_connections": _positive, "idle_timeout": _count,
          "memory_budget": _size, "io_threads": _count,
@@ -242,6 +261,10 @@ def load(argv: list[str] | None = None) -> Config:
     ap.add_argument("--drive", action="append", dest="drive_paths", help="explicit drive path (repeatable)")
     ap.add_argument("--nbd-socket")
     ap.add_argument("--listen", type=_listen, help="TCP HOST:PORT for NBD ('none' to disable)")
+    ap.add_argument("--nbd-allow", type=_network, action="append", metavar="ADDR[/PREFIX]",
+                    help="serve NBD over TCP only to clients from this address or network "
+                         "(repeatable; default: any). Others get ERR_POLICY for every option. "
+                         "UNIX socket clients are governed by the socket's file permissions")
     ap.add_argument("--control", help="control socket path")
     ap.add_argument("--default-export")
     ap.add_argument("--log-level", choices=LOG_LEVELS)

@@ -12,6 +12,7 @@ import sys
 import time
 
 from . import faults
+from .access import Allowlist, Rules
 from .config import Config, load
 from .control.handlers import Handlers
 from .control.server import ControlServer
@@ -114,6 +115,10 @@ class Exports:
 
     def begin_flush(self):
         return self.pool.begin_flush()
+
+    def rules(self, name: str) -> Rules:
+        ld = self.pool.lds.get(self._name(name))
+        return Rules() if ld is None else Rules.of(ld.attrs)
 
     def peers(self, name: str) -> list[str]:
         ld = self.pool.lds.get(self._name(name))
@@ -219,7 +224,10 @@ class Daemon:
     async def _serve(self, listeners: Listeners, ring: Ring | None) -> int:
         cfg = self.cfg
         self.nbd = NbdServer(Exports(self.pool, cfg.default_export), cfg.max_connections,
-                             cfg.idle_timeout, cfg.memory_budget, cfg.io_threads, ring)
+                             cfg.idle_timeout, cfg.memory_budget, cfg.io_threads, ring,
+                             Allowlist(cfg.nbd_allow))
+        if cfg.nbd_allow:
+            log.info("NBD over TCP: only clients from %s", self.nbd.allow)
         self.tasks = TaskRunner(self.pool, default_kinds(self.pool),
                                 Throttle(cfg.task_rate_mib, cfg.task_latency_guard,
                                          foreground=lambda: self.nbd.requests),

@@ -10,6 +10,13 @@ names one context, or a namespace or prefix ending in ":" (``base:``,
 ``vsand:changed:``), which lists every context under it; SET selects exact names
 only. Names nobody offers are simply not selected (proto.md), never an error.
 
+Access: ``access(export)`` returns the export as this client may use it (read-only
+for some clients), or a string saying why it may not; it is asked at each
+decision, so what the connection learns meanwhile (a TLS client certificate)
+counts. A refused export is left out of LIST; INFO/GO and the meta context options
+get ERR_POLICY; EXPORT_NAME closes. Explicit refusals are kept in ``denied``
+(export name, why; the first per export) for the server to log.
+
 Option handling follows proto.md (see ../shared/NBD-NOTES.md §1.2-1.3): every
 option's data is consumed exactly; one final reply per option; unknown options
 and ones we do not implement get ERR_UNSUP and negotiation goes on.
@@ -80,7 +87,9 @@ class Handshake:
     listing: Callable[[], list[Export]]
     shutting_down: Callable[[], bool] = lambda: False
     contexts: Callable[[str], list[str]] = lambda name: []   # beyond base:allocation
-    refused: str | None = None     # server policy (too many connections): every option is refused
+    access: Callable[[Export], Export | str] = lambda exp: exp
+    refused: str | None = None     # server policy (too many connections, nbd_allow): every option is refused
+    denied: list[tuple[str, str]] = field(default_factory=list)
     buf: bytearray = field(default_factory=bytearray)
     state: str = "flags"
     no_zeroes: bool = False
@@ -156,12 +165,21 @@ class Handshake:
         except _Bad as e:
             return error(opt, C.REP_ERR_INVALID, str(e)), None
 
+    def _allowed(self, exp: Export) -> Export | str:
+        got = self.access(exp)
+        if isinstance(got, str) and all(n != exp.name for n, _ in self.denied):
+            self.denied.append((exp.name, got))
+        return got
+
     def _export_name(self, data: bytes):
         name = _decode(data)
         exp = self.lookup(name) if name is not None else None
         if exp is None:
             # No error reply exists for EXPORT_NAME: the session ends.
             return b"", Closed(f"EXPORT_NAME for unknown export {name!r}")
+        exp = self._allowed(exp)
+        if isinstance(exp, str):
+            return b"", Closed(f"EXPORT_NAME refused: {exp}")
         flags = transmission_flags(exp, self.structured)
         out = struct.pack(">QH", exp.size, flags)
         if not self.no_zeroes:
@@ -173,6 +191,8 @@ class Handshake:
             raise _Bad("LIST takes no data")
         out = []
         for exp in self.listing():
+            if isinstance(self.access(exp), str):
+                continue          # an export this client may not use is not shown to it
             name = exp.name.encode()
             out.append(reply(opt, C.REP_SERVER, struct.pack(">I", len(name)) + name
                              + exp.description.encode()))
@@ -195,6 +215,9 @@ class Handshake:
         exp = self.lookup(name)
         if exp is None:
             return error(opt, C.REP_ERR_UNKNOWN, f"no export named {name!r}"), None
+        exp = self._allowed(exp)
+        if isinstance(exp, str):
+            return error(opt, C.REP_ERR_POLICY, exp), None
         flags = transmission_flags(exp, self.structured)
         out = [reply(opt, C.REP_INFO, struct.pack(">HQH", C.INFO_EXPORT, exp.size, flags))]
         if C.INFO_NAME in reqs:
@@ -241,6 +264,9 @@ class Handshake:
         exp = self.lookup(name)
         if exp is None:
             return error(opt, C.REP_ERR_UNKNOWN, f"no export named {name!r}")
+        why = self._allowed(exp)
+        if isinstance(why, str):
+            return error(opt, C.REP_ERR_POLICY, why)
         if opt == C.OPT_SET_META_CONTEXT:
             self.meta_export = exp.name   # canonical: "" (default export) matches GO by either name
         offered = [C.BASE_ALLOCATION] + [c for c in self.contexts(exp.name) if c != C.BASE_ALLOCATION]

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from ..access import Client, address_of
 from ..nbd import constants as C
 from ..peer import credentials
 from ..nbd import wire
@@ -63,7 +64,7 @@ class NbdConnection(asyncio.BufferedProtocol):
         self.transport = None
         self.closed = False
         self.hs = Handshake(server.lookup_export, server.list_exports, lambda: server.stopping,
-                            contexts=server.contexts)
+                            contexts=server.contexts, access=self._access)
         self._hsbuf = bytearray(16384)   # options longer than this arrive over several recvs
         self.reader: wire.RequestReader | None = None
         self.dev = None
@@ -87,13 +88,17 @@ class NbdConnection(asyncio.BufferedProtocol):
         self.starved = False      # reading stopped for memory (the budget, or reads in flight)
         self._timer = None
         self.peer = "?"
+        self.address = None       # a TCP client's address (access.py); None: UNIX socket
+        self.peer_names: frozenset[str] = frozenset()   # verified TLS client certificate names
+        self._logged = 0          # export refusals (hs.denied) logged so far
         self.why: str | None = None   # why the daemon closes it (None: the client did)
 
     # ---- asyncio callbacks ---------------------------------------------------------
     def connection_made(self, transport):
         self.transport = transport
         self.peer = describe_peer(transport)
-        why = self.server.refusal()
+        self.address = address_of(transport.get_extra_info("peername"))
+        why = self.server.refusal(Client(self.address, self.peer_names))
         if why is not None:
             log.warning("connection %s refused: %s", self.peer, why)
             self.hs.refused = why
@@ -204,8 +209,15 @@ class NbdConnection(asyncio.BufferedProtocol):
         if self.reader is None and not self.closed:
             self.abort(f"handshake not finished within {HANDSHAKE_TIMEOUT:g} s")
 
+    def _access(self, exp):
+        # the names are read now: TLS may have verified a certificate since the greeting
+        return self.server.access(exp, Client(self.address, self.peer_names))
+
     def _handshake(self, data: bytes) -> None:
         out, outcome = self.hs.receive(data)
+        for name, why in self.hs.denied[self._logged:]:
+            log.warning("connection %s refused export %s: %s", self.peer, name or "''", why)
+        self._logged = len(self.hs.denied)
         if out:
             self.transport.write(out)
         if isinstance(outcome, Closed):

@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import socket
 
+from ..access import Allowlist, Client
 from ..nbd.handshake import Export
 from . import budget, contexts
 from .committer import Committer
@@ -37,9 +38,10 @@ class Inline(concurrent.futures.Executor):
 class NbdServer:
     def __init__(self, exports, max_connections: int = 1000, idle_timeout: float = 0,
                  memory_budget: int = budget.DEFAULT, io_threads: int = IO_THREADS,
-                 ring=None):
+                 ring=None, allow: Allowlist | None = None):
         """``exports``: lookup(name) -> (Export, BlockDevice) | None, listing() ->
-        [Export], begin_flush(), peers(name), changes(name, since) (see blockdev.Exports). ``idle_timeout`` 0: never. ``memory_budget``:
+        [Export], begin_flush(), peers(name), changes(name, since), rules(name) (see
+        blockdev.Exports). ``allow``: the TCP clients served (access.py); None: all. ``idle_timeout`` 0: never. ``memory_budget``:
         bytes shared by all connections beyond their floors (server/budget.py).
         ``io_threads`` 0: drive I/O runs on the loop, one call at a time. ``ring``:
         reads that miss the page cache go through it (physical/uring.py: the
@@ -47,6 +49,7 @@ class NbdServer:
         server watches its ``fileno()`` and calls ``reap()``, and closes it once
         its ``inflight`` reads are done."""
         self.exports = exports
+        self.allow = allow or Allowlist()
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
         self.budget = budget.MemoryBudget(memory_budget)
@@ -69,6 +72,18 @@ class NbdServer:
 
     def list_exports(self) -> list[Export]:
         return self.exports.listing()
+
+    def access(self, exp: Export, client: Client) -> Export | str:
+        """Export ``exp`` as ``client`` may use it, or why it may not (access.py).
+        Rules are read now, so a change applies to the next decision."""
+        try:
+            why, read_only = self.exports.rules(exp.name).check(client)
+        except ValueError as e:          # a rule the daemon cannot read refuses, never serves
+            log.error("export %s: unreadable access rules: %s", exp.name, e)
+            return "the export's access rules cannot be read"
+        if why is not None:
+            return why
+        return dataclasses.replace(exp, read_only=True) if read_only and not exp.read_only else exp
 
     def device(self, name: str):
         return self.exports.lookup(name)[1]
@@ -99,8 +114,10 @@ class NbdServer:
             if c.export is not None and c.export.name == old:
                 c.export = dataclasses.replace(c.export, name=new)
 
-    def refusal(self) -> str | None:
+    def refusal(self, client: Client) -> str | None:
         """Why a new connection is refused, or None."""
+        if not self.allow.admits(client):
+            return f"address {client.address} is not allowed on this listener (nbd_allow)"
         if len(self.connections) >= self.max_connections:
             return f"too many connections (the limit is {self.max_connections})"
         return None
