@@ -12,6 +12,7 @@ import sys
 import time
 
 from . import faults
+from . import tls as tls_settings
 from .config import Config, load
 from .control.handlers import Handlers
 from .control.server import ControlServer
@@ -163,9 +164,13 @@ class Daemon:
         self.control: ControlServer | None = None
         self.tasks: TaskRunner | None = None
         self.stop_event: asyncio.Event | None = None
+        self.tls: tls_settings.Tls | None = None
 
     async def run(self) -> int:
         cfg = self.cfg
+        # TLS settings need nothing else: a certificate that cannot be used refuses
+        # the start before anything is bound or created.
+        self.tls = tls_settings.load(cfg.tls, cfg.tls_cert, cfg.tls_key, cfg.tls_ca, cfg.tls_verify_peer)
         listeners = Listeners(inherited_sockets())
         fresh = Fresh(cfg.state_dir)
         try:
@@ -219,7 +224,7 @@ class Daemon:
     async def _serve(self, listeners: Listeners, ring: Ring | None) -> int:
         cfg = self.cfg
         self.nbd = NbdServer(Exports(self.pool, cfg.default_export), cfg.max_connections,
-                             cfg.idle_timeout, cfg.memory_budget, cfg.io_threads, ring)
+                             cfg.idle_timeout, cfg.memory_budget, cfg.io_threads, ring, self.tls)
         self.tasks = TaskRunner(self.pool, default_kinds(self.pool),
                                 Throttle(cfg.task_rate_mib, cfg.task_latency_guard,
                                          foreground=lambda: self.nbd.requests),
