@@ -196,6 +196,19 @@ def test_nbdsh_over_tls_write_read(secure, pki):
     serves(secure, pki)
 
 
+def test_nbd_client_list_over_tls(secure, pki):
+    """The kernel client's tool (its userspace TLS proxy speaks TLS 1.2 here); -l
+    needs no kernel module."""
+    need("nbd-client")
+    d = pki["good"]
+    out = run(["nbd-client", "-l", "127.0.0.1", str(secure.port), "-cacertfile", f"{d}/ca-cert.pem",
+               "-certfile", f"{d}/client-cert.pem", "-keyfile", f"{d}/client-key.pem"], timeout=60).stdout
+    assert f"{LUN}: 64 MiB RAID0" in out, out
+    r = run(["nbd-client", "-l", "127.0.0.1", str(secure.port)], check=False, timeout=60)
+    assert r.returncode != 0 and LUN not in r.stdout and "TLS is required" in r.stdout + r.stderr
+    serves(secure, pki)
+
+
 @pytest.mark.parametrize("who", ["nocert", "foreign"])
 def test_client_certificate_missing_or_from_another_ca_refused(secure, pki, who):
     need("nbdinfo")
