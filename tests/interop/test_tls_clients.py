@@ -299,6 +299,48 @@ def test_bytes_sent_with_starttls_close(secure, pki):
     serves(secure, pki)
 
 
+def test_option_in_the_same_packet_as_the_tls_finished(secure, pki):
+    """Options that come with the client's last TLS handshake message are answered
+    inside TLS. (asyncio's TLS layer hands them over before start_tls returns,
+    uvloop's after; tests/unit/test_starttls_loops.py runs both loops.)"""
+    r = Raw(secure)
+    assert r.ask(C.OPT_STARTTLS) == [C.REP_ACK]
+    ctx = ssl.create_default_context(cafile=pki["ca"].cert)
+    ctx.load_cert_chain(*pki["client"])
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(inc, out, server_hostname="127.0.0.1")
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            if out.pending:
+                r.s.sendall(out.read())
+            inc.write(r.s.recv(65536))
+    tls.write(struct.pack(">QII", C.IHAVEOPT, C.OPT_LIST, 0))
+    r.s.sendall(out.read())          # the client's Finished and LIST in one write
+
+    def recvn(n: int) -> bytes:
+        buf = b""
+        while len(buf) < n:
+            try:
+                buf += tls.read(n - len(buf))
+            except ssl.SSLWantReadError:
+                got = r.s.recv(65536)
+                assert got, "EOF"
+                inc.write(got)
+        return buf
+
+    types = []
+    while not types or types[-1] != C.REP_ACK:
+        magic, ro, t, n = struct.unpack(">QIII", recvn(20))
+        assert (magic, ro) == (OPT_REPLY_MAGIC, C.OPT_LIST)
+        recvn(n)
+        types.append(t)
+    assert C.REP_SERVER in types
+    serves(secure, pki)
+
+
 def test_client_gone_during_tls_handshake(secure, pki):
     r = Raw(secure)
     assert r.ask(C.OPT_STARTTLS) == [C.REP_ACK]
