@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import ssl
 import subprocess
 
 import pytest
@@ -68,3 +69,40 @@ def client_dir(where, ca: CA, client: tuple[str, str] | None) -> str:
         shutil.copy(client[0], os.path.join(d, "client-cert.pem"))
         shutil.copy(client[1], os.path.join(d, "client-key.pem"))
     return d
+
+
+class BioTLS:
+    """A TLS client over a connected socket through memory BIOs, so that the test
+    chooses what goes in each write: ``send_with_finished`` puts application data
+    in the same write as the client's last handshake message."""
+
+    def __init__(self, sock, ca_cert: str, client: tuple[str, str] | None = None):
+        ctx = ssl.create_default_context(cafile=ca_cert)
+        if client:
+            ctx.load_cert_chain(*client)
+        self.sock, self.inc, self.out = sock, ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = ctx.wrap_bio(self.inc, self.out, server_hostname="127.0.0.1")
+        while True:
+            try:
+                self.tls.do_handshake()      # done: the client's Finished waits in self.out
+                return
+            except ssl.SSLWantReadError:
+                if self.out.pending:
+                    sock.sendall(self.out.read())
+                self._more()
+
+    def _more(self) -> None:
+        data = self.sock.recv(65536)
+        assert data, "the server closed the connection"
+        self.inc.write(data)
+
+    def send_with_finished(self, data: bytes) -> None:
+        self.tls.write(data)
+        self.sock.sendall(self.out.read())
+
+    def recv(self, n: int) -> bytes:
+        while True:
+            try:
+                return self.tls.read(n)
+            except ssl.SSLWantReadError:
+                self._more()

@@ -16,7 +16,7 @@ import textwrap
 import pytest
 
 from daemonkit import ROOT, SYS_PY, VSAND, Daemon, free_port, healthy, need, run
-from tlskit import CA, client_dir
+from tlskit import CA, BioTLS, client_dir
 from vsand.nbd import constants as C
 
 MiB = 1 << 20
@@ -305,30 +305,13 @@ def test_option_in_the_same_packet_as_the_tls_finished(secure, pki):
     uvloop's after; tests/unit/test_starttls_loops.py runs both loops.)"""
     r = Raw(secure)
     assert r.ask(C.OPT_STARTTLS) == [C.REP_ACK]
-    ctx = ssl.create_default_context(cafile=pki["ca"].cert)
-    ctx.load_cert_chain(*pki["client"])
-    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = ctx.wrap_bio(inc, out, server_hostname="127.0.0.1")
-    while True:
-        try:
-            tls.do_handshake()
-            break
-        except ssl.SSLWantReadError:
-            if out.pending:
-                r.s.sendall(out.read())
-            inc.write(r.s.recv(65536))
-    tls.write(struct.pack(">QII", C.IHAVEOPT, C.OPT_LIST, 0))
-    r.s.sendall(out.read())          # the client's Finished and LIST in one write
+    tls = BioTLS(r.s, pki["ca"].cert, pki["client"])
+    tls.send_with_finished(struct.pack(">QII", C.IHAVEOPT, C.OPT_LIST, 0))
 
     def recvn(n: int) -> bytes:
         buf = b""
         while len(buf) < n:
-            try:
-                buf += tls.read(n - len(buf))
-            except ssl.SSLWantReadError:
-                got = r.s.recv(65536)
-                assert got, "EOF"
-                inc.write(got)
+            buf += tls.recv(n - len(buf))
         return buf
 
     types = []

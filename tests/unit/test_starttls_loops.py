@@ -14,7 +14,7 @@ import struct
 
 import pytest
 
-from tlskit import CA
+from tlskit import CA, BioTLS
 from vsand import tls as tls_settings
 from vsand.nbd import constants as C
 from vsand.nbd.handshake import Export
@@ -44,32 +44,41 @@ def loops():
     return ["asyncio"] + (["uvloop"] if importlib.util.find_spec("uvloop") else [])
 
 
-def serve(kind: str, pki, client) -> tuple[list, NbdServer]:
-    """Runs ``client(port)`` in a thread against a server with tls require;
-    returns what it returned and the server, once its connections are gone."""
+async def listening(pki) -> tuple[NbdServer, int]:
+    """A server with tls require and verified client certificates, and its port."""
     ca, server_cert, _ = pki
+    srv = NbdServer(Exports(), io_threads=0, tls=tls_settings.load("require", *server_cert, ca.cert, True))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    await srv.listen_socket(sock, inherited=False)
+    return srv, sock.getsockname()[1]
+
+
+def run_on(kind: str, main) -> None:
+    if kind == "uvloop":
+        import uvloop
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
+
+
+def serve(kind: str, pki, client) -> tuple[object, int]:
+    """Runs ``client(port)`` in a thread against ``listening``; returns what it
+    returned and the number of connections the server still has afterwards."""
     result = {}
 
     async def main():
-        tls = tls_settings.load("require", *server_cert, ca.cert, True)
-        srv = NbdServer(Exports(), io_threads=0, tls=tls)
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        await srv.listen_socket(sock, inherited=False)
+        srv, port = await listening(pki)
         loop = asyncio.get_running_loop()
-        result["client"] = await loop.run_in_executor(None, client, sock.getsockname()[1])
+        result["client"] = await loop.run_in_executor(None, client, port)
         deadline = loop.time() + 10
         while srv.connections and loop.time() < deadline:
             await asyncio.sleep(0.01)
         result["left"] = len(srv.connections)
         await srv.stop()
 
-    if kind == "uvloop":
-        import uvloop
-        uvloop.run(main())
-    else:
-        asyncio.run(main())
+    run_on(kind, main)
     return result["client"], result["left"]
 
 
@@ -87,28 +96,11 @@ def test_option_with_the_finished_message_is_answered_in_tls(kind, pki):
 
     def client(port):
         s = greet(port)
-        ctx = ssl.create_default_context(cafile=ca.cert)
-        ctx.load_cert_chain(*client_cert)
-        inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
-        tls = ctx.wrap_bio(inc, out, server_hostname="127.0.0.1")
-        while True:
-            try:
-                tls.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                if out.pending:
-                    s.sendall(out.read())
-                inc.write(s.recv(65536))
-        tls.write(struct.pack(">QII", C.IHAVEOPT, C.OPT_LIST, 0))
-        s.sendall(out.read())            # Finished and LIST in one write
+        tls = BioTLS(s, ca.cert, client_cert)
+        tls.send_with_finished(struct.pack(">QII", C.IHAVEOPT, C.OPT_LIST, 0))
         got = b""
         while not got.endswith(struct.pack(">QIII", OPT_REPLY_MAGIC, C.OPT_LIST, C.REP_ACK, 0)):
-            try:
-                got += tls.read(65536)
-            except ssl.SSLWantReadError:
-                data = s.recv(65536)
-                assert data, f"EOF after {got!r}"
-                inc.write(data)
+            got += tls.recv(65536)
         s.close()
         return got
 
@@ -154,20 +146,14 @@ def test_failed_tls_handshake_ends_the_connection(kind, pki, how):
 def test_shutdown_during_tls_handshake_forgets_the_connection(kind, pki):
     """The server stops while a client is in the middle of its TLS handshake:
     the TLS layer never reports that connection's end, the server must."""
-    ca, server_cert, _ = pki
     left = {}
 
     async def main():
-        tls = tls_settings.load("require", *server_cert, ca.cert, True)
-        srv = NbdServer(Exports(), io_threads=0, tls=tls)
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        await srv.listen_socket(sock, inherited=False)
+        srv, port = await listening(pki)
         loop = asyncio.get_running_loop()
 
         def client():
-            s = greet(sock.getsockname()[1])
+            s = greet(port)
             s.sendall(b"\x16\x03\x01\x02\x00\x01")     # a ClientHello's start, then silence
             s.settimeout(30)
             try:
@@ -186,9 +172,5 @@ def test_shutdown_during_tls_handshake_forgets_the_connection(kind, pki):
         left["n"] = len(srv.connections)
         await done
 
-    if kind == "uvloop":
-        import uvloop
-        uvloop.run(main())
-    else:
-        asyncio.run(main())
+    run_on(kind, main)
     assert left["n"] == 0
