@@ -237,6 +237,8 @@ class Daemon:
             loop.add_signal_handler(sig, self.stop_event.set)
         for sock in listeners.nbd:
             await self.nbd.listen_socket(sock, inherited=listeners.nbd_inherited)
+        if self.tls is not None and all(s.family == socket.AF_UNIX for s in listeners.nbd):
+            log.warning("tls %s has nothing to do: no TCP listener (UNIX sockets stay plain)", cfg.tls)
         await self.control.listen_socket(listeners.control)
         log.info("control listening on %s", cfg.control)
         log.info("serving %d LUN(s): %s", len(self.pool.lds), ", ".join(sorted(self.pool.lds)) or "-")
