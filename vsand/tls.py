@@ -4,7 +4,7 @@ Everything that can be wrong with them (a mode without a certificate, a file tha
 is missing, unreadable or not what it should be, a key that does not match its
 certificate) is found here, before a port is bound or a pool opened, and refuses
 the start with one line. UNIX sockets never use TLS: file permissions guard them
-(server/connection.py gives their handshakes the mode "off").
+(server/starttls.py gives their handshakes the mode "off").
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@ The handshake (nbd/handshake.py) has acknowledged STARTTLS and the connection ha
 queued the ACK on its plain transport. Here the connection stops reading (the
 client's next bytes are its TLS ClientHello, for the TLS layer), asyncio's
 ``start_tls`` runs the TLS handshake on the same socket, and the connection goes
-on over the TLS transport (``NbdConnection.tls_up``): option negotiation starts
-over and, after GO, requests run through the same code as in plain text.
+on over the TLS transport (``_upgrade`` swaps ``conn.transport`` and sets
+``conn.tls`` and ``conn.peer_names``): option negotiation starts over and, after
+GO, requests run through the same code as in plain text.
 
 A TLS handshake that fails (no TLS at all, a certificate the server rejects, a
 client that goes away or takes too long) ends that connection only: one log line
