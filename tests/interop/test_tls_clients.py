@@ -8,6 +8,7 @@ the daemon is alive, logged no traceback, and serves a TLS client."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import ssl
 import struct
@@ -345,6 +346,21 @@ def test_on_serves_plain_and_tls(selective, pki):
     r.starttls(pki)
     assert len(r.read_back()) == 4096
     serves(selective, pki)
+
+
+def test_stop_with_a_tls_client_in_transmission(selective, pki):
+    """SIGTERM drains a TLS connection too (its TLS shutdown included); last test
+    of ``selective``, whose fixture then finds it stopped."""
+    r = Raw(selective)
+    r.starttls(pki)
+    name = LUN.encode()
+    assert r.ask(C.OPT_GO, struct.pack(">I", len(name)) + name + b"\0\0")[-1] == C.REP_ACK
+    selective.proc.send_signal(signal.SIGTERM)
+    assert r.closed()            # the daemon's TLS close_notify, then the client's close
+    r.s.close()
+    assert selective.proc.wait(30) == 0, selective.read_log()
+    log = selective.read_log()
+    assert f"export {LUN} closed: daemon shutdown" in log and "Traceback" not in log, log
 
 
 def test_off_starttls_is_policy(tmp_path):

@@ -23,6 +23,10 @@ from ..peer import cert_names
 
 log = logging.getLogger("vsand.server")
 TLS_HIGH = 64 << 10  # reply bytes the TLS layer may hold before the connection pauses
+# Seconds a closing connection waits for the client's TLS close_notify (the TLS
+# layer's default is 30): the client answers once it has read every reply before
+# it, so a slow reader keeps its last replies as long as the daemon's stop drains.
+SHUTDOWN_WAIT = 10.0
 _upgrading: set = set()      # the running upgrades' tasks (the loop keeps only weak references)
 
 
@@ -62,7 +66,8 @@ def begin(conn, leftover: bytes) -> None:
 async def _upgrade(conn, transport) -> None:
     loop = asyncio.get_running_loop()
     try:
-        tls = await loop.start_tls(transport, conn, conn.server.tls.context, server_side=True)
+        tls = await loop.start_tls(transport, conn, conn.server.tls.context, server_side=True,
+                                   ssl_shutdown_timeout=SHUTDOWN_WAIT)
     except Exception as e:          # noqa: BLE001 (any failure ends this connection only)
         _failed(conn, f"TLS handshake failed: {_reason(e)}")
         return
