@@ -8,6 +8,7 @@ import tomllib
 from dataclasses import dataclass, field, fields
 
 from .access import network
+from .nbd.handshake import TLS_MODES
 from .physical.drive import IO_MODES
 from .server.budget import DEFAULT as MEMORY_BUDGET
 from .units import parse_size
@@ -40,6 +41,11 @@ class Config:
     control_max_connections: int = 64     # control connections at once; more get an error reply
     scrub_interval: int = 30 * 86400      # seconds between scrubs (0 = never); like Debian's monthly mdadm check
     overcommit_warn: float = 1.0          # warn when provisioned space exceeds this x capacity; 0 = off
+    tls: str = "off"                      # NBD over TCP: off, on (STARTTLS offered) or require (vsand/tls.py)
+    tls_cert: str = ""                    # PEM server certificate (chain)
+    tls_key: str = ""                     # PEM private key; "" = in the tls_cert file
+    tls_ca: str = ""                      # PEM CA certificate(s) that sign client certificates
+    tls_verify_peer: bool = False         # require a client certificate signed by tls_ca
 
     def finish(self) -> "Config":
         self.state_dir = os.path.abspath(self.state_dir)
@@ -223,7 +229,9 @@ CHECK = {"state_dir": _text, "drives": _positive, "drive_paths": _paths, "nbd_so
          "io": _io_mode, "io_engine": _io_engine, "drive_error_limit": _positive,
          "drive_timeout": _duration, "control_timeout": _positive_duration,
          "control_max_connections": _positive,
-         "scrub_interval": _duration, "overcommit_warn": _ratio}
+         "scrub_interval": _duration, "overcommit_warn": _ratio,
+         "tls": _choice(TLS_MODES), "tls_cert": _text, "tls_key": _text, "tls_ca": _text,
+         "tls_verify_peer": _on_off}
 
 
 def _flatten(data: dict, where: str) -> dict:
@@ -312,6 +320,16 @@ def load(argv: list[str] | None = None) -> Config:
                     help="warn (in the reply and the log) when LUNs, snapclones and reserved "
                          "snapshots would need more than RATIO x an LDAD's drive space once "
                          "written: 1.0 (the default), 1.5, ... or off")
+    ap.add_argument("--tls", type=_choice(TLS_MODES), metavar="off|on|require",
+                    help="TLS for NBD over TCP (STARTTLS): off (the default), on (offered, plain "
+                         "text still served) or require (nothing is listed or served before TLS); "
+                         "UNIX sockets stay plain")
+    ap.add_argument("--tls-cert", metavar="PEM", help="the server's certificate (chain)")
+    ap.add_argument("--tls-key", metavar="PEM",
+                    help="the server certificate's private key (default: in the --tls-cert file)")
+    ap.add_argument("--tls-ca", metavar="PEM", help="CA certificate(s) that sign client certificates")
+    ap.add_argument("--tls-verify-peer", type=_on_off, metavar="on|off",
+                    help="on: a client must present a certificate signed by --tls-ca (default off)")
     args = ap.parse_args(argv)
     cfg = Config()
     if args.config:

@@ -38,7 +38,7 @@ class Inline(concurrent.futures.Executor):
 class NbdServer:
     def __init__(self, exports, max_connections: int = 1000, idle_timeout: float = 0,
                  memory_budget: int = budget.DEFAULT, io_threads: int = IO_THREADS,
-                 ring=None, allow: Allowlist | None = None):
+                 ring=None, allow: Allowlist | None = None, tls=None):
         """``exports``: lookup(name) -> (Export, BlockDevice) | None, listing() ->
         [Export], begin_flush(), peers(name), changes(name, since), rules(name) (see
         blockdev.Exports). ``allow``: the TCP clients served (access.py); None: all. ``idle_timeout`` 0: never. ``memory_budget``:
@@ -47,9 +47,12 @@ class NbdServer:
         reads that miss the page cache go through it (physical/uring.py: the
         daemon opens it) when the job allows, else to the worker threads; the
         server watches its ``fileno()`` and calls ``reap()``, and closes it once
-        its ``inflight`` reads are done."""
+        its ``inflight`` reads are done. ``tls``: None (STARTTLS is refused) or
+        the TCP listeners' TLS settings (vsand/tls.py: ``mode``, ``context``,
+        ``describe()``); UNIX sockets stay plain."""
         self.exports = exports
         self.allow = allow or Allowlist()
+        self.tls = tls
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
         self.budget = budget.MemoryBudget(memory_budget)
@@ -151,7 +154,8 @@ class NbdServer:
         where = sock.getsockname()
         if not inherited:
             where = f"unix:{where}" if sock.family == socket.AF_UNIX else "%s:%d" % where[:2]
-        log.info("NBD listening on %s%s", "inherited socket " if inherited else "", where)
+        tls = f" ({self.tls.describe()})" if self.tls is not None and sock.family != socket.AF_UNIX else ""
+        log.info("NBD listening on %s%s%s", "inherited socket " if inherited else "", where, tls)
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop accepting, let every connection finish what it has in flight, close."""
