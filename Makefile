@@ -7,8 +7,8 @@ STATE   ?= var/demo
 PYTEST_ARGS ?=
 
 # Debian packages the interop tests drive (real NBD clients, fio, FUSE, filesystems)
-# and the kernel-client test's QEMU guest (tests/kernel).
-DEB_PKGS := libnbd-bin python3-libnbd nbdkit nbdfuse nbd-client qemu-utils fio fuse3 e2fsprogs \
+# and the kernel-client test's QEMU guest (tests/kernel); openssl makes the TLS tests' test CA.
+DEB_PKGS := libnbd-bin python3-libnbd nbdkit nbdfuse nbd-client qemu-utils fio fuse3 e2fsprogs openssl \
             qemu-system-x86 socat busybox-static cpio strace
 
 .PHONY: run test venv deps bench check clean

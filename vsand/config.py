@@ -7,6 +7,8 @@ import os
 import tomllib
 from dataclasses import dataclass, field, fields
 
+from .access import network
+from .nbd.handshake import TLS_MODES
 from .physical.drive import IO_MODES
 from .server.budget import DEFAULT as MEMORY_BUDGET
 from .units import parse_size
@@ -20,6 +22,7 @@ class Config:
     drive_paths: list[str] = field(default_factory=list)   # explicit drives instead
     nbd_socket: str = ""                  # default: STATE_DIR/nbd.sock
     listen: str = "127.0.0.1:10809"       # "" or "none" disables TCP
+    nbd_allow: list[str] = field(default_factory=list)   # TCP clients served (addresses, networks); empty: all
     control: str = ""                     # default: STATE_DIR/control.sock
     default_export: str = ""              # served for the empty export name
     log_level: str = "info"
@@ -38,6 +41,11 @@ class Config:
     control_max_connections: int = 64     # control connections at once; more get an error reply
     scrub_interval: int = 30 * 86400      # seconds between scrubs (0 = never); like Debian's monthly mdadm check
     overcommit_warn: float = 1.0          # warn when provisioned space exceeds this x capacity; 0 = off
+    tls: str = "off"                      # NBD over TCP: off, on (STARTTLS offered) or require (vsand/tls.py)
+    tls_cert: str = ""                    # PEM server certificate (chain)
+    tls_key: str = ""                     # PEM private key; "" = in the tls_cert file
+    tls_ca: str = ""                      # PEM CA certificate(s) that sign client certificates
+    tls_verify_peer: bool = False         # require a client certificate signed by tls_ca
     metrics: str = ""                     # HTTP HOST:PORT for /metrics (a port alone: loopback); "" = off
 
     def finish(self) -> "Config":
@@ -212,6 +220,23 @@ def _metrics(text) -> str:
                                          f"IPv6) or off, not {text!r}") from None
 
 
+def _networks(value) -> list[str]:
+    """A list of addresses and networks (access.network), kept as given."""
+    if not isinstance(value, list):
+        raise argparse.ArgumentTypeError(f"expected a list of addresses or networks, not {value!r}")
+    for v in value:
+        _network(v)
+    return value
+
+
+def _network(text) -> str:
+    try:
+        network(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def _listen(text) -> str:
     """HOST:PORT (IPv6 hosts in brackets), or "" / "none"."""
     t = _text(text).strip()
@@ -225,14 +250,16 @@ def _listen(text) -> str:
 
 
 CHECK = {"state_dir": _text, "drives": _positive, "drive_paths": _paths, "nbd_socket": _text,
-         "listen": _listen, "control": _text, "default_export": _text,
+         "listen": _listen, "nbd_allow": _networks, "control": _text, "default_export": _text,
          "log_level": _choice(LOG_LEVELS), "drive_size": _size, "task_rate_mib": _rate, "task_latency_guard": _on_off,
          "accept_data_loss": _on_off, "max_connections": _positive, "idle_timeout": _count,
          "memory_budget": _size, "io_threads": _count,
          "io": _io_mode, "io_engine": _io_engine, "drive_error_limit": _positive,
          "drive_timeout": _duration, "control_timeout": _positive_duration,
          "control_max_connections": _positive,
-         "scrub_interval": _duration, "overcommit_warn": _ratio, "metrics": _metrics}
+         "scrub_interval": _duration, "overcommit_warn": _ratio, "metrics": _metrics,
+         "tls": _choice(TLS_MODES), "tls_cert": _text, "tls_key": _text, "tls_ca": _text,
+         "tls_verify_peer": _on_off}
 
 
 def _flatten(data: dict, where: str) -> dict:
@@ -270,6 +297,10 @@ def load(argv: list[str] | None = None) -> Config:
     ap.add_argument("--drive", action="append", dest="drive_paths", help="explicit drive path (repeatable)")
     ap.add_argument("--nbd-socket")
     ap.add_argument("--listen", type=_listen, help="TCP HOST:PORT for NBD ('none' to disable)")
+    ap.add_argument("--nbd-allow", type=_network, action="append", metavar="ADDR[/PREFIX]",
+                    help="serve NBD over TCP only to clients from this address or network "
+                         "(repeatable; default: any). Others get ERR_POLICY for every option. "
+                         "UNIX socket clients are governed by the socket's file permissions")
     ap.add_argument("--control", help="control socket path")
     ap.add_argument("--default-export")
     ap.add_argument("--log-level", choices=LOG_LEVELS)
@@ -320,6 +351,16 @@ def load(argv: list[str] | None = None) -> Config:
     ap.add_argument("--metrics", type=_metrics, metavar="HOST:PORT",
                     help="serve Prometheus metrics over HTTP at http://HOST:PORT/metrics (a port "
                          "alone listens on 127.0.0.1; default off)")
+    ap.add_argument("--tls", type=_choice(TLS_MODES), metavar="off|on|require",
+                    help="TLS for NBD over TCP (STARTTLS): off (the default), on (offered, plain "
+                         "text still served) or require (nothing is listed or served before TLS); "
+                         "UNIX sockets stay plain")
+    ap.add_argument("--tls-cert", metavar="PEM", help="the server's certificate (chain)")
+    ap.add_argument("--tls-key", metavar="PEM",
+                    help="the server certificate's private key (default: in the --tls-cert file)")
+    ap.add_argument("--tls-ca", metavar="PEM", help="CA certificate(s) that sign client certificates")
+    ap.add_argument("--tls-verify-peer", type=_on_off, metavar="on|off",
+                    help="on: a client must present a certificate signed by --tls-ca (default off)")
     args = ap.parse_args(argv)
     cfg = Config()
     if args.config:

@@ -12,6 +12,8 @@ import sys
 import time
 
 from . import faults
+from . import tls as tls_settings
+from .access import Allowlist, Rules
 from .config import Config, load
 from .control.handlers import Handlers
 from .control.server import ControlServer
@@ -115,6 +117,10 @@ class Exports:
     def begin_flush(self):
         return self.pool.begin_flush()
 
+    def rules(self, name: str) -> Rules:
+        ld = self.pool.lds.get(self._name(name))
+        return Rules() if ld is None else Rules.of(ld.attrs)
+
     def peers(self, name: str) -> list[str]:
         ld = self.pool.lds.get(self._name(name))
         return [] if ld is None else [p.name for p in diff.peers(ld)]
@@ -163,9 +169,13 @@ class Daemon:
         self.control: ControlServer | None = None
         self.tasks: TaskRunner | None = None
         self.stop_event: asyncio.Event | None = None
+        self.tls: tls_settings.Tls | None = None
 
     async def run(self) -> int:
         cfg = self.cfg
+        # TLS settings need nothing else: a certificate that cannot be used refuses
+        # the start before anything is bound or created.
+        self.tls = tls_settings.load(cfg.tls, cfg.tls_cert, cfg.tls_key, cfg.tls_ca, cfg.tls_verify_peer)
         listeners = Listeners(inherited_sockets())
         fresh = Fresh(cfg.state_dir)
         try:
@@ -221,7 +231,10 @@ class Daemon:
     async def _serve(self, listeners: Listeners, ring: Ring | None) -> int:
         cfg = self.cfg
         self.nbd = NbdServer(Exports(self.pool, cfg.default_export), cfg.max_connections,
-                             cfg.idle_timeout, cfg.memory_budget, cfg.io_threads, ring)
+                             cfg.idle_timeout, cfg.memory_budget, cfg.io_threads, ring,
+                             Allowlist(cfg.nbd_allow), self.tls)
+        if cfg.nbd_allow:
+            log.info("NBD over TCP: only clients from %s", self.nbd.allow)
         self.tasks = TaskRunner(self.pool, default_kinds(self.pool),
                                 Throttle(cfg.task_rate_mib, cfg.task_latency_guard,
                                          foreground=lambda: self.nbd.requests),
@@ -234,6 +247,8 @@ class Daemon:
             loop.add_signal_handler(sig, self.stop_event.set)
         for sock in listeners.nbd:
             await self.nbd.listen_socket(sock, inherited=listeners.nbd_inherited)
+        if self.tls is not None and all(s.family == socket.AF_UNIX for s in listeners.nbd):
+            log.warning("tls %s has nothing to do: no TCP listener (UNIX sockets stay plain)", cfg.tls)
         await self.control.listen_socket(listeners.control)
         log.info("control listening on %s", cfg.control)
         web = None

@@ -1,4 +1,5 @@
-"""Who is at the other end of a UNIX socket: the kernel's word (SO_PEERCRED)."""
+"""Who is at the other end: of a UNIX socket, the kernel's word (SO_PEERCRED); of
+a TLS connection, the names of the client certificate the TLS layer verified."""
 
 from __future__ import annotations
 
@@ -25,3 +26,15 @@ def user_name(uid: int) -> str | None:
         return pwd.getpwuid(uid).pw_name
     except KeyError:                        # a uid without a passwd entry (containers)
         return None
+
+
+def cert_names(cert: dict | None) -> frozenset[str]:
+    """The names a verified client certificate carries, as ``ssl.getpeercert()``
+    returns it: the subject's commonName(s) and the DNS and URI subjectAltName
+    entries. Empty for no certificate, or one nobody verified (``getpeercert()``
+    then returns an empty dict)."""
+    if not cert:
+        return frozenset()
+    names = {value for rdn in cert.get("subject", ()) for key, value in rdn if key == "commonName"}
+    names.update(value for kind, value in cert.get("subjectAltName", ()) if kind in ("DNS", "URI"))
+    return frozenset(names)

@@ -26,13 +26,17 @@ OPT_REPLY_MAGIC = 0x3E889045565A9
 
 # ---- a tiny raw NBD client -------------------------------------------------------------------
 class Conn:
-    def __init__(self, daemon, transport: str = "unix", timeout: float = 10.0):
+    def __init__(self, daemon, transport: str = "unix", timeout: float = 10.0, source: str | None = None,
+                 host: str = "127.0.0.1"):
+        """``source``: the TCP client's own address (any of 127.0.0.0/8 works on Linux);
+        ``host``: the daemon's (``::1`` when it listens there)."""
         if transport == "unix":
             self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self.s.settimeout(timeout)
             self.s.connect(daemon.sock)
         else:
-            self.s = socket.create_connection(("127.0.0.1", daemon.port), timeout=timeout)
+            self.s = socket.create_connection((host, daemon.port), timeout=timeout,
+                                              source_address=(source, 0) if source else None)
             self.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.transport = transport
         self.size = self.flags = 0

@@ -255,7 +255,8 @@ USAGE_ERRORS = [
     (["lun", "resize", "fixed", "0"], "vsanctl: lun resize: argument SIZE: size must be positive"),
     (["lun", "resize", "fixed", "12X"], "not a size: '12X'"),
     (["lun", "resize", "fixed"], "required: SIZE"),
-    (["lun", "set", "fixed"], "vsanctl: lun set: nothing to set (use --read-only on|off, --protect on|off)"),
+    (["lun", "set", "fixed"], "vsanctl: lun set: nothing to set (use --read-only on|off, --protect on|off, "
+                               "--allow-cert, --readonly-for)"),
     (["lun", "set", "fixed", "--read-only", "maybe"], "expected on or off, not 'maybe'"),
     (["lun", "show"], "required: NAME"),
     (["lun", "frobnicate"], "invalid choice: 'frobnicate'"),

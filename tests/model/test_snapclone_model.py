@@ -72,7 +72,7 @@ from commit_faults import (
     run_one_shot,
 )
 from engine_invariants import check_invariants
-from usage_invariants import delete_measured, usage_problems
+from usage_invariants import backing_problems, delete_measured, usage_problems
 from test_snapshot_model import (
     FILLER,
     TIGHT_DRIVE,
@@ -775,6 +775,8 @@ class SnapcloneMachine(RuleBasedStateMachine):
                 assert ld.role.copying and ld.role.reserved, ld.attrs
             elif name in self.independent:
                 assert ld.role is Role.CLONE and not ld.role.reserved, ld.attrs
+            elif name in self.invalid:
+                assert ld.role is Role.INVALID, ld.role
             else:
                 assert ld.role in (Role.LUN, Role.SNAPSHOT, Role.RESERVED_SNAPSHOT), ld.role
                 assert (ld.role.reserved) == (name in self.reserved)
@@ -796,6 +798,7 @@ class SnapcloneMachine(RuleBasedStateMachine):
         problems += accounting_problems(self.pool)
         problems += reservation_problems(self.pool)
         problems += usage_problems(self.pool)
+        problems += backing_problems(self.pool)
         if self.pool.space.reserve_segs and not any(
                 ld.role.reserved for ld in self.pool.lds_by_id.values()):
             problems.append(f"{self.pool.space.reserve_segs} segments reserved without any "

@@ -68,7 +68,7 @@ from commit_faults import (  # noqa: E402
     run_one_shot,
 )
 from engine_invariants import check_invariants  # noqa: E402
-from usage_invariants import delete_measured, usage_problems  # noqa: E402
+from usage_invariants import backing_problems, delete_measured, usage_problems  # noqa: E402
 
 from vsand.disk import diff  # noqa: E402
 from vsand.disk.check import check_pool  # noqa: E402
@@ -673,6 +673,7 @@ class SnapshotMachine(RuleBasedStateMachine):
         problems += check_invariants(self.pool)
         problems += accounting_problems(self.pool)
         problems += usage_problems(self.pool)
+        problems += backing_problems(self.pool)
         assert not problems, "pool invariants violated:\n  " + "\n  ".join(problems)
 
 

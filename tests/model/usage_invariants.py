@@ -5,6 +5,10 @@ tests and the unit tests of the accounting:
   segment reference (the holder of each segment; the unlink rule), shared =
   referenced - exclusive >= 0, allocated is what the LD's map owns, and the LDs'
   allocated sum to the pool's (counted from the RSD tables' free slots).
+- ``backing_problems(pool)``: the free PSEGs of each LDAD cover what its
+  reservations need beyond the free slots of their RSD tables (slots a commit is
+  about to free counted as free): a reserved snapshot or a copying snapclone
+  always finds its space, whatever other LDs allocated meanwhile.
 - ``delete_measured(pool, name)``: deletes ``name`` and returns (its exclusive
   segments before, the segments the pool's allocation went down by): equal
   when the accounting is right.
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 from vsand.disk import sharing, usage
 from vsand.mapping.lmap import ALLOCATED, SP, SS
+from vsand.physical.allocator import RAID_WIDTH
 
 
 def reference(ld) -> tuple[int, int]:
@@ -30,6 +35,27 @@ def reference(ld) -> tuple[int, int]:
             handed = p is not None and mine & SP and not mine & SS and p.l2.get(k) & SS
             excl += not handed
     return ref, excl
+
+
+def backing_problems(pool) -> list[str]:
+    space, per = pool.space, pool.units.rstore_segments
+    freeing: dict[int, int] = {}
+    for t, _, _ in pool.journal.slots:
+        freeing[id(t)] = freeing.get(id(t), 0) + 1
+    for t, idx, _ in pool.journal.bulk_slots:
+        freeing[id(t)] = freeing.get(id(t), 0) + len(idx)
+    need: dict[str, int] = {}
+    for (raid, ldad), n in space.reserve.items():
+        t = space.tables.get((raid, ldad))
+        slots = (t.nfree + freeing.get(id(t), 0)) if t is not None else 0
+        need[ldad] = need.get(ldad, 0) + -(-max(0, n - slots) // per) * RAID_WIDTH[raid]
+    out = []
+    for ldad, psegs in need.items():
+        free = pool.allocator.free_psegs(ldad)
+        if free < psegs:
+            out.append(f"LDAD {ldad}: reservations {dict(space.reserve)} need {psegs} PSEGs "
+                       f"beyond the free slots, {free} are free")
+    return out
 
 
 def usage_problems(pool) -> list[str]:

@@ -25,9 +25,9 @@ PKG_ORDER = ["cli", "control", "server", "tasks", "disk", "mapping", "redundancy
 # package -> packages (and top-level modules) it may import
 ALLOWED = {
     "nbd": {"nbd"},
-    "server": {"server", "nbd", "peer"},      # peer: SO_PEERCRED, stdlib only
+    "server": {"server", "nbd", "peer", "access"},   # peer: SO_PEERCRED; access: rules; stdlib only
     "cli": {"", "control.schema", "control.client", "units", "errors", "disk.check", "cli"},
-    "control": {"control", "disk", "tasks", "errors", "units", "peer"},
+    "control": {"control", "disk", "tasks", "errors", "units", "peer", "access"},
     "web": {"web", "server", "disk", "tasks", "control.schema"},   # reads the daemon; nothing imports it
     "tasks": {"tasks", "errors", "faults", "units"},
     "disk": {"disk", "mapping", "redundancy", "physical", "meta", "errors", "faults", "units"},

@@ -24,3 +24,16 @@ def test_example_config_loads():
     cfg = load(["--config", os.path.join(ROOT, "systemd", "vsand.toml")])
     assert cfg.state_dir == "/var/lib/vsand" and cfg.drives == 8 and cfg.drive_size == 4 << 30
     assert cfg.tcp() == ("127.0.0.1", 10809)
+
+
+def test_example_config_tls_lines_load(tmp_path):
+    """The commented TLS example lines, once uncommented, are valid settings."""
+    from vsand.config import load
+    text = open(os.path.join(ROOT, "systemd", "vsand.toml")).read()
+    lines = [line[2:] if line.startswith("# tls") else line for line in text.splitlines()]
+    assert sum(line.startswith("tls") for line in lines) == 5
+    (tmp_path / "vsand.toml").write_text("\n".join(lines) + "\n")
+    cfg = load(["--config", str(tmp_path / "vsand.toml")])
+    assert (cfg.tls, cfg.tls_cert, cfg.tls_key, cfg.tls_ca, cfg.tls_verify_peer) == (
+        "require", "/etc/vsand/tls/server-cert.pem", "/etc/vsand/tls/server-key.pem",
+        "/etc/vsand/tls/ca-cert.pem", True)

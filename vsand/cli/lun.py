@@ -12,11 +12,14 @@ FORCE_HELP = ("delete although clients are connected (they are disconnected), sn
 SIZE_HELP = ("size with a binary suffix (512M, 4G, 1T) or in bytes; a multiple of the LUN "
              "granularity, 1 MiB")
 KNOWN = {"id", "name", "size", "raid", "ldad", "allocated", "read_only", "protected", "connections", "state",
+         "allow_cert", "readonly_for",
          "reverted_to", "kept_as", "dropped_clients",
          "kind", "origin", "provisioned", "referenced", "exclusive", "shared"}
 # space figures (vsanctl du --help says what each means)
 FIGURES = ("provisioned", "allocated", "referenced", "exclusive", "shared")
-DEFAULT_COLUMNS = ("name", "size", "allocated", "raid", "mode", "ldad", "kind", "state")
+DEFAULT_COLUMNS = ("name", "size", "allocated", "raid", "mode", "access", "ldad", "kind", "state")
+ACCESS_HELP = ("Access rules apply to NBD connections made after the change; UNIX socket "
+               "clients are not subject to them (the socket's file permissions are).")
 
 
 def register(sub, common) -> None:
@@ -89,11 +92,20 @@ def register(sub, common) -> None:
                    help="keep the state before the revert as a snapshot named NEWNAME")
     p.add_argument("--force", action="store_true", help="drop connected clients")
 
-    p = cmd("set", set_, help="change a LUN's attributes", description="Change a LUN's attributes.")
+    p = cmd("set", set_, help="change a LUN's attributes",
+            description="Change a LUN's attributes. " + ACCESS_HELP)
     p.add_argument("name", metavar="NAME")
     p.add_argument("--read-only", type=on_off, metavar="on|off", help="refuse writes from NBD clients")
     p.add_argument("--protect", type=on_off, metavar="on|off",
                    help="refuse to delete it, even with --force (works on snapshots too)")
+    p.add_argument("--allow-cert", type=name_list, metavar="CN[,CN...]",
+                   help="serve it over TCP only to clients whose verified TLS certificate carries "
+                        "one of these names (subject CN or SAN; needs tls_verify_peer on); "
+                        "others are refused it and do not see it listed. '' clears the rule")
+    p.add_argument("--readonly-for", action="append", metavar="ADDR[/PREFIX]|cert:NAME",
+                   help="clients from this address or network, or with this certificate name, "
+                        "see it read-only (repeatable; the entries given replace the list; "
+                        "'' clears it)")
 
 
 # ---- commands ---------------------------------------------------------------------------
@@ -155,10 +167,18 @@ def revert(ctx, a) -> int:
     return ctx.emit(info, render)
 
 
+def name_list(text: str) -> list[str]:
+    """CN[,CN...]; '' is the empty list (the daemon checks each name)."""
+    return [n.strip() for n in text.split(",")] if text.strip() else []
+
+
 def set_(ctx, a) -> int:
-    if a.read_only is None and a.protect is None:
-        usage_error(a, "nothing to set (use --read-only on|off, --protect on|off)")
-    info = ctx.call("lun.set", name=a.name, read_only=a.read_only, protect=a.protect)
+    if a.read_only is None and a.protect is None and a.allow_cert is None and a.readonly_for is None:
+        usage_error(a, "nothing to set (use --read-only on|off, --protect on|off, --allow-cert, "
+                       "--readonly-for)")
+    ro_for = None if a.readonly_for is None else [e.strip() for e in a.readonly_for if e.strip()]
+    info = ctx.call("lun.set", name=a.name, read_only=a.read_only, protect=a.protect,
+                    allow_cert=a.allow_cert, readonly_for=ro_for)
     return ctx.emit(info, lambda i: f"LUN {i['name']} is {mode(i)}"
                     f"{', protected' if i.get('protected') else ''}\n{render_one(i)}")
 
@@ -166,6 +186,13 @@ def set_(ctx, a) -> int:
 # ---- rendering --------------------------------------------------------------------------
 def mode(info: dict) -> str:
     return "read-only" if info.get("read_only") else "read-write"
+
+
+def access(i: dict) -> str:
+    """The access rules in one word-like cell: certs=A,B;ro=NET,cert:C, or -."""
+    parts = [f"certs={','.join(i['allow_cert'])}" if i.get("allow_cert") else "",
+             f"ro={','.join(i['readonly_for'])}" if i.get("readonly_for") else ""]
+    return ";".join(p for p in parts if p) or "-"
 
 
 def allocated(info: dict) -> str:
@@ -208,6 +235,7 @@ COLUMNS = {
     "raid": ("RAID", lambda i, b: f"RAID{i.get('raid')}", False),
     "mode": ("MODE", lambda i, b: ("ro" if i.get("read_only") else "rw")
              + (",protected" if i.get("protected") else ""), False),
+    "access": ("ACCESS", lambda i, b: access(i), False),
     "ldad": ("LDAD", lambda i, b: i.get("ldad", "-"), False),
     "state": ("STATE", lambda i, b: state(i), False),
 }
@@ -238,8 +266,11 @@ def render_one(i: dict) -> str:
     rows += [(f, f"{size(i[f])} ({i[f]} bytes)") for f in FIGURES[2:] if f in i]
     rows += [("kind", kind(i)), ("raid", f"RAID{i.get('raid')}"),
              ("ldad", i.get("ldad", "-")), ("read-only", yes_no(i.get("read_only"))),
-             ("protected", yes_no(i.get("protected"))),
-             ("state", i.get("state", "ok"))]
+             ("protected", yes_no(i.get("protected")))]
+    # access rules (README "Access control"), shown when set
+    rows += [(label, ", ".join(i[k])) for k, label in (("allow_cert", "allowed certs"),
+                                                        ("readonly_for", "read-only for")) if i.get(k)]
+    rows += [("state", i.get("state", "ok"))]
     if "connections" in i:
         rows.append(("connections", i["connections"]))
     rows += [(k.replace("_", "-"), v) for k, v in sorted(i.items()) if k not in KNOWN]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 
+from ..access import rule as access_rule
 from ..disk import snapclone, usage
 from ..disk.diff import diff_extents
 from ..disk.role import Role
@@ -243,11 +244,23 @@ class Handlers:
         return {"name": name, "since": since, "size": newer.size,
                 "extents": [[o, n] for o, n in ext], "changed": sum(n for _, n in ext)}
 
-    def lun_set(self, name, read_only=None, protect=None):
+    def lun_set(self, name, read_only=None, protect=None, allow_cert=None, readonly_for=None):
         attrs = {k: v for k, v in (("read_only", read_only), ("protected", protect)) if v is not None}
-        if not attrs:
-            raise InvalidArgument("nothing to set (use --read-only on|off, --protect on|off)")
-        self.pool.set_attrs(name, **attrs)
+        rules = {k: v for k, v in (("allow_cert", allow_cert), ("readonly_for", readonly_for))
+                 if v is not None}
+        if not attrs and not rules:
+            raise InvalidArgument("nothing to set (use --read-only on|off, --protect on|off, "
+                                  "--allow-cert, --readonly-for)")
+        self.pool.get(name)              # an unknown LD is the error, before a bad rule
+        try:
+            rules = {k: access_rule(k, v) for k, v in rules.items()}
+        except ValueError as e:
+            raise InvalidArgument(str(e)) from None
+        attrs.update({k: v for k, v in rules.items() if v})
+        self.pool.set_attrs(name, drop=[k for k, v in rules.items() if not v], **attrs)
+        if rules:                        # connections keep the access they were given
+            log.info("%s: access rules now %s (new connections)", name,
+                     {k: v or "none" for k, v in rules.items()})
         return self.pool.get(name).info()
 
     def drive_list(self):

@@ -38,7 +38,9 @@ OPS: dict[str, dict[str, tuple[type, bool]]] = {
                    "allow_shrink": (bool, False)},
     "lun.delete": {"name": (str, True), "force": (bool, False)},
     "lun.rename": {"name": (str, True), "new_name": (str, True)},
-    "lun.set": {"name": (str, True), "read_only": (bool, False), "protect": (bool, False)},
+    # allow_cert, readonly_for: replace the LD's access rules ([] clears them; access.py)
+    "lun.set": {"name": (str, True), "read_only": (bool, False), "protect": (bool, False),
+                "allow_cert": (list, False), "readonly_for": (list, False)},
     "lun.revert": {"name": (str, True), "to": (str, True), "keep": (str, False), "force": (bool, False)},
     "drive.list": {},
     "drive.fail": {"index": (int, True)},

@@ -36,7 +36,7 @@ from .detector import Detector
 from .journal import Journal
 from .ld import LogicalDisk
 from .ops import Ops
-from .role import ORIGIN_ATTRS, created_as
+from .role import ACCESS_ATTRS, ORIGIN_ATTRS, created_as
 from .space import Space
 from .transactions import Transactions
 from .verify import check_pool
@@ -362,9 +362,13 @@ class Pool:
         return sorted((ld for ld in self.catalog.by_id.values()
                        if any(ld.attrs.get(k) == name for k in ORIGIN_ATTRS)), key=lambda x: x.name)
 
-    def set_attrs(self, name: str, **attrs) -> None:
+    def set_attrs(self, name: str, drop=(), **attrs) -> None:
+        """Sets ``attrs`` and removes the attributes named in ``drop``, in one record."""
         ld = self.get(name)
-        self.ops.execute({"t": "lda", "id": ld.id, "attrs": attrs})
+        rec = {"t": "lda", "id": ld.id, "attrs": attrs}
+        if drop:
+            rec["drop"] = list(drop)
+        self.ops.execute(rec)
 
     # ---- point-in-time copies (Figs. 9, 13-15) -------------------------------------------
     def snapshot(self, source: str, name: str, reserve: bool = False,
@@ -396,7 +400,8 @@ class Pool:
         # Fig. 9: requests run one at a time on the loop, so none is in flight).
         return self.ops.execute({"t": "snap", "src": x.id, "id": self.catalog.next_id, "name": name,
                                  "role": role.value,
-                                 "attrs": {"snapclone_of" if clone else "snapshot_of": x.name}})
+                                 "attrs": {"snapclone_of" if clone else "snapshot_of": x.name,
+                                           **{k: x.attrs[k] for k in ACCESS_ATTRS if k in x.attrs}}})
 
     def snapclone(self, source: str, name: str) -> LogicalDisk:
         """A snapclone of ``source``, usable at once; BGCOPY (bgcopy_step) makes it

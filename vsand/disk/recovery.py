@@ -146,4 +146,4 @@ def derive_free(pool) -> None:
             sel = free != 0
             free_slots.update(zip(live[sel].tolist(), free[sel].tolist()))
         t.free_ids = np.concatenate(dead).tolist() if dead else []
-        t.free_slots = free_slots
+        t.set_free(free_slots)

@@ -25,6 +25,9 @@ from ..errors import InvalidArgument
 
 # Attributes by which an LD names the LD it was made from (its origin).
 ORIGIN_ATTRS = ("snapshot_of", "snapclone_of")
+# NBD access rules (vsand/access.py ATTRS): a snapshot or snapclone starts with its
+# source's, so a copy of a guarded LUN is not open to everyone
+ACCESS_ATTRS = ("allow_cert", "readonly_for")
 
 
 class Role(str, Enum):

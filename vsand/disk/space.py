@@ -92,11 +92,16 @@ class Space:
         stripe already reads as zeros, so a partial write needs no zeroing first."""
         t = ld.table
         idx = ld.open_rsd
-        got = t.take_slot(idx) if idx is not None else None
-        if got is None:
-            idx = t.any_free()
-            if idx is not None:
-                got = t.take_slot(idx)
+        got = None
+        # The free slots of a table count for its reservations (reserved_psegs): an
+        # allocation without a reservation may take one only while more are left
+        # than are promised; otherwise it needs a new RStore from unreserved PSEGs.
+        if use_reserve or t.nfree > self.reserve.get((t.raid, t.ldad), 0):
+            got = t.take_slot(idx) if idx is not None else None
+            if got is None:
+                idx = t.any_free()
+                if idx is not None:
+                    got = t.take_slot(idx)
         if got is None:
             idx = self.new_rstore(t, use_reserve)
             got = t.take_slot(idx)
@@ -105,7 +110,9 @@ class Space:
 
     def new_rstore(self, t: RsdTable, use_reserve: bool = False) -> int:
         if not use_reserve and self.reserve:
-            if self.allocator.free_psegs(t.ldad) - self.reserved_psegs(t.ldad) < RAID_WIDTH[t.raid]:
+            # counted after the RStore is made and its first slot taken
+            gain = (t.raid, self.units.rstore_segments - 1)
+            if self.allocator.free_psegs(t.ldad) - self.reserved_psegs(t.ldad, gain=gain) < RAID_WIDTH[t.raid]:
                 raise NoSpace("free space is reserved for snapshots")
         placed = self.allocator.alloc_rstore(t.ldad, t.raid)
         if t.raid == 1:
@@ -155,12 +162,9 @@ class Space:
         uniq, inv = np.unique(idx, return_inverse=True)
         masks = np.zeros(len(uniq), dtype=np.int64)
         np.bitwise_or.at(masks, inv, np.left_shift(1, slot))
-        fs = t.free_slots
         full = []
         for i, m in zip(uniq.tolist(), masks.tolist()):
-            m |= fs.get(i, 0)
-            fs[i] = m
-            if m == FULL:
+            if t.put_slots(i, m) == FULL:
                 full.append(i)
         if len(full) < 64:
             for i in full:
@@ -189,13 +193,21 @@ class Space:
         if ld.role.reserved and getattr(ld, "reserve_left", 0) > 0:
             self.promise(ld, ld.reserve_left - 1)
 
-    def reserved_psegs(self, ldad: str, extra: tuple[int, int] | None = None) -> int:
-        """PSEGs the promises in ``ldad`` (plus ``extra`` = (RAID type, segments)) need."""
+    def reserved_psegs(self, ldad: str, extra: tuple[int, int] | None = None,
+                       gain: tuple[int, int] | None = None) -> int:
+        """PSEGs the promises in ``ldad`` (plus ``extra`` = (RAID type, segments)) need
+        beyond the free slots of their tables (plus ``gain`` = (RAID type, slots)
+        about to be added): alloc_segment keeps those slots for them."""
         segs = {r: n for (r, l), n in self.reserve.items() if l == ldad}
         if extra:
             segs[extra[0]] = segs.get(extra[0], 0) + extra[1]
         per = self.units.rstore_segments
-        return sum(-(-n // per) * RAID_WIDTH[r] for r, n in segs.items())
+        out = 0
+        for r, n in segs.items():
+            t = self.tables.get((r, ldad))
+            n -= (t.nfree if t is not None else 0) + (gain[1] if gain and gain[0] == r else 0)
+            out += -(-max(0, n) // per) * RAID_WIDTH[r]
+        return out
 
     def drive_bytes(self, raid: int, size: int) -> int:
         """Drive space ``size`` bytes of RAID ``raid`` take once all written."""
@@ -209,8 +221,7 @@ class Space:
     def check_room(self, ldad: str, raid: int, segments: int) -> None:
         """Raises NoSpace unless ``segments`` more segments could be allocated now."""
         t = self.table(raid, ldad)
-        free_slots = sum(bin(m).count("1") for m in t.free_slots.values())
-        need = max(0, segments - free_slots)
+        need = max(0, segments - t.nfree)
         rstores = -(-need // self.units.rstore_segments)
         need_psegs, free = rstores * RAID_WIDTH[raid], self.allocator.free_psegs(ldad)
         if need_psegs > free:

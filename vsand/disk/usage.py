@@ -127,8 +127,7 @@ def pool_usage(pool) -> dict[str, int]:
     for t in pool.space.tables.values():
         live = len(t.live_indices())
         physical += live * RAID_WIDTH[t.raid]
-        free_slots = sum(bin(m).count("1") for m in t.free_slots.values())
-        used_slots += live * u.rstore_segments - free_slots
+        used_slots += live * u.rstore_segments - t.nfree
     j = pool.journal
     freeing = len(j.slots) + sum(len(idx) for _, idx, _ in j.bulk_slots)
     return {"capacity": capacity, "free": free, "used": capacity - free,

@@ -121,6 +121,9 @@ def check_pool(pool, parity: bool = False) -> list[str]:
             free = t.free_slots.get(idx, 0)
             if free & int(m[idx]):
                 out.append(f"RSD RAID{key[0]}/{key[1]}#{idx}: a used slot is on the free list")
+        counted = sum(m.bit_count() for m in t.free_slots.values())
+        if counted != t.nfree:
+            out.append(f"RSD RAID{key[0]}/{key[1]}: {counted} free slots, counted as {t.nfree}")
     # -- optional: redundancy agrees with data ---------------------------------------
     if parity:
         for ld in pool.catalog.by_id.values():

@@ -48,6 +48,9 @@ class RsdTable:
         self.count = 0               # indices < count have been handed out at least once
         self.free_ids: list[int] = []
         self.free_slots: dict[int, int] = {}  # live RStores with free slots: idx -> bitmask
+        # Their count: reservations are kept in free slots too (Space.reserved_psegs),
+        # and counting the bitmasks at each allocation would cost a pass over them.
+        self.nfree = 0
         self.fresh: dict[int, int] = {}       # free slots known to read as zeros on disk
 
     def _row(self, idx: int) -> np.ndarray:
@@ -69,6 +72,7 @@ class RsdTable:
         assert not self.alive(idx), f"RSD {idx} already alive"
         self._row(idx)[:] = members
         self.free_slots[idx] = 0xFF
+        self.nfree += 8
         return idx
 
     def set_member(self, idx: int, col: int, member: int) -> int:
@@ -95,7 +99,7 @@ class RsdTable:
         for c in np.unique(chunk).tolist():
             self.chunks[c][idx[chunk == c] % CHUNK] = DEAD
         for i in idx.tolist():
-            self.free_slots.pop(i, None)
+            self.nfree -= self.free_slots.pop(i, 0).bit_count()
             self.fresh.pop(i, None)
         return rows
 
@@ -125,7 +129,7 @@ class RsdTable:
         row = self._row(idx)
         old = row.tolist()
         row[:] = DEAD
-        self.free_slots.pop(idx, None)
+        self.nfree -= self.free_slots.pop(idx, 0).bit_count()
         self.fresh.pop(idx, None)
         return old
 
@@ -140,6 +144,7 @@ class RsdTable:
         slot = (mask & -mask).bit_length() - 1
         bit = 1 << slot
         mask &= ~bit
+        self.nfree -= 1
         if mask:
             self.free_slots[idx] = mask
         else:
@@ -156,9 +161,20 @@ class RsdTable:
 
     def put_slot(self, idx: int, slot: int) -> bool:
         """Marks a slot free; True when the whole RStore is now free."""
-        mask = self.free_slots.get(idx, 0) | (1 << slot)
-        self.free_slots[idx] = mask
-        return mask == 0xFF
+        return self.put_slots(idx, 1 << slot) == 0xFF
+
+    def put_slots(self, idx: int, mask: int) -> int:
+        """Marks the slots of ``mask`` free; returns the RStore's free mask."""
+        old = self.free_slots.get(idx, 0)
+        new = old | mask
+        self.free_slots[idx] = new
+        self.nfree += (new & ~old).bit_count()
+        return new
+
+    def set_free(self, free_slots: dict[int, int]) -> None:
+        """The free slots of every live RStore, as recovery derives them."""
+        self.free_slots = free_slots
+        self.nfree = sum(m.bit_count() for m in free_slots.values())
 
     def any_free(self) -> int | None:
         for idx in self.free_slots:

@@ -10,9 +10,26 @@ names one context, or a namespace or prefix ending in ":" (``base:``,
 ``vsand:changed:``), which lists every context under it; SET selects exact names
 only. Names nobody offers are simply not selected (proto.md), never an error.
 
+Access: ``access(export)`` returns the export as this client may use it (read-only
+for some clients), or a string saying why it may not; it is asked at each
+decision, so what the connection learns meanwhile (a TLS client certificate)
+counts. A refused export is left out of LIST; INFO/GO and the meta context options
+get ERR_POLICY; EXPORT_NAME closes. Explicit refusals are kept in ``denied``
+(export name, why; the first per export) for the server to log.
+
 Option handling follows proto.md (see ../shared/NBD-NOTES.md §1.2-1.3): every
 option's data is consumed exactly; one final reply per option; unknown options
 and ones we do not implement get ERR_UNSUP and negotiation goes on.
+
+TLS (NBD-NOTES §1.12, row O4): ``tls`` is the connection's mode, fixed for its
+life: "off" (STARTTLS gets ERR_POLICY), "on" (SELECTIVETLS with every export
+served in plain too: STARTTLS is accepted, nothing ever needs it) or "require"
+(FORCEDTLS: before TLS every option but STARTTLS and ABORT gets ERR_TLS_REQD and
+EXPORT_NAME closes, so nothing is listed or served in plain). An accepted
+STARTTLS ends ``receive`` with its ACK and a ``StartTLS`` outcome: the caller
+sends the ACK, runs the TLS handshake on its transport and calls ``tls_started``
+(or drops the connection when the TLS handshake fails); options then go on inside
+TLS with every earlier negotiation forgotten (structured replies, meta contexts).
 """
 
 from __future__ import annotations
@@ -50,6 +67,17 @@ class Closed:
     reason: str
 
 
+@dataclass
+class StartTLS:
+    """STARTTLS was acknowledged: the TLS handshake comes next on the wire.
+    ``leftover``: bytes the client sent after STARTTLS without waiting for the ACK
+    (plain text where a TLS ClientHello belongs: the caller closes)."""
+    leftover: bytes = b""
+
+
+TLS_MODES = ("off", "on", "require")
+
+
 def transmission_flags(export: Export, structured: bool) -> int:
     f = (C.FLAG_HAS_FLAGS | C.FLAG_SEND_FLUSH | C.FLAG_SEND_FUA | C.FLAG_SEND_TRIM
          | C.FLAG_SEND_WRITE_ZEROES | C.FLAG_SEND_FAST_ZERO | C.FLAG_CAN_MULTI_CONN
@@ -80,7 +108,11 @@ class Handshake:
     listing: Callable[[], list[Export]]
     shutting_down: Callable[[], bool] = lambda: False
     contexts: Callable[[str], list[str]] = lambda name: []   # beyond base:allocation
-    refused: str | None = None     # server policy (too many connections): every option is refused
+    access: Callable[[Export], Export | str] = lambda exp: exp
+    refused: str | None = None     # server policy (too many connections, nbd_allow): every option is refused
+    denied: list[tuple[str, str]] = field(default_factory=list)
+    tls: str = "off"               # TLS_MODES: see the module doc
+    tls_active: bool = False       # the TLS handshake succeeded (tls_started)
     buf: bytearray = field(default_factory=bytearray)
     state: str = "flags"
     no_zeroes: bool = False
@@ -92,7 +124,16 @@ class Handshake:
     def greeting() -> bytes:
         return struct.pack(">QQH", C.NBDMAGIC, C.IHAVEOPT, C.FLAG_FIXED_NEWSTYLE | C.FLAG_NO_ZEROES)
 
-    def receive(self, data: bytes) -> tuple[bytes, Negotiated | Closed | None]:
+    def tls_started(self) -> None:
+        """The transport is TLS now: forget all negotiation done in plain text
+        (proto.md: the client starts over, and a man in the middle may have
+        chosen it). The client's handshake flags stay: they came before options."""
+        self.tls_active = True
+        self.buf.clear()
+        self.structured = False
+        self.meta, self.meta_export = {}, None
+
+    def receive(self, data: bytes) -> tuple[bytes, Negotiated | Closed | StartTLS | None]:
         self.buf += data
         out = []
         while True:
@@ -120,12 +161,13 @@ class Handshake:
             rep, outcome = self._option(opt, data)
             out.append(rep)
             if outcome is not None:
-                if isinstance(outcome, Negotiated):
+                if isinstance(outcome, (Negotiated, StartTLS)):
                     outcome.leftover = bytes(self.buf)
+                    self.buf.clear()
                 return b"".join(out), outcome
 
     # ---- options -----------------------------------------------------------------
-    def _option(self, opt: int, data: bytes) -> tuple[bytes, Negotiated | Closed | None]:
+    def _option(self, opt: int, data: bytes) -> tuple[bytes, Negotiated | Closed | StartTLS | None]:
         if opt == C.OPT_ABORT:
             return reply(opt, C.REP_ACK), Closed("client sent ABORT")
         if self.shutting_down():
@@ -134,6 +176,12 @@ class Handshake:
             if opt == C.OPT_EXPORT_NAME:      # no error reply exists for it: close
                 return b"", Closed(self.refused)
             return error(opt, C.REP_ERR_POLICY, self.refused), None
+        if opt == C.OPT_STARTTLS:
+            return self._starttls(opt, data)
+        if self.tls == "require" and not self.tls_active:
+            if opt == C.OPT_EXPORT_NAME:      # no error reply exists for it: close
+                return b"", Closed("EXPORT_NAME before STARTTLS (TLS is required)")
+            return error(opt, C.REP_ERR_TLS_REQD, "TLS is required: send STARTTLS first"), None
         try:
             if opt == C.OPT_EXPORT_NAME:
                 return self._export_name(data)
@@ -148,13 +196,24 @@ class Handshake:
                 return reply(opt, C.REP_ACK), None
             if opt in (C.OPT_LIST_META_CONTEXT, C.OPT_SET_META_CONTEXT):
                 return self._meta_context(opt, data), None
-            if opt == C.OPT_STARTTLS:
-                if data:
-                    raise _Bad("STARTTLS takes no data")
-                return error(opt, C.REP_ERR_POLICY, "TLS is not configured on this server"), None
             return error(opt, C.REP_ERR_UNSUP, f"option {opt} is not supported"), None
         except _Bad as e:
             return error(opt, C.REP_ERR_INVALID, str(e)), None
+
+    def _allowed(self, exp: Export) -> Export | str:
+        got = self.access(exp)
+        if isinstance(got, str) and all(n != exp.name for n, _ in self.denied):
+            self.denied.append((exp.name, got))
+        return got
+
+    def _starttls(self, opt: int, data: bytes) -> tuple[bytes, StartTLS | None]:
+        if self.tls_active:
+            return error(opt, C.REP_ERR_INVALID, "TLS is already active"), None
+        if data:
+            return error(opt, C.REP_ERR_INVALID, "STARTTLS takes no data"), None
+        if self.tls == "off":
+            return error(opt, C.REP_ERR_POLICY, "TLS is not offered on this listener"), None
+        return reply(opt, C.REP_ACK), StartTLS()
 
     def _export_name(self, data: bytes):
         name = _decode(data)
@@ -162,6 +221,9 @@ class Handshake:
         if exp is None:
             # No error reply exists for EXPORT_NAME: the session ends.
             return b"", Closed(f"EXPORT_NAME for unknown export {name!r}")
+        exp = self._allowed(exp)
+        if isinstance(exp, str):
+            return b"", Closed(f"EXPORT_NAME refused: {exp}")
         flags = transmission_flags(exp, self.structured)
         out = struct.pack(">QH", exp.size, flags)
         if not self.no_zeroes:
@@ -173,6 +235,8 @@ class Handshake:
             raise _Bad("LIST takes no data")
         out = []
         for exp in self.listing():
+            if isinstance(self.access(exp), str):
+                continue          # an export this client may not use is not shown to it
             name = exp.name.encode()
             out.append(reply(opt, C.REP_SERVER, struct.pack(">I", len(name)) + name
                              + exp.description.encode()))
@@ -195,6 +259,9 @@ class Handshake:
         exp = self.lookup(name)
         if exp is None:
             return error(opt, C.REP_ERR_UNKNOWN, f"no export named {name!r}"), None
+        exp = self._allowed(exp)
+        if isinstance(exp, str):
+            return error(opt, C.REP_ERR_POLICY, exp), None
         flags = transmission_flags(exp, self.structured)
         out = [reply(opt, C.REP_INFO, struct.pack(">HQH", C.INFO_EXPORT, exp.size, flags))]
         if C.INFO_NAME in reqs:
@@ -241,6 +308,9 @@ class Handshake:
         exp = self.lookup(name)
         if exp is None:
             return error(opt, C.REP_ERR_UNKNOWN, f"no export named {name!r}")
+        why = self._allowed(exp)
+        if isinstance(why, str):
+            return error(opt, C.REP_ERR_POLICY, why)
         if opt == C.OPT_SET_META_CONTEXT:
             self.meta_export = exp.name   # canonical: "" (default export) matches GO by either name
         offered = [C.BASE_ALLOCATION] + [c for c in self.contexts(exp.name) if c != C.BASE_ALLOCATION]

@@ -48,6 +48,10 @@ class Exports(Protocol):
 
     def listing(self) -> list: ...
 
+    def rules(self, name: str):
+        """Export ``name``'s access rules (access.Rules); empty ones for an unknown name."""
+        ...
+
     def peers(self, name: str) -> list[str]:
         """The LDs export ``name`` can be diffed against (the others of its sharing
         chain); [] for an unknown export."""

@@ -24,6 +24,12 @@ connection: every write checks ``closed`` first.
 Every connection that ends says so in one INFO line with its export, its peer and
 why (``ended``): whoever decides to close records the reason first; a close
 nobody here decided is the client's (or its socket's) doing.
+
+TLS (TCP only; UNIX sockets stay plain): STARTTLS swaps ``transport`` for a TLS one
+(server/starttls.py), the rest runs as in plain text. ``tls`` is True from then on;
+``peer_names`` (frozenset[str]) holds the names of the client certificate TLS verified
+against tls_ca (subject commonName, DNS and URI subjectAltNames), set before any
+option inside TLS is read; empty without TLS or without a verified certificate.
 """
 
 from __future__ import annotations
@@ -32,10 +38,12 @@ import asyncio
 import logging
 from time import perf_counter     # latencies: the loop's clock may be cached per iteration (uvloop)
 
+from ..access import Client, address_of
 from ..nbd import constants as C
 from ..peer import credentials
 from ..nbd import wire
-from ..nbd.handshake import Closed, Handshake, Negotiated
+from ..nbd.handshake import Closed, Handshake, Negotiated, StartTLS
+from . import starttls
 from .budget import Share
 from .reads import Broken, Reads
 from .writes import Writes
@@ -64,7 +72,7 @@ class NbdConnection(asyncio.BufferedProtocol):
         self.transport = None
         self.closed = False
         self.hs = Handshake(server.lookup_export, server.list_exports, lambda: server.stopping,
-                            contexts=server.contexts)
+                            contexts=server.contexts, access=self._access)
         self._hsbuf = bytearray(16384)   # options longer than this arrive over several recvs
         self.reader: wire.RequestReader | None = None
         self.dev = None
@@ -90,17 +98,23 @@ class NbdConnection(asyncio.BufferedProtocol):
         self.stats = None         # the export's stats.ExportStats, once negotiated
         self.t0 = 0.0             # perf_counter() when the request being handled was taken
         self.peer = "?"
+        self.address = None       # a TCP client's address (access.py); None: UNIX socket
+        self._logged = 0          # export refusals (hs.denied) logged so far
         self.why: str | None = None   # why the daemon closes it (None: the client did)
+        self.tls, self.peer_names = False, frozenset()   # see the module doc
+        self.tls_pending: bytearray | None = None   # during STARTTLS: bytes read inside TLS early
 
     # ---- asyncio callbacks ---------------------------------------------------------
     def connection_made(self, transport):
         self.transport = transport
         self.peer = describe_peer(transport)
-        why = self.server.refusal()
+        self.address = address_of(transport.get_extra_info("peername"))
+        why = self.server.refusal(Client(self.address, self.peer_names))
         if why is not None:
             log.warning("connection %s refused: %s", self.peer, why)
             self.hs.refused = why
             self.server.stats.refused += 1
+        self.hs.tls = starttls.mode(self.server.tls, transport)
         self.server.connections.add(self)
         # Backpressure (see the module doc): paused as soon as the transport keeps
         # any reply bytes, resumed once it keeps none, which frees them all.
@@ -112,6 +126,8 @@ class NbdConnection(asyncio.BufferedProtocol):
         self._clock, self._soon = loop.time, loop.call_soon
 
     def connection_lost(self, exc):
+        if self.closed:      # a failed STARTTLS may end it twice (tls_failed, the TLS layer)
+            return
         self.ended(exc)
         self.closed = True
         self.server.connections.discard(self)
@@ -208,13 +224,25 @@ class NbdConnection(asyncio.BufferedProtocol):
         if self.reader is None and not self.closed:
             self.abort(f"handshake not finished within {HANDSHAKE_TIMEOUT:g} s")
 
+    def _access(self, exp):
+        # the names are read now: TLS may have verified a certificate since the greeting
+        return self.server.access(exp, Client(self.address, self.peer_names))
+
     def _handshake(self, data: bytes) -> None:
+        if self.tls_pending is not None:    # the TLS layer read it before start_tls returned
+            self.tls_pending += data
+            return
         out, outcome = self.hs.receive(data)
+        for name, why in self.hs.denied[self._logged:]:
+            log.warning("connection %s refused export %s: %s", self.peer, name or "''", why)
+        self._logged = len(self.hs.denied)
         if out:
             self.transport.write(out)
         if isinstance(outcome, Closed):
             self.why = self.why or f"handshake ended: {outcome.reason}"
             self.transport.close()     # sends what is buffered first
+        elif isinstance(outcome, StartTLS):
+            starttls.begin(self, outcome.leftover)
         elif isinstance(outcome, Negotiated):
             self._timer.cancel()
             self._hsbuf = None

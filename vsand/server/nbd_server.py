@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import socket
 
+from ..access import Allowlist, Client
 from ..nbd.handshake import Export
 from . import budget, contexts
 from .committer import Committer
@@ -38,16 +39,21 @@ class Inline(concurrent.futures.Executor):
 class NbdServer:
     def __init__(self, exports, max_connections: int = 1000, idle_timeout: float = 0,
                  memory_budget: int = budget.DEFAULT, io_threads: int = IO_THREADS,
-                 ring=None):
+                 ring=None, allow: Allowlist | None = None, tls=None):
         """``exports``: lookup(name) -> (Export, BlockDevice) | None, listing() ->
-        [Export], begin_flush(), peers(name), changes(name, since) (see blockdev.Exports). ``idle_timeout`` 0: never. ``memory_budget``:
+        [Export], begin_flush(), peers(name), changes(name, since), rules(name) (see
+        blockdev.Exports). ``allow``: the TCP clients served (access.py); None: all. ``idle_timeout`` 0: never. ``memory_budget``:
         bytes shared by all connections beyond their floors (server/budget.py).
         ``io_threads`` 0: drive I/O runs on the loop, one call at a time. ``ring``:
         reads that miss the page cache go through it (physical/uring.py: the
         daemon opens it) when the job allows, else to the worker threads; the
         server watches its ``fileno()`` and calls ``reap()``, and closes it once
-        its ``inflight`` reads are done."""
+        its ``inflight`` reads are done. ``tls``: None (STARTTLS is refused) or
+        the TCP listeners' TLS settings (vsand/tls.py: ``mode``, ``context``,
+        ``describe()``); UNIX sockets stay plain."""
         self.exports = exports
+        self.allow = allow or Allowlist()
+        self.tls = tls
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
         self.budget = budget.MemoryBudget(memory_budget)
@@ -71,6 +77,18 @@ class NbdServer:
 
     def list_exports(self) -> list[Export]:
         return self.exports.listing()
+
+    def access(self, exp: Export, client: Client) -> Export | str:
+        """Export ``exp`` as ``client`` may use it, or why it may not (access.py).
+        Rules are read now, so a change applies to the next decision."""
+        try:
+            why, read_only = self.exports.rules(exp.name).check(client)
+        except ValueError as e:          # a rule the daemon cannot read refuses, never serves
+            log.error("export %s: unreadable access rules: %s", exp.name, e)
+            return "the export's access rules cannot be read"
+        if why is not None:
+            return why
+        return dataclasses.replace(exp, read_only=True) if read_only and not exp.read_only else exp
 
     def device(self, name: str):
         return self.exports.lookup(name)[1]
@@ -106,8 +124,10 @@ class NbdServer:
         """Export ``name`` is gone (deleted): its figures go with it."""
         self.stats.forget(name)
 
-    def refusal(self) -> str | None:
+    def refusal(self, client: Client) -> str | None:
         """Why a new connection is refused, or None."""
+        if not self.allow.admits(client):
+            return f"address {client.address} is not allowed on this listener (nbd_allow)"
         if len(self.connections) >= self.max_connections:
             return f"too many connections (the limit is {self.max_connections})"
         return None
@@ -141,7 +161,8 @@ class NbdServer:
         where = sock.getsockname()
         if not inherited:
             where = f"unix:{where}" if sock.family == socket.AF_UNIX else "%s:%d" % where[:2]
-        log.info("NBD listening on %s%s", "inherited socket " if inherited else "", where)
+        tls = f" ({self.tls.describe()})" if self.tls is not None and sock.family != socket.AF_UNIX else ""
+        log.info("NBD listening on %s%s%s", "inherited socket " if inherited else "", where, tls)
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop accepting, let every connection finish what it has in flight, close."""
