@@ -6,10 +6,10 @@ STAMP   := $(VENV)/.installed
 STATE   ?= var/demo
 PYTEST_ARGS ?=
 
-# Debian packages the interop tests drive (real NBD clients, fio, FUSE, filesystems)
-# and the kernel-client test's QEMU guest (tests/kernel).
+# Debian packages the interop tests drive (real NBD clients, fio, FUSE, filesystems),
+# the kernel-client test's QEMU guest (tests/kernel) and the status page's browser test.
 DEB_PKGS := libnbd-bin python3-libnbd nbdkit nbdfuse nbd-client qemu-utils fio fuse3 e2fsprogs \
-            qemu-system-x86 socat busybox-static cpio strace
+            qemu-system-x86 socat busybox-static cpio strace chromium chromium-driver
 
 .PHONY: run test venv deps bench check clean
 

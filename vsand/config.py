@@ -38,6 +38,7 @@ class Config:
     control_max_connections: int = 64     # control connections at once; more get an error reply
     scrub_interval: int = 30 * 86400      # seconds between scrubs (0 = never); like Debian's monthly mdadm check
     overcommit_warn: float = 1.0          # warn when provisioned space exceeds this x capacity; 0 = off
+    metrics: str = ""                     # HTTP HOST:PORT of the status page; "" = off
 
     def finish(self) -> "Config":
         self.state_dir = os.path.abspath(self.state_dir)
@@ -45,6 +46,8 @@ class Config:
         self.control = self.control or os.path.join(self.state_dir, "control.sock")
         if self.listen.lower() == "none":
             self.listen = ""
+        if self.metrics.lower() == "none":
+            self.metrics = ""
         return self
 
     def tcp(self) -> tuple[str, int] | None:
@@ -204,7 +207,7 @@ CHECK = {"state_dir": _text, "drives": _positive, "drive_paths": _paths, "nbd_so
          "io": _io_mode, "io_engine": _io_engine, "drive_error_limit": _positive,
          "drive_timeout": _duration, "control_timeout": _positive_duration,
          "control_max_connections": _positive,
-         "scrub_interval": _duration, "overcommit_warn": _ratio}
+         "scrub_interval": _duration, "overcommit_warn": _ratio, "metrics": _listen}
 
 
 def _flatten(data: dict, where: str) -> dict:
@@ -289,6 +292,8 @@ def load(argv: list[str] | None = None) -> Config:
                     help="warn (in the reply and the log) when LUNs, snapclones and reserved "
                          "snapshots would need more than RATIO x an LDAD's drive space once "
                          "written: 1.0 (the default), 1.5, ... or off")
+    ap.add_argument("--metrics", type=_listen, metavar="HOST:PORT",
+                    help="serve the status page over HTTP on HOST:PORT (loopback; off by default)")
     args = ap.parse_args(argv)
     cfg = Config()
     if args.config:

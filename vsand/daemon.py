@@ -28,6 +28,7 @@ from .tasks import LEVEL, REBUILD, SCRUB, TaskRunner, Throttle, default_kinds
 from .tasks.rebuild import TARGET as WHOLE_POOL
 from .tasks.scrub import LAST as SCRUB_LAST
 from .units import format_size
+from .web import server
 
 log = logging.getLogger("vsand")
 
@@ -234,6 +235,7 @@ class Daemon:
             await self.nbd.listen_socket(sock, inherited=listeners.nbd_inherited)
         await self.control.listen_socket(listeners.control)
         log.info("control listening on %s", cfg.control)
+        web = await server.start(self, cfg.metrics) if cfg.metrics else None
         log.info("serving %d LUN(s): %s", len(self.pool.lds), ", ".join(sorted(self.pool.lds)) or "-")
         resumed = self.tasks.resume()
         if resumed:
@@ -250,6 +252,8 @@ class Daemon:
         sd_notify("STOPPING=1")
         if scrubs is not None:
             scrubs.cancel()
+        if web is not None:
+            await web.cleanup()
         await self.tasks.stop()        # at a step boundary; they resume at the next start
         await self.nbd.stop()
         await self.control.close()
