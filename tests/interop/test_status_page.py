@@ -136,10 +136,11 @@ class Events:
         self.resp = self.conn.getresponse()
         assert self.resp.status == 200 and self.resp.headers["Content-Type"] == "text/event-stream"
 
-    def next(self) -> dict:
-        """The next data event's JSON (pings skipped)."""
+    def next(self, deadline: float) -> dict:
+        """The next data event's JSON (pings skipped), before ``deadline`` (monotonic)."""
         kind, data = "message", []
         while True:
+            assert time.monotonic() < deadline, "no event came in time"
             line = self.resp.readline().decode().rstrip("\n")
             if line.startswith("event: "):
                 kind = line[7:]
@@ -161,11 +162,11 @@ def names(st: dict) -> set[str]:
 def test_events_bring_a_new_snapshot(web):
     ev = Events(web)
     try:
-        assert "vol-s3" not in names(ev.next())
-        ctl(web, "snapshot", "create", "vol", "vol-s3")
         deadline = time.monotonic() + 10
-        while "vol-s3" not in names(st := ev.next()):
-            assert time.monotonic() < deadline, "no event brought vol-s3"
+        assert "vol-s3" not in names(ev.next(deadline))
+        ctl(web, "snapshot", "create", "vol", "vol-s3")
+        while "vol-s3" not in names(st := ev.next(deadline)):
+            pass
         assert ("vol", "vol-s3") in {(p, n["name"]) for p, n in flatten(st["trees"])}
     finally:
         ev.close()
