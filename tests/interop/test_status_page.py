@@ -115,6 +115,10 @@ def test_only_get_is_served(web):
             with pytest.raises(urllib.error.HTTPError) as e:
                 get(web, path, method)
             assert e.value.code == 405, (method, path)
+    assert get(web, "/api/status", "HEAD")[2] == b""
+    with pytest.raises(urllib.error.HTTPError) as e:
+        get(web, "/events", "HEAD")
+    assert e.value.code == 405
     assert js(web, "lun", "list") == before
 
 

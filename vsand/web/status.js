@@ -164,6 +164,7 @@ async function poll() {
 }
 
 function listen() {
+  streamed = Date.now();         // a new stream has STALE_MS to bring something
   stream = new EventSource("events");
   stream.onmessage = (e) => { streamed = Date.now(); got(JSON.parse(e.data), "live"); };
   stream.addEventListener("ping", () => { streamed = heard = Date.now(); });
@@ -172,7 +173,7 @@ function listen() {
 // The browser reconnects a dropped stream by itself, but gives up on one that
 // was refused (e.g. 503 while the daemon starts): a new one is opened then.
 function watch() {
-  if (Date.now() - streamed <= STALE_MS) return;
+  if (heard && Date.now() - streamed <= STALE_MS) return;     // nothing shown yet: ask
   poll();
   if (window.EventSource && (!stream || stream.readyState === EventSource.CLOSED)) listen();
 }

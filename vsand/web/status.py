@@ -7,8 +7,8 @@
                        about once a second; a "ping" event every few seconds
                        otherwise, so the page can tell a quiet daemon from a dead one
 
-Read-only: only GET (and the HEAD aiohttp adds) is routed, so any other method gets
-405; nothing here calls anything that changes the pool. Everything runs on the
+Read-only: only GET (and HEAD, but for the stream) is routed, so any other method
+gets 405; nothing here calls anything that changes the pool. Everything runs on the
 daemon's event loop between NBD requests: the JSON is built once per tick for
 all open event streams together, and only while someone watches.
 """
@@ -45,7 +45,7 @@ def add_routes(app: web.Application, daemon) -> None:
     for path, (name, kind) in ASSETS.items():
         app.router.add_get(path, _asset(name, kind))
     app.router.add_get("/api/status", _guard(feed.status))
-    app.router.add_get("/events", _guard(feed.events))
+    app.router.add_get("/events", _guard(feed.events), allow_head=False)   # a stream has no head
     app.on_shutdown.append(feed.close)
 
 
