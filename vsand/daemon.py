@@ -28,7 +28,6 @@ from .tasks import LEVEL, REBUILD, SCRUB, TaskRunner, Throttle, default_kinds
 from .tasks.rebuild import TARGET as WHOLE_POOL
 from .tasks.scrub import LAST as SCRUB_LAST
 from .units import format_size
-from .web import server
 
 log = logging.getLogger("vsand")
 
@@ -235,7 +234,10 @@ class Daemon:
             await self.nbd.listen_socket(sock, inherited=listeners.nbd_inherited)
         await self.control.listen_socket(listeners.control)
         log.info("control listening on %s", cfg.control)
-        web = await server.start(self, cfg.metrics) if cfg.metrics else None
+        web = None
+        if cfg.metrics:
+            from .web import server      # aiohttp takes ~0.35 s to import: only when asked for
+            web = await server.start(self, cfg.metrics)
         log.info("serving %d LUN(s): %s", len(self.pool.lds), ", ".join(sorted(self.pool.lds)) or "-")
         resumed = self.tasks.resume()
         if resumed:
