@@ -83,16 +83,12 @@ class Feed:
         self.closing = asyncio.Event()
         self.text = ""
         self.at = float("-inf")
-        self.build_seconds = 0.0       # the last build's time on the loop
 
     def build(self) -> str:
         d = self.daemon
         if d.pool is None or d.tasks is None:
             raise web.HTTPServiceUnavailable(text="vsand is starting\n")
-        t0 = time.perf_counter()
-        text = json.dumps(view.build(d), separators=(",", ":"), default=str)
-        self.build_seconds = time.perf_counter() - t0
-        return text
+        return json.dumps(view.build(d), separators=(",", ":"), default=str)
 
     def tick(self) -> str:
         """The JSON, built again when the last build is a tick old."""
