@@ -100,6 +100,8 @@ function tree(nodes) {
     li.dataset.kind = n.kind;
     li.append(el("span", "name", n.name), el("span", "badge", n.kind));
     if (n.state !== "ok") li.append(el("span", `badge ${n.state.split(" ")[0]}`, n.state));
+    if (n.read_only) li.append(el("span", "badge", "read-only"));
+    if (n.protected) li.append(el("span", "badge", "protected"));
     const meter = el("span", "meter");
     const fill = el("i");
     fill.style.width = `${n.size ? Math.min(100, 100 * n.allocated / n.size) : 0}%`;
