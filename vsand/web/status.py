@@ -50,11 +50,12 @@ def add_routes(app: web.Application, daemon) -> None:
 
 
 def _asset(name: str, kind: str):
-    path = os.path.join(HERE, name)
+    # read once: no disk I/O on the loop, and a package upgraded under a running
+    # daemon does not serve a page newer than the JSON it reads
+    with open(os.path.join(HERE, name), "rb") as f:
+        body = f.read()
 
     async def serve(request: web.Request) -> web.Response:
-        with open(path, "rb") as f:       # small, and read per request: an edit shows at reload
-            body = f.read()
         return web.Response(body=body, content_type=kind, charset="utf-8", headers=HEADERS)
     return _guard(serve)
 
