@@ -46,6 +46,7 @@ class Config:
     tls_key: str = ""                     # PEM private key; "" = in the tls_cert file
     tls_ca: str = ""                      # PEM CA certificate(s) that sign client certificates
     tls_verify_peer: bool = False         # require a client certificate signed by tls_ca
+    metrics: str = ""                     # HTTP HOST:PORT of the status page; "" = off
 
     def finish(self) -> "Config":
         self.state_dir = os.path.abspath(self.state_dir)
@@ -53,6 +54,8 @@ class Config:
         self.control = self.control or os.path.join(self.state_dir, "control.sock")
         if self.listen.lower() == "none":
             self.listen = ""
+        if self.metrics.lower() == "none":
+            self.metrics = ""
         return self
 
     def tcp(self) -> tuple[str, int] | None:
@@ -231,7 +234,7 @@ CHECK = {"state_dir": _text, "drives": _positive, "drive_paths": _paths, "nbd_so
          "control_max_connections": _positive,
          "scrub_interval": _duration, "overcommit_warn": _ratio,
          "tls": _choice(TLS_MODES), "tls_cert": _text, "tls_key": _text, "tls_ca": _text,
-         "tls_verify_peer": _on_off}
+         "tls_verify_peer": _on_off, "metrics": _listen}
 
 
 def _flatten(data: dict, where: str) -> dict:
@@ -330,6 +333,8 @@ def load(argv: list[str] | None = None) -> Config:
     ap.add_argument("--tls-ca", metavar="PEM", help="CA certificate(s) that sign client certificates")
     ap.add_argument("--tls-verify-peer", type=_on_off, metavar="on|off",
                     help="on: a client must present a certificate signed by --tls-ca (default off)")
+    ap.add_argument("--metrics", type=_listen, metavar="HOST:PORT",
+                    help="serve the status page over HTTP on HOST:PORT (loopback; off by default)")
     args = ap.parse_args(argv)
     cfg = Config()
     if args.config:

@@ -249,6 +249,10 @@ class Daemon:
             log.warning("tls %s has nothing to do: no TCP listener (UNIX sockets stay plain)", cfg.tls)
         await self.control.listen_socket(listeners.control)
         log.info("control listening on %s", cfg.control)
+        web = None
+        if cfg.metrics:
+            from .web import server      # aiohttp takes ~0.35 s to import: only when asked for
+            web = await server.start(self, cfg.metrics)
         log.info("serving %d LUN(s): %s", len(self.pool.lds), ", ".join(sorted(self.pool.lds)) or "-")
         resumed = self.tasks.resume()
         if resumed:
@@ -265,6 +269,8 @@ class Daemon:
         sd_notify("STOPPING=1")
         if scrubs is not None:
             scrubs.cancel()
+        if web is not None:
+            await web.cleanup()
         await self.tasks.stop()        # at a step boundary; they resume at the next start
         await self.nbd.stop()
         await self.control.close()

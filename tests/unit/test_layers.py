@@ -27,6 +27,7 @@ ALLOWED = {
     "nbd": {"nbd"},
     "server": {"server", "nbd", "peer", "access"},   # peer: SO_PEERCRED; access: rules; stdlib only
     "cli": {"", "control.schema", "control.client", "units", "errors", "disk.check", "cli"},
+    "web": {"web", "control.handlers", "disk", "tasks", "listeners", "errors"},
     "control": {"control", "disk", "tasks", "errors", "units", "peer", "access"},
     "tasks": {"tasks", "errors", "faults", "units"},
     "disk": {"disk", "mapping", "redundancy", "physical", "meta", "errors", "faults", "units"},
