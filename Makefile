@@ -6,10 +6,11 @@ STAMP   := $(VENV)/.installed
 STATE   ?= var/demo
 PYTEST_ARGS ?=
 
-# Debian packages the interop tests drive (real NBD clients, fio, FUSE, filesystems)
-# and the kernel-client test's QEMU guest (tests/kernel); openssl makes the TLS tests' test CA.
+# Debian packages the interop tests drive (real NBD clients, fio, FUSE, filesystems),
+# the kernel-client test's QEMU guest (tests/kernel), the TLS tests' test CA (openssl)
+# and the status page's browser test (chromium).
 DEB_PKGS := libnbd-bin python3-libnbd nbdkit nbdfuse nbd-client qemu-utils fio fuse3 e2fsprogs openssl \
-            qemu-system-x86 socat busybox-static cpio strace
+            qemu-system-x86 socat busybox-static cpio strace chromium chromium-driver
 
 .PHONY: run test venv deps bench check clean
 

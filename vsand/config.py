@@ -46,7 +46,7 @@ class Config:
     tls_key: str = ""                     # PEM private key; "" = in the tls_cert file
     tls_ca: str = ""                      # PEM CA certificate(s) that sign client certificates
     tls_verify_peer: bool = False         # require a client certificate signed by tls_ca
-    metrics: str = ""                     # HTTP HOST:PORT for /metrics (a port alone: loopback); "" = off
+    metrics: str = ""                     # HTTP HOST:PORT of /metrics and the status page; "" = off
 
     def finish(self) -> "Config":
         self.state_dir = os.path.abspath(self.state_dir)
@@ -349,8 +349,9 @@ def load(argv: list[str] | None = None) -> Config:
                          "snapshots would need more than RATIO x an LDAD's drive space once "
                          "written: 1.0 (the default), 1.5, ... or off")
     ap.add_argument("--metrics", type=_metrics, metavar="HOST:PORT",
-                    help="serve Prometheus metrics over HTTP at http://HOST:PORT/metrics (a port "
-                         "alone listens on 127.0.0.1; default off)")
+                    help="serve Prometheus metrics (http://HOST:PORT/metrics) and the status page "
+                         "(http://HOST:PORT/) over HTTP; a port alone listens on 127.0.0.1; "
+                         "default off")
     ap.add_argument("--tls", type=_choice(TLS_MODES), metavar="off|on|require",
                     help="TLS for NBD over TCP (STARTTLS): off (the default), on (offered, plain "
                          "text still served) or require (nothing is listed or served before TLS); "

@@ -1,7 +1,7 @@
 """The HTTP listener: one aiohttp application on the daemon's event loop.
 
-``make_app`` is the one place that builds the application (its routes: /metrics
-here, the status page's at merge). ``WebListener`` serves it on the sockets
+``make_app`` is the one place that builds the application: /metrics here, the
+status page's routes (status.py). ``WebListener`` serves it on the sockets
 listeners.py bound before the pool was opened, so a port in use refused the
 start in one line before anything was created.
 """
@@ -16,6 +16,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from ..server.stats import Latency
+from . import status
 from .metrics import VsandCollector
 
 log = logging.getLogger("vsand.web")
@@ -63,7 +64,7 @@ async def _metrics(request: web.Request) -> web.Response:
 
 def make_app(daemon) -> web.Application:
     """The application of ``daemon`` (its ``pool``, ``nbd`` and ``tasks``, read at
-    request time): GET /metrics in the Prometheus text format."""
+    request time): GET /metrics in the Prometheus text format, and the status page."""
     app = web.Application()
     lag = LagProbe()
     registry = CollectorRegistry()
@@ -78,6 +79,7 @@ def make_app(daemon) -> web.Application:
 
     app.cleanup_ctx.append(probe)
     app.router.add_get("/metrics", _metrics)
+    status.add_routes(app, daemon)
     return app
 
 
@@ -90,12 +92,15 @@ class WebListener:
         self.runner: web.AppRunner | None = None
 
     async def start(self) -> None:
-        self.runner = web.AppRunner(make_app(self.daemon), access_log=None, handle_signals=False)
+        # shutdown_timeout: status page event streams stay open until the stop ends them
+        self.runner = web.AppRunner(make_app(self.daemon), access_log=None, handle_signals=False,
+                                    shutdown_timeout=5)
         await self.runner.setup()
         for s in self.socks:
             await web.SockSite(self.runner, s).start()
             host, port = s.getsockname()[:2]
-            log.info("metrics listening on http://%s:%d/metrics", f"[{host}]" if ":" in host else host, port)
+            where = f"{f'[{host}]' if ':' in host else host}:{port}"
+            log.info("metrics listening on http://%s/metrics, status page on http://%s/", where, where)
 
     async def stop(self) -> None:
         if self.runner is not None:
