@@ -38,3 +38,13 @@ def cert_names(cert: dict | None) -> frozenset[str]:
     names = {value for rdn in cert.get("subject", ()) for key, value in rdn if key == "commonName"}
     names.update(value for kind, value in cert.get("subjectAltName", ()) if kind in ("DNS", "URI"))
     return frozenset(names)
+
+
+def describe_peer(transport) -> str:
+    """``127.0.0.1:40522``, or for a UNIX socket the client's process: ``unix pid=7 uid=0``."""
+    name = transport.get_extra_info("peername")
+    if isinstance(name, tuple) and len(name) >= 2:
+        host = name[0]
+        return f"[{host}]:{name[1]}" if ":" in host else f"{host}:{name[1]}"
+    cred = credentials(transport.get_extra_info("socket"))
+    return f"unix pid={cred[0]} uid={cred[1]}" if cred else "unix"

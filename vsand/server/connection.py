@@ -40,10 +40,10 @@ from time import perf_counter     # latencies: the loop's clock may be cached pe
 
 from ..access import Client, address_of
 from ..nbd import constants as C
-from ..peer import credentials
+from ..peer import describe_peer
 from ..nbd import wire
 from ..nbd.handshake import Closed, Handshake, Negotiated, StartTLS
-from . import starttls
+from . import contexts, starttls
 from .budget import Share
 from .reads import Broken, Reads
 from .writes import Writes
@@ -426,7 +426,7 @@ class NbdConnection(asyncio.BufferedProtocol):
             elif cmd == C.CMD_WRITE_ZEROES:
                 dev.write_zeroes(off, length, not flags & C.CMD_FLAG_NO_HOLE)
             elif cmd == C.CMD_BLOCK_STATUS:
-                out.append(self._block_status(flags, cookie, off, length))
+                out.append(contexts.reply(self.statuses, flags, cookie, off, length))
                 st.took(cmd, perf_counter() - t0)
                 return
             # CACHE: the page cache already holds what was read; nothing to do.
@@ -458,19 +458,6 @@ class NbdConnection(asyncio.BufferedProtocol):
         else:
             out.append(wire.simple(cookie))
             self.stats.took(cmd, perf_counter() - t0)
-
-    def _block_status(self, flags, cookie, off, length) -> bytes:
-        """One chunk per selected context (server/contexts.py), all built before
-        any is sent: a context that fails makes the whole request an error."""
-        chunks = []
-        for cid, status in self.statuses:
-            extents = status(off, max(length, 1))
-            if flags & C.CMD_FLAG_REQ_ONE:
-                n, f = extents[0]
-                extents = [(min(n, length) or 1, f)]
-            chunks.append((cid, extents))
-        return b"".join(wire.block_status_chunk(cookie, cid, extents, i == len(chunks) - 1)
-                        for i, (cid, extents) in enumerate(chunks))
 
     def _storage_error(self, out, cookie, exc) -> None:
         err = nbd_errno(exc)
@@ -527,12 +514,3 @@ class NbdConnection(asyncio.BufferedProtocol):
         export = self.export.name if self.export is not None else "-"
         log.info("NBD connection %s export %s closed: %s", self.peer, export or "''", why)
 
-
-def describe_peer(transport) -> str:
-    """``127.0.0.1:40522``, or for a UNIX socket the client's process: ``unix pid=7 uid=0``."""
-    name = transport.get_extra_info("peername")
-    if isinstance(name, tuple) and len(name) >= 2:
-        host = name[0]
-        return f"[{host}]:{name[1]}" if ":" in host else f"{host}:{name[1]}"
-    cred = credentials(transport.get_extra_info("socket"))
-    return f"unix pid={cred[0]} uid={cred[1]}" if cred else "unix"

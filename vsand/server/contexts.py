@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..nbd import constants as C
+from ..nbd import wire
 
 CHANGED = "vsand:changed:"
 STATE_CHANGED = 1 << 0
@@ -60,3 +61,18 @@ def status(exports, name: str, dev, ctx: str) -> Status:
             raise Unavailable(why)
         return refused
     return lambda off, n: [(m, STATE_CHANGED if changed else 0) for m, changed in changes.extents(off, n)]
+
+
+def reply(statuses: list[tuple[int, Status]], flags: int, cookie: int, off: int, length: int) -> bytes:
+    """A BLOCK_STATUS reply: one chunk per selected context (``statuses``: (context
+    id, Status), by id), all built before any is sent: a context that fails makes
+    the whole request an error."""
+    chunks = []
+    for cid, status in statuses:
+        extents = status(off, max(length, 1))
+        if flags & C.CMD_FLAG_REQ_ONE:
+            n, f = extents[0]
+            extents = [(min(n, length) or 1, f)]
+        chunks.append((cid, extents))
+    return b"".join(wire.block_status_chunk(cookie, cid, extents, i == len(chunks) - 1)
+                    for i, (cid, extents) in enumerate(chunks))
