@@ -190,6 +190,23 @@ def test_errors_trims_zeroes_and_fua_are_counted(tmp_path):
         assert d.stop() == 0, d.read_log()
 
 
+def test_refused_connections_are_counted(tmp_path):
+    d, port = metrics_daemon(tmp_path, "--max-connections", "1")
+    try:
+        first = Conn(d, "unix")
+        first.greeting()
+        second = Conn(d, "unix")            # over the limit: refused (ERR_POLICY at its option)
+        second.greeting()
+        m = scrape(port)
+        assert m["vsand_connections_refused_total", ()] == 1
+        assert m["vsand_connections", ()] == 2        # both open, in the handshake
+        first.close()
+        second.close()
+        healthy(d)
+    finally:
+        assert d.stop() == 0, d.read_log()
+
+
 def listening_ports(pid: int) -> set[int]:
     """TCP ports process ``pid`` listens on (/proc/net/tcp*, by socket inode)."""
     inodes = set()

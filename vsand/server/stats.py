@@ -71,7 +71,7 @@ class Stats:
 
     def __init__(self):
         self.exports: dict[str, ExportStats] = {}
-        self.refused = 0            # connections refused for max_connections
+        self.refused = 0            # connections refused as they came (nbd_allow, max_connections)
 
     def export(self, name: str) -> ExportStats:
         st = self.exports.get(name)

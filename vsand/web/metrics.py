@@ -183,8 +183,8 @@ class VsandCollector(Collector):
     def _server(self, pool, nbd):
         yield GaugeMetricFamily("vsand_connections", "NBD connections open (in the handshake too)",
                                 value=len(nbd.connections))
-        yield CounterMetricFamily("vsand_connections_refused", "NBD connections refused for "
-                                  "max_connections", value=nbd.stats.refused)
+        yield CounterMetricFamily("vsand_connections_refused", "NBD connections refused as they "
+                                  "came (nbd_allow, max_connections)", value=nbd.stats.refused)
         yield GaugeMetricFamily("vsand_memory_budget_bytes", "The NBD memory budget",
                                 value=nbd.budget.total)
         yield GaugeMetricFamily("vsand_memory_budget_used_bytes", "The NBD memory budget in use",
