@@ -91,7 +91,7 @@ def test_lun_list_columns_bytes(daemon, chain):
     human = ctl(daemon, "lun", "list", "--chain", "db", "-o", "name,referenced").stdout.splitlines()
     assert human[1].split() == ["db-s1a", "9", "MiB"]
     assert ctl(daemon, "lun", "list").stdout.splitlines()[0].split() == \
-        ["NAME", "SIZE", "ALLOCATED", "RAID", "MODE", "LDAD", "KIND", "STATE"]
+        ["NAME", "SIZE", "ALLOCATED", "RAID", "MODE", "ACCESS", "LDAD", "KIND", "STATE"]
     infos = {i["name"]: i for i in js(daemon, "lun", "list")}
     assert {k: infos["db-s1"][k] for k in FIGS} == mib(3, 8, 0)
     show = js(daemon, "lun", "show", "db")
