@@ -39,6 +39,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class PortTaken(RuntimeError):
+    pass
+
+
 class Daemon:
     def __init__(self, state_dir: str, drives: int = 8, drive_size: str = "1G", extra=(),
                  env: dict | None = None, overcommit_warn: str = "off"):
@@ -56,15 +60,34 @@ class Daemon:
         self.env = env or {}
 
     def start(self) -> "Daemon":
+        for _ in range(3):
+            try:
+                return self._start()
+            except PortTaken:
+                # free_port() let the port go before the daemon bound it, and another
+                # process (a client's ephemeral port, another pytest worker) took it
+                listen = f"127.0.0.1:{self.port}"
+                self.port = free_port()
+                self.args = [f"127.0.0.1:{self.port}" if a == listen else a for a in self.args]
+        return self._start()
+
+    def _start(self) -> "Daemon":
         os.makedirs(self.state_dir, exist_ok=True)
         if os.path.exists(self.control):
             os.unlink(self.control)
         env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
+        logged = os.path.getsize(self.log) if os.path.exists(self.log) else 0
         self.proc = subprocess.Popen(self.args, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
                                      env=env, cwd=ROOT)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                with open(self.log, errors="replace") as f:
+                    f.seek(logged)
+                    new = f.read()
+                if f"--listen 127.0.0.1:{self.port}" in " ".join(self.args) and \
+                        f"127.0.0.1:{self.port}" in new and "in use" in new:
+                    raise PortTaken(new)
                 raise RuntimeError(f"vsand exited with {self.proc.returncode}:\n{self.read_log()}")
             if os.path.exists(self.control):
                 try:
