@@ -26,7 +26,7 @@ import time
 
 import pytest
 
-from daemonkit import SYS_PY, VSAND, Daemon, healthy, need, run
+from daemonkit import SYS_PY, VSAND, Daemon, healthy, need, run, vsanctl
 from test_nbd_bad_input import Conn
 from test_vsanctl import ctl, js
 from vsand.nbd import constants as C
@@ -376,3 +376,49 @@ def test_rules_survive_restart_and_kill(tmp_path):
         idle(d)
     finally:
         d.stop()
+
+
+def test_revert_keep_carries_the_rules(open_d):
+    """The snapshot ``lun revert --keep`` makes holds the LUN's old data: it starts
+    with the LUN's rules, like any snapshot of it."""
+    d = open_d
+    ctl(d, "lun", "create", "rvguard", "--size", "16M")
+    ctl(d, "lun", "set", "rvguard", "--allow-cert", "db1", "--readonly-for", ALLOWED)
+    ctl(d, "snapshot", "create", "rvguard", "rvguard-s1")
+    ctl(d, "lun", "revert", "rvguard", "--to", "rvguard-s1", "--keep", "rvguard-before")
+    info = js(d, "lun", "show", "rvguard-before")
+    assert (info["allow_cert"], info["readonly_for"]) == (["db1"], [f"{ALLOWED}/32"]), info
+    c = opened(d, REFUSED)
+    assert "rvguard-before" not in listed(c)
+    c.close()
+    idle(d)
+
+
+def test_lun_set_warns_of_unguarded_chain(open_d):
+    """A rule guards one LD: ``lun set`` names the LDs of its chain (same data)
+    that lack it, on stderr, and still sets it."""
+    d = open_d
+    ctl(d, "lun", "create", "kin", "--size", "16M")
+    ctl(d, "snapshot", "create", "kin", "kin-s1")
+    ctl(d, "snapshot", "create", "kin", "kin-s2")
+    r = vsanctl(d, "lun", "set", "kin", "--allow-cert", "db1")
+    warns = [ln for ln in r.stderr.splitlines() if ln.startswith("vsanctl: warning: ")]
+    assert len(warns) == 1 and "kin-s1, kin-s2" in warns[0] and "allow_cert" in warns[0], r.stderr
+    assert js(d, "lun", "show", "kin")["allow_cert"] == ["db1"]     # done all the same
+    vsanctl(d, "lun", "set", "kin-s1", "--allow-cert", "db1")     # warns of kin-s2
+    r = vsanctl(d, "lun", "set", "kin", "--allow-cert", "db1", "--readonly-for", ALLOWED)
+    warns = [ln for ln in r.stderr.splitlines() if ln.startswith("vsanctl: warning: ")]
+    assert len(warns) == 2, r.stderr
+    assert "kin-s2 (its" in warns[0] and "kin-s1" not in warns[0], warns   # s1 has allow_cert
+    assert "kin-s1, kin-s2" in warns[1] and "readonly_for" in warns[1], warns
+    vsanctl(d, "lun", "set", "kin-s2", "--allow-cert", "db1")
+    assert "warning" not in vsanctl(d, "lun", "set", "kin", "--allow-cert", "db1").stderr
+    assert "warning" not in vsanctl(d, "lun", "set", "kin", "--readonly-for", "").stderr   # clearing
+    assert "warning" in js_err(d, "lun", "set", "kin-s1", "--readonly-for", "::1")
+
+
+def js_err(d, *args) -> str:
+    """stderr of a --json command: its warnings never mix into the JSON."""
+    r = vsanctl(d, "--json", *args)
+    json.loads(r.stdout)
+    return r.stderr
