@@ -35,9 +35,15 @@ def network(text: str) -> Network:
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"expected an address or network such as 127.0.0.1, 10.0.0.0/8 or ::1, not {text!r}")
     try:
-        return ipaddress.ip_network(text.strip(), strict=True)
+        net = ipaddress.ip_network(text.strip(), strict=True)
     except ValueError as e:
         raise ValueError(f"not an address or network: {text!r} ({e})") from None
+    # An IPv4-mapped entry (::ffff:a.b.c.d) names IPv4 clients, which address_of
+    # makes IPv4: as written it would never match
+    if isinstance(net, ipaddress.IPv6Network) and net.prefixlen >= 96 \
+            and net.network_address.ipv4_mapped is not None:
+        return ipaddress.IPv4Network((net.network_address.ipv4_mapped, net.prefixlen - 96))
+    return net
 
 
 def cert_name(text: str) -> str:
@@ -105,7 +111,7 @@ class Rules:
     def of(cls, attrs: dict) -> "Rules":
         ro = attrs.get("readonly_for") or ()
         return cls(frozenset(attrs.get("allow_cert") or ()),
-                   tuple(ipaddress.ip_network(e) for e in ro if not e.startswith(CERT)),
+                   tuple(network(e) for e in ro if not e.startswith(CERT)),
                    frozenset(e[len(CERT):] for e in ro if e.startswith(CERT)))
 
     def check(self, client: Client) -> tuple[str | None, bool]:

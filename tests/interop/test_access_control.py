@@ -422,3 +422,19 @@ def js_err(d, *args) -> str:
     r = vsanctl(d, "--json", *args)
     json.loads(r.stdout)
     return r.stderr
+
+
+def test_ipv4_mapped_rule_matches_ipv4_clients(open_d):
+    """``::ffff:127.0.0.1`` names the IPv4 client 127.0.0.1: kept in IPv4 form, and it
+    matches (as written it never would: a client address is judged as IPv4)."""
+    d = open_d
+    ctl(d, "lun", "create", "mapped", "--size", "16M")
+    out = js(d, "lun", "set", "mapped", "--readonly-for", f"::ffff:{REFUSED}")
+    assert out["readonly_for"] == [f"{REFUSED}/32"], out
+    c = opened(d, REFUSED)
+    assert ro_flag(go(c, "mapped"))
+    c.close()
+    c = opened(d, ALLOWED)
+    assert not ro_flag(go(c, "mapped"))
+    c.close()
+    idle(d)

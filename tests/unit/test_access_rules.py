@@ -64,6 +64,30 @@ def test_peer_addresses():
     assert address_of(None) is None
 
 
+@pytest.mark.parametrize("spec, net", [
+    ("::ffff:127.0.0.2", "127.0.0.2/32"),
+    ("::ffff:127.0.0.0/104", "127.0.0.0/8"),
+    ("::ffff:0:0/96", "0.0.0.0/0"),                  # every IPv4 client
+    ("::ffff:7f00:2", "127.0.0.2/32"),
+])
+def test_ipv4_mapped_entries_are_their_ipv4_network(spec, net):
+    # address_of makes a mapped client address IPv4: a mapped entry must be IPv4 too
+    assert str(network(spec)) == net
+    assert Allowlist([spec]).admits(Client(address_of(("::ffff:127.0.0.2", 1, 0, 0))))
+    assert Allowlist([spec]).admits(Client(V4B))
+    assert rule("readonly_for", [spec]) == [net]
+    assert Rules.of({"readonly_for": [spec]}).check(Client(V4B)) == (None, True)
+    assert Rules.of({"readonly_for": [spec]}).check(Client(V6)) == (None, False)
+    assert not Allowlist(["::ffff:127.0.0.1"]).admits(Client(V4B))
+
+
+def test_ipv6_networks_beside_the_mapped_range_stay_ipv6():
+    with pytest.raises(ValueError, match="host bits"):
+        network("::ffff:0:0/95")
+    assert str(network("::/0")) == "::/0" and str(network("64:ff9b::/96")) == "64:ff9b::/96"
+    assert not Allowlist(["::/0"]).admits(Client(V4B))
+
+
 def test_no_rules_serve_everyone_read_write():
     for c in (Client(V4), Client(V6, frozenset({"a"})), UNIX):
         assert Rules.of({}).check(c) == (None, False)
