@@ -30,6 +30,7 @@ from daemonkit import SYS_PY, VSAND, Daemon, healthy, need, run, vsanctl
 from test_nbd_bad_input import Conn
 from test_vsanctl import ctl, js
 from vsand.nbd import constants as C
+from vsand.server.connection import MAX_OUTSIDERS, OUTSIDER_TIMEOUT
 
 MiB = 1 << 20
 ALLOWED = "127.0.0.2"          # the one address the allowlist daemon serves over TCP
@@ -438,3 +439,36 @@ def test_ipv4_mapped_rule_matches_ipv4_clients(open_d):
     assert not ro_flag(go(c, "mapped"))
     c.close()
     idle(d)
+
+
+def test_refused_addresses_hold_no_connection_slots(tmp_path):
+    """Connections nbd_allow refuses do not count toward max_connections: idle ones
+    from an excluded address leave an allowed client served; they get a short
+    handshake deadline, and past a small cap one is closed before the greeting."""
+    d = Daemon(tmp_path / "state", drives=4, drive_size="256M",
+               extra=["--nbd-allow", ALLOWED, "--max-connections", "3"]).start()
+    try:
+        d.ctl("lun.create", name="slots", size=16 * MiB, raid=0)
+        hold = [opened(d, REFUSED) for _ in range(3)]        # idle, as many as the limit
+        c = opened(d, ALLOWED)
+        got = go(c, "slots")
+        assert got[-1] == (C.REP_ACK, b""), got
+        c.write(0, b"\x42" * 512)
+        assert c.read(0, 512) == b"\x42" * 512
+        hold += [opened(d, REFUSED) for _ in range(MAX_OUTSIDERS - 3)]
+        extra = Conn(d, "tcp", source=REFUSED)
+        assert extra.closed_by_server()            # no greeting: closed at once
+        extra.close()
+        wait_log(d, "refused connections are open already")
+        # the idle refused ones end on their short deadline (the test waits far less
+        # than the 60 s an allowed client's handshake gets)
+        for h in hold:
+            assert h.closed_by_server(timeout=30)
+            h.close()
+        wait_log(d, f"handshake not finished within {OUTSIDER_TIMEOUT:g} s", len(hold))
+        c.write(512, b"\x43" * 512)                # the served client went on all along
+        c.request(C.CMD_DISC)
+        c.close()
+        idle(d)
+    finally:
+        d.stop()

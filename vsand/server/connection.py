@@ -50,6 +50,12 @@ from .writes import Writes
 
 log = logging.getLogger("vsand.server")
 HANDSHAKE_TIMEOUT = 60.0
+# A connection nbd_allow refuses is answered (ERR_POLICY says why) but holds no
+# slot of max_connections: it gets a short deadline, and only so many stay open
+# at once; past that, one is closed before the greeting. An excluded host cannot
+# lock the allowed ones out.
+OUTSIDER_TIMEOUT = 5.0
+MAX_OUTSIDERS = 16
 SEND_NOW = 64 << 10     # a reply this large goes to the transport before the next request
 MAX_INFLIGHT = 8 << 20  # bytes of READs off the loop before the connection waits for them
 
@@ -103,25 +109,38 @@ class NbdConnection(asyncio.BufferedProtocol):
         self.why: str | None = None   # why the daemon closes it (None: the client did)
         self.tls, self.peer_names = False, frozenset()   # see the module doc
         self.tls_pending: bytearray | None = None   # during STARTTLS: bytes read inside TLS early
+        self.room = server.connections    # or server.outsiders: refused by nbd_allow (see above)
+        self.handshake_timeout = HANDSHAKE_TIMEOUT
 
     # ---- asyncio callbacks ---------------------------------------------------------
     def connection_made(self, transport):
         self.transport = transport
         self.peer = describe_peer(transport)
         self.address = address_of(transport.get_extra_info("peername"))
-        why = self.server.refusal(Client(self.address, self.peer_names))
+        client = Client(self.address, self.peer_names)
+        why = self.server.excluded(client)
         if why is not None:
+            self.room, self.handshake_timeout = self.server.outsiders, OUTSIDER_TIMEOUT
+        else:
+            why = self.server.refusal(client)
+        if why is not None:
+            self.server.stats.refused += 1
+            if self.room is self.server.outsiders and len(self.room) >= MAX_OUTSIDERS:
+                self.why = (f"refused: {why}; closed before the greeting ({MAX_OUTSIDERS} "
+                            f"refused connections are open already)")
+                log.warning("connection %s %s", self.peer, self.why)
+                transport.close()
+                return
             log.warning("connection %s refused: %s", self.peer, why)
             self.hs.refused = why
-            self.server.stats.refused += 1
         self.hs.tls = starttls.mode(self.server.tls, transport)
-        self.server.connections.add(self)
+        self.room.add(self)
         # Backpressure (see the module doc): paused as soon as the transport keeps
         # any reply bytes, resumed once it keeps none, which frees them all.
         transport.set_write_buffer_limits(high=0, low=0)
         transport.write(Handshake.greeting())
         loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(HANDSHAKE_TIMEOUT, self._timeout)
+        self._timer = loop.call_later(self.handshake_timeout, self._timeout)
         # kept: asyncio.get_running_loop() costs a getpid() system call each time
         self._clock, self._soon = loop.time, loop.call_soon
 
@@ -130,7 +149,7 @@ class NbdConnection(asyncio.BufferedProtocol):
             return
         self.ended(exc)
         self.closed = True
-        self.server.connections.discard(self)
+        self.room.discard(self)
         self.mem.close()
         if self._timer:
             self._timer.cancel()
@@ -222,7 +241,7 @@ class NbdConnection(asyncio.BufferedProtocol):
     # ---- handshake -----------------------------------------------------------------
     def _timeout(self):
         if self.reader is None and not self.closed:
-            self.abort(f"handshake not finished within {HANDSHAKE_TIMEOUT:g} s")
+            self.abort(f"handshake not finished within {self.handshake_timeout:g} s")
 
     def _access(self, exp):
         # the names are read now: TLS may have verified a certificate since the greeting

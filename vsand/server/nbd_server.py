@@ -61,6 +61,7 @@ class NbdServer:
         self.io = (concurrent.futures.ThreadPoolExecutor(io_threads, thread_name_prefix="vsand-io")
                    if io_threads else Inline())
         self.connections: set[NbdConnection] = set()
+        self.outsiders: set[NbdConnection] = set()   # refused by nbd_allow: not in max_connections
         self.stopping = False
         self.committer = Committer(exports.begin_flush, self.io)
         self.ring = ring
@@ -124,10 +125,17 @@ class NbdServer:
         """Export ``name`` is gone (deleted): its figures go with it."""
         self.stats.forget(name)
 
-    def refusal(self, client: Client) -> str | None:
-        """Why a new connection is refused, or None."""
+    def excluded(self, client: Client) -> str | None:
+        """Why nbd_allow refuses a new connection, or None."""
         if not self.allow.admits(client):
             return f"address {client.address} is not allowed on this listener (nbd_allow)"
+        return None
+
+    def refusal(self, client: Client) -> str | None:
+        """Why a new connection is refused, or None."""
+        why = self.excluded(client)
+        if why is not None:
+            return why
         if len(self.connections) >= self.max_connections:
             return f"too many connections (the limit is {self.max_connections})"
         return None
@@ -171,13 +179,13 @@ class NbdServer:
             self._sweeper.cancel()
         for srv in self.servers:
             srv.close()
-        for conn in list(self.connections):
+        for conn in list(self.connections | self.outsiders):
             conn.shutdown("daemon shutdown")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while self.connections and loop.time() < deadline:
+        while (self.connections or self.outsiders) and loop.time() < deadline:
             await asyncio.sleep(0.01)
-        for conn in list(self.connections):
+        for conn in list(self.connections | self.outsiders):
             conn.abort(f"daemon shutdown (replies not done within {timeout:g} s)")
         for srv in self.servers:
             await srv.wait_closed()
