@@ -309,10 +309,12 @@ def test_allow_cert_refuses_plain_tcp_clients(open_d):
     c = opened(d, REFUSED)
     names = listed(c)
     assert "public" in names and "secret" not in names and "secret-snap" not in names, names
+    # answered exactly like a missing export: no way to learn the hidden name exists
     for o in (C.OPT_INFO, C.OPT_GO):
-        c.option(o, struct.pack(">I", 6) + b"secret" + b"\x00\x00")
-        [(t, msg)] = c.opt_final(o)
-        assert t == C.REP_ERR_POLICY and b"no verified client certificate" in msg, (t, msg)
+        for name in (b"secret", b"secreT"):
+            c.option(o, struct.pack(">I", 6) + name + b"\x00\x00")
+            [(t, msg)] = c.opt_final(o)
+            assert (t, msg) == (C.REP_ERR_UNKNOWN, b"no export named %r" % name.decode()), (t, msg)
     assert go(c, "public")[-1] == (C.REP_ACK, b"")
     c.close()
     c = opened(d, REFUSED)
@@ -320,10 +322,11 @@ def test_allow_cert_refuses_plain_tcp_clients(open_d):
     assert c.closed_by_server()
     c.close()
     log = wait_log(d, "refused export secret-snap")
-    assert "WARNING" in [ln for ln in log.splitlines() if "refused export secret:" in ln][0]
+    line = [ln for ln in log.splitlines() if "refused export secret:" in ln][0]
+    assert "WARNING" in line and "no verified client certificate" in line, line   # the real reason
     if shutil.which("nbdinfo"):
         r = run(["nbdinfo", tcp_uri(d, "secret")], check=False, env=dict(os.environ, LIBNBD_DEBUG="1"))
-        assert r.returncode != 0 and "server error message: no verified client certificate" in r.stderr, \
+        assert r.returncode != 0 and "server error message: no export named 'secret'" in r.stderr, \
             r.stderr[-3000:]
         r = run(["nbdinfo", "--list", f"nbd://127.0.0.1:{d.port}"])
         assert "public" in r.stdout and "secret" not in r.stdout, r.stdout
@@ -472,3 +475,50 @@ def test_refused_addresses_hold_no_connection_slots(tmp_path):
         idle(d)
     finally:
         d.stop()
+
+
+def meta_data(name: str, queries=()) -> bytes:
+    nb = name.encode()
+    return struct.pack(">I", len(nb)) + nb + struct.pack(">I", len(queries)) + b"".join(
+        struct.pack(">I", len(q)) + q.encode() for q in queries)
+
+
+def test_changed_contexts_hide_lds_the_client_may_not_use(open_d):
+    """``vsand:changed:<LD>`` names an LD and how it differs: offered on an allowed
+    export only for the LDs of its chain this client may use."""
+    d = open_d
+    ctl(d, "lun", "create", "ctx", "--size", "16M")
+    ctl(d, "snapshot", "create", "ctx", "ctx-open")
+    ctl(d, "snapshot", "create", "ctx", "ctx-hidden")
+    vsanctl(d, "lun", "set", "ctx-hidden", "--allow-cert", "db1")      # warns: its chain lacks it
+    c = opened(d, REFUSED)
+    c.option(C.OPT_STRUCTURED_REPLY)
+    assert c.opt_final(C.OPT_STRUCTURED_REPLY) == [(C.REP_ACK, b"")]
+    c.structured = True
+    for o, queries in ((C.OPT_LIST_META_CONTEXT, ()), (C.OPT_LIST_META_CONTEXT, ("vsand:",)),
+                       (C.OPT_SET_META_CONTEXT, ("base:allocation", "vsand:changed:ctx-open",
+                                                 "vsand:changed:ctx-hidden"))):
+        c.option(o, meta_data("ctx", queries))
+        got = c.opt_final(o)
+        assert got[-1] == (C.REP_ACK, b"")
+        names = sorted(x[4:].decode() for t, x in got if t == C.REP_META_CONTEXT)
+        want = ["vsand:changed:ctx-open"] + (["base:allocation"] if queries != ("vsand:",) else [])
+        assert names == sorted(want), (o, queries, names)
+    c.option(C.OPT_SET_META_CONTEXT, meta_data("ctx", ["vsand:changed:ctx-hidden"]))
+    assert c.opt_final(C.OPT_SET_META_CONTEXT) == [(C.REP_ACK, b"")]     # selects nothing
+    assert go(c, "ctx")[-1] == (C.REP_ACK, b"")
+    ck = c.request(C.CMD_BLOCK_STATUS, 0, 4096)
+    assert c.reply_errno(ck) == C.EINVAL         # no context selected: nothing to report
+    c.close()
+    # a UNIX client (file permissions decide) is offered every LD of the chain
+    c = Conn(d, "unix")
+    c.greeting()
+    c.send(struct.pack(">I", C.FLAG_C_FIXED_NEWSTYLE | C.FLAG_C_NO_ZEROES))
+    c.option(C.OPT_STRUCTURED_REPLY)
+    c.opt_final(C.OPT_STRUCTURED_REPLY)
+    c.option(C.OPT_LIST_META_CONTEXT, meta_data("ctx", ["vsand:"]))
+    got = c.opt_final(C.OPT_LIST_META_CONTEXT)
+    assert sorted(x[4:].decode() for t, x in got if t == C.REP_META_CONTEXT) == \
+        ["vsand:changed:ctx-hidden", "vsand:changed:ctx-open"]
+    c.close()
+    idle(d)

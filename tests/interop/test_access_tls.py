@@ -3,7 +3,7 @@ daemon with ``tls = require`` and ``tls_verify_peer on``, certificates from a te
 CA (tests/tlskit.py), and libnbd clients (nbdinfo, nbdsh) presenting them.
 
 - ``--allow-cert``: the named client lists and uses the LUN; another verified
-  client does not see it in LIST and its GO is refused (ERR_POLICY, logged).
+  client does not see it in LIST and its GO is answered like a missing export (ERR_UNKNOWN; the reason is logged).
 - ``--readonly-for cert:NAME``: that client reads, its writes get EPERM; another
   client writes.
 - Names are matched on any of the certificate's names (CN, DNS or URI SAN)."""

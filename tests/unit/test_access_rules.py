@@ -201,3 +201,26 @@ def test_server_refusal_names_the_address():
     assert srv.refusal(Client(V4)) == "address 127.0.0.1 is not allowed on this listener (nbd_allow)"
     assert srv.refusal(Client(V4B)) is None and srv.refusal(UNIX) is None
     assert NbdServer(FakeExports({}), io_threads=0).refusal(Client(V6)) is None
+
+
+class FakeChain(FakeExports):
+    """LDs of one sharing chain, each with its own rules."""
+
+    def __init__(self, per_ld):
+        self.per_ld = per_ld
+
+    def rules(self, name):
+        return Rules.of(self.per_ld.get(name, {}))
+
+    def peers(self, name):
+        return [n for n in self.per_ld if n != name]
+
+
+def test_contexts_offered_only_for_lds_the_client_may_use():
+    srv = NbdServer(FakeChain({"db": {}, "db-open": {}, "db-hidden": {"allow_cert": ["db1"]},
+                               "db-bad": {"readonly_for": ["not a network"]}}), io_threads=0)
+    every = ["vsand:changed:db-open", "vsand:changed:db-hidden", "vsand:changed:db-bad"]
+    assert srv.contexts("db") == every                   # no client: what the export has
+    assert srv.contexts("db", Client(V4)) == ["vsand:changed:db-open"]
+    assert srv.contexts("db", Client(V4, frozenset({"db1"}))) == every[:2]
+    assert srv.contexts("db", UNIX) == every[:2]         # UNIX: not bound; unreadable: never

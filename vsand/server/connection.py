@@ -78,7 +78,7 @@ class NbdConnection(asyncio.BufferedProtocol):
         self.transport = None
         self.closed = False
         self.hs = Handshake(server.lookup_export, server.list_exports, lambda: server.stopping,
-                            contexts=server.contexts, access=self._access)
+                            contexts=self._contexts, access=self._access)
         self._hsbuf = bytearray(16384)   # options longer than this arrive over several recvs
         self.reader: wire.RequestReader | None = None
         self.dev = None
@@ -246,6 +246,9 @@ class NbdConnection(asyncio.BufferedProtocol):
     def _access(self, exp):
         # the names are read now: TLS may have verified a certificate since the greeting
         return self.server.access(exp, Client(self.address, self.peer_names))
+
+    def _contexts(self, name):
+        return self.server.contexts(name, Client(self.address, self.peer_names))
 
     def _handshake(self, data: bytes) -> None:
         if self.tls_pending is not None:    # the TLS layer read it before start_tls returned

@@ -94,9 +94,21 @@ class NbdServer:
     def device(self, name: str):
         return self.exports.lookup(name)[1]
 
-    def contexts(self, name: str) -> list[str]:
-        """Block status contexts export ``name`` offers beyond base:allocation."""
-        return contexts.offered(self.exports, name)
+    def contexts(self, name: str, client: Client | None = None) -> list[str]:
+        """Block status contexts export ``name`` offers beyond base:allocation; to
+        ``client``, only those naming LDs it may use (their names and how they
+        differ are theirs to hide)."""
+        offered = contexts.offered(self.exports, name)
+        if client is None:
+            return offered
+        return [c for c in offered if (ld := contexts.subject(c)) is None or self._admits(ld, client)]
+
+    def _admits(self, ld: str, client: Client) -> bool:
+        try:
+            why, _ = self.exports.rules(ld).check(client)
+        except ValueError:               # unreadable rules refuse (see access)
+            return False
+        return why is None
 
     def status(self, name: str, dev, ctx: str) -> contexts.Status:
         return contexts.status(self.exports, name, dev, ctx)
