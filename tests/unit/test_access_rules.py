@@ -10,7 +10,7 @@ import pytest
 from vsand.access import ATTRS, Allowlist, Client, Rules, address_of, network, rule
 from vsand.config import load
 from vsand.disk.role import ACCESS_ATTRS
-from vsand.nbd.handshake import Export
+from vsand.nbd.handshake import Export, NeedsTLS
 from vsand.server.nbd_server import NbdServer
 
 V4 = ip_address("127.0.0.1")
@@ -224,3 +224,25 @@ def test_contexts_offered_only_for_lds_the_client_may_use():
     assert srv.contexts("db", Client(V4)) == ["vsand:changed:db-open"]
     assert srv.contexts("db", Client(V4, frozenset({"db1"}))) == every[:2]
     assert srv.contexts("db", UNIX) == every[:2]         # UNIX: not bound; unreadable: never
+
+
+class FakeTls:
+    mode, context, verify_peer = "on", None, True
+
+    def describe(self):
+        return "TLS on"
+
+
+def test_refusals_a_certificate_may_lift_are_marked():
+    exp = Export("db", 1 << 20)
+    srv = NbdServer(FakeExports({"allow_cert": ["db1"]}), io_threads=0, tls=FakeTls())
+    assert isinstance(srv.access(exp, Client(V4)), NeedsTLS)
+    assert not isinstance(srv.access(exp, Client(V4, frozenset({"db2"}))), NeedsTLS)   # has one
+    FakeTls.verify_peer = False          # TLS would bring no certificate: nothing to ask for
+    try:
+        assert not isinstance(srv.access(exp, Client(V4)), NeedsTLS)
+    finally:
+        FakeTls.verify_peer = True
+    srv = NbdServer(FakeExports({"allow_cert": ["db1"]}), io_threads=0)
+    got = srv.access(exp, Client(V4))
+    assert isinstance(got, str) and not isinstance(got, NeedsTLS)

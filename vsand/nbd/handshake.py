@@ -16,7 +16,9 @@ decision, so what the connection learns meanwhile (a TLS client certificate)
 counts. A refused export is left out of LIST, and INFO/GO and the meta context
 options answer it exactly like an export that does not exist (ERR_UNKNOWN, "no
 export named ..."), so a client cannot learn which hidden names exist;
-EXPORT_NAME closes.
+EXPORT_NAME closes. One exception (NBD-NOTES §1.12, SELECTIVETLS): under ``tls``
+"on", before TLS, a refusal of the ``NeedsTLS`` kind (a verified client
+certificate may lift it) gets ERR_TLS_REQD, which tells the client to upgrade.
 ``contexts(name)`` is this client's view too: it leaves out contexts naming LDs
 the client may not use. Explicit refusals are kept in ``denied`` (export name,
 why; each pair once) for the server to log.
@@ -80,6 +82,11 @@ class StartTLS:
 
 
 TLS_MODES = ("off", "on", "require")
+
+
+class NeedsTLS(str):
+    """An ``access`` refusal that a verified TLS client certificate may lift: see
+    the module doc (ERR_TLS_REQD before TLS under "on")."""
 
 
 def transmission_flags(export: Export, structured: bool) -> int:
@@ -283,6 +290,9 @@ class Handshake:
 
     def _hidden(self, opt: int, name: str, why: str) -> bytes:
         """The answer for an export ``access`` refused (``why`` is logged, not sent)."""
+        if isinstance(why, NeedsTLS) and self.tls == "on" and not self.tls_active:
+            return error(opt, C.REP_ERR_TLS_REQD, f"export {name!r} needs TLS with a client "
+                                                  f"certificate: send STARTTLS")
         return error(opt, C.REP_ERR_UNKNOWN, f"no export named {name!r}")
 
     def _contexts_for(self, name: str) -> dict[int, str]:

@@ -9,7 +9,7 @@ import logging
 import socket
 
 from ..access import Allowlist, Client
-from ..nbd.handshake import Export
+from ..nbd.handshake import Export, NeedsTLS
 from . import budget, contexts
 from .committer import Committer
 from .connection import NbdConnection
@@ -88,6 +88,8 @@ class NbdServer:
             log.error("export %s: unreadable access rules: %s", exp.name, e)
             return "the export's access rules cannot be read"
         if why is not None:
+            if not client.names - {""} and self.tls is not None and self.tls.verify_peer:
+                return NeedsTLS(why)      # a client certificate may open it (handshake.py)
             return why
         return dataclasses.replace(exp, read_only=True) if read_only and not exp.read_only else exp
 

@@ -1,6 +1,7 @@
 """The handshake's access callable (vsand/nbd/handshake.py): a refused export is
 left out of LIST, INFO/GO and the meta context options answer it like a missing
-export (ERR_UNKNOWN, no existence oracle), EXPORT_NAME closes; a read-only
+export (ERR_UNKNOWN, no existence oracle), EXPORT_NAME closes; under tls "on"
+before TLS, a refusal a certificate may lift gets ERR_TLS_REQD; a read-only
 verdict sets READ_ONLY; the callable is asked at each decision (a certificate
 learned mid-handshake counts); contexts the client may not see are never
 selected."""
@@ -10,8 +11,10 @@ from __future__ import annotations
 import dataclasses
 import struct
 
+import pytest
+
 from vsand.nbd import constants as C
-from vsand.nbd.handshake import Closed, Negotiated
+from vsand.nbd.handshake import Closed, Negotiated, NeedsTLS
 
 from test_nbd_handshake import BASE_FLAGS, DISK, RO, info_go, meta, opt, parse, rep, started
 
@@ -87,6 +90,24 @@ def test_meta_context_options_refused():
         assert outcome is None and parse(out) == [(o, C.REP_ERR_UNKNOWN, b"no export named 'disk'")]
         out, _ = hs.receive(opt(o, meta(b"nope", [b"base:allocation"])))
         assert parse(out) == [(o, C.REP_ERR_UNKNOWN, b"no export named 'nope'")]
+
+
+def needs_tls(exp):
+    return NeedsTLS("no verified client certificate") if exp.name == "disk" else exp
+
+
+@pytest.mark.parametrize("o", [C.OPT_INFO, C.OPT_GO])
+def test_selective_tls_asks_for_tls_before_it_only(o):
+    hs = started(access=needs_tls, tls="on")
+    [(ro, rt, msg)] = parse(hs.receive(opt(o, info_go(b"disk")))[0])
+    assert (ro, rt) == (o, C.REP_ERR_TLS_REQD) and b"STARTTLS" in msg
+    assert parse(hs.receive(opt(o, info_go(b"nope")))[0])[0][1] == C.REP_ERR_UNKNOWN
+    hs.tls_started()            # inside TLS, never ERR_TLS_REQD: hidden like a missing one
+    assert parse(hs.receive(opt(o, info_go(b"disk")))[0]) == [(o, C.REP_ERR_UNKNOWN, b"no export named 'disk'")]
+    # without TLS on offer, or for a refusal no certificate lifts: unknown
+    for tls, policy in (("off", needs_tls), ("on", Policy())):
+        hs = started(access=policy, tls=tls)
+        assert parse(hs.receive(opt(o, info_go(b"disk")))[0])[0][1] == C.REP_ERR_UNKNOWN
 
 
 def test_contexts_rechecked_at_go():
