@@ -20,6 +20,7 @@ the control plane and the daemon share it.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from dataclasses import dataclass
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -68,12 +69,20 @@ def readonly_entry(text: str) -> str:
     return str(network(text))
 
 
-def address_of(peername) -> Address | None:
+def address_of(peername, family) -> Address | None:
     """A TCP peer's address from asyncio's ``peername``; None for a UNIX socket.
-    An IPv4 client of a dual-stack listener (::ffff:a.b.c.d) is its IPv4 address."""
-    if not isinstance(peername, tuple) or len(peername) < 2:
+    The socket's ``family`` says which, never the form of ``peername``: a TCP peer
+    whose address cannot be read raises ValueError (to be refused), so it is never
+    taken for a UNIX client, which the rules exempt. An IPv4 client of a
+    dual-stack listener (::ffff:a.b.c.d) is its IPv4 address."""
+    if family == socket.AF_UNIX:
         return None
-    addr = ipaddress.ip_address(str(peername[0]).split("%", 1)[0])   # no zone: rules have none
+    if not isinstance(peername, tuple) or len(peername) < 2:
+        raise ValueError(f"the peer's address is unknown ({peername!r})")
+    try:
+        addr = ipaddress.ip_address(str(peername[0]).split("%", 1)[0])   # no zone: rules have none
+    except ValueError:
+        raise ValueError(f"the peer's address is unknown ({peername[0]!r})") from None
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         return addr.ipv4_mapped
     return addr

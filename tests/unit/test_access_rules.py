@@ -4,6 +4,7 @@ rules, decided from a client's address and verified certificate names."""
 from __future__ import annotations
 
 from ipaddress import ip_address
+from socket import AF_INET, AF_INET6, AF_UNIX
 
 import pytest
 
@@ -55,13 +56,22 @@ def test_bad_networks_are_refused_with_the_text(bad):
 
 
 def test_peer_addresses():
-    assert address_of(("127.0.0.2", 4000)) == V4B
-    assert address_of(("::1", 4000, 0, 0)) == V6
+    assert address_of(("127.0.0.2", 4000), AF_INET) == V4B
+    assert address_of(("::1", 4000, 0, 0), AF_INET6) == V6
     # an IPv4 client of a dual-stack listener is judged by its IPv4 address
-    assert address_of(("::ffff:127.0.0.2", 4000, 0, 0)) == V4B
-    assert address_of(("fe80::1%lo", 4000, 0, 1)) == ip_address("fe80::1")
-    assert address_of("/run/vsand/nbd.sock") is None and address_of("") is None
-    assert address_of(None) is None
+    assert address_of(("::ffff:127.0.0.2", 4000, 0, 0), AF_INET6) == V4B
+    assert address_of(("fe80::1%lo", 4000, 0, 1), AF_INET6) == ip_address("fe80::1")
+    assert address_of("/run/vsand/nbd.sock", AF_UNIX) is None and address_of("", AF_UNIX) is None
+    assert address_of(None, AF_UNIX) is None
+
+
+@pytest.mark.parametrize("peername", ["", "/run/vsand/nbd.sock", None, ("no-address", 1), (5,)])
+@pytest.mark.parametrize("family", [AF_INET, AF_INET6, None])
+def test_tcp_peer_of_unknown_address_is_refused_not_exempt(peername, family):
+    # a TCP peer (or a socket of unknown family) is judged by its address or refused,
+    # never taken for a UNIX socket client by the form of its peername
+    with pytest.raises(ValueError, match="the peer's address is unknown"):
+        address_of(peername, family)
 
 
 @pytest.mark.parametrize("spec, net", [
@@ -73,7 +83,7 @@ def test_peer_addresses():
 def test_ipv4_mapped_entries_are_their_ipv4_network(spec, net):
     # address_of makes a mapped client address IPv4: a mapped entry must be IPv4 too
     assert str(network(spec)) == net
-    assert Allowlist([spec]).admits(Client(address_of(("::ffff:127.0.0.2", 1, 0, 0))))
+    assert Allowlist([spec]).admits(Client(address_of(("::ffff:127.0.0.2", 1, 0, 0), AF_INET6)))
     assert Allowlist([spec]).admits(Client(V4B))
     assert rule("readonly_for", [spec]) == [net]
     assert Rules.of({"readonly_for": [spec]}).check(Client(V4B)) == (None, True)

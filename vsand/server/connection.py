@@ -109,20 +109,23 @@ class NbdConnection(asyncio.BufferedProtocol):
         self.why: str | None = None   # why the daemon closes it (None: the client did)
         self.tls, self.peer_names = False, frozenset()   # see the module doc
         self.tls_pending: bytearray | None = None   # during STARTTLS: bytes read inside TLS early
-        self.room = server.connections    # or server.outsiders: refused by nbd_allow (see above)
+        self.room = server.connections    # or server.outsiders: refused by nbd_allow, or no address
         self.handshake_timeout = HANDSHAKE_TIMEOUT
 
     # ---- asyncio callbacks ---------------------------------------------------------
     def connection_made(self, transport):
         self.transport = transport
         self.peer = describe_peer(transport)
-        self.address = address_of(transport.get_extra_info("peername"))
-        client = Client(self.address, self.peer_names)
-        why = self.server.excluded(client)
+        try:
+            family = getattr(transport.get_extra_info("socket"), "family", None)
+            self.address = address_of(transport.get_extra_info("peername"), family)
+            why = self.server.excluded(Client(self.address))
+        except ValueError as e:          # a TCP peer nobody can judge: refused like nbd_allow's
+            why = str(e)
         if why is not None:
             self.room, self.handshake_timeout = self.server.outsiders, OUTSIDER_TIMEOUT
         else:
-            why = self.server.refusal(client)
+            why = self.server.refusal(Client(self.address))
         if why is not None:
             self.server.stats.refused += 1
             if self.room is self.server.outsiders and len(self.room) >= MAX_OUTSIDERS:
