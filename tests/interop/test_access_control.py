@@ -30,7 +30,7 @@ from daemonkit import SYS_PY, VSAND, Daemon, healthy, need, run, vsanctl
 from test_nbd_bad_input import Conn
 from test_vsanctl import ctl, js
 from vsand.nbd import constants as C
-from vsand.server.connection import MAX_OUTSIDERS, OUTSIDER_TIMEOUT
+from vsand.server.nbd_server import MAX_OUTSIDERS, OUTSIDER_TIMEOUT
 
 MiB = 1 << 20
 ALLOWED = "127.0.0.2"          # the one address the allowlist daemon serves over TCP

@@ -38,7 +38,7 @@ import asyncio
 import logging
 from time import perf_counter     # latencies: the loop's clock may be cached per iteration (uvloop)
 
-from ..access import Client, address_of
+from ..access import Client
 from ..nbd import constants as C
 from ..peer import describe_peer
 from ..nbd import wire
@@ -50,12 +50,6 @@ from .writes import Writes
 
 log = logging.getLogger("vsand.server")
 HANDSHAKE_TIMEOUT = 60.0
-# A connection nbd_allow refuses is answered (ERR_POLICY says why) but holds no
-# slot of max_connections: it gets a short deadline, and only so many stay open
-# at once; past that, one is closed before the greeting. An excluded host cannot
-# lock the allowed ones out.
-OUTSIDER_TIMEOUT = 5.0
-MAX_OUTSIDERS = 16
 SEND_NOW = 64 << 10     # a reply this large goes to the transport before the next request
 MAX_INFLIGHT = 8 << 20  # bytes of READs off the loop before the connection waits for them
 
@@ -109,33 +103,15 @@ class NbdConnection(asyncio.BufferedProtocol):
         self.why: str | None = None   # why the daemon closes it (None: the client did)
         self.tls, self.peer_names = False, frozenset()   # see the module doc
         self.tls_pending: bytearray | None = None   # during STARTTLS: bytes read inside TLS early
-        self.room = server.connections    # or server.outsiders: refused by nbd_allow, or no address
+        self.room = server.connections    # or server.outsiders (NbdServer.admit)
         self.handshake_timeout = HANDSHAKE_TIMEOUT
 
     # ---- asyncio callbacks ---------------------------------------------------------
     def connection_made(self, transport):
         self.transport = transport
         self.peer = describe_peer(transport)
-        try:
-            family = getattr(transport.get_extra_info("socket"), "family", None)
-            self.address = address_of(transport.get_extra_info("peername"), family)
-            why = self.server.excluded(Client(self.address))
-        except ValueError as e:          # a TCP peer nobody can judge: refused like nbd_allow's
-            why = str(e)
-        if why is not None:
-            self.room, self.handshake_timeout = self.server.outsiders, OUTSIDER_TIMEOUT
-        else:
-            why = self.server.refusal(Client(self.address))
-        if why is not None:
-            self.server.stats.refused += 1
-            if self.room is self.server.outsiders and len(self.room) >= MAX_OUTSIDERS:
-                self.why = (f"refused: {why}; closed before the greeting ({MAX_OUTSIDERS} "
-                            f"refused connections are open already)")
-                log.warning("connection %s %s", self.peer, self.why)
-                transport.close()
-                return
-            log.warning("connection %s refused: %s", self.peer, why)
-            self.hs.refused = why
+        if not self.server.admit(self, transport):
+            return
         self.hs.tls = starttls.mode(self.server.tls, transport)
         self.room.add(self)
         # Backpressure (see the module doc): paused as soon as the transport keeps

@@ -8,7 +8,7 @@ import dataclasses
 import logging
 import socket
 
-from ..access import Allowlist, Client
+from ..access import Allowlist, Client, address_of
 from ..nbd.handshake import Export, NeedsTLS
 from . import budget, contexts
 from .committer import Committer
@@ -19,6 +19,12 @@ log = logging.getLogger("vsand.server")
 
 
 SWEEP = 2.0      # seconds between looks at idle connections
+# A connection nbd_allow refuses (or whose TCP peer has no readable address) is
+# answered (ERR_POLICY says why) but holds no slot of max_connections: it gets a
+# short handshake deadline, and only so many stay open at once; past that, one is
+# closed before the greeting. An excluded host cannot lock the allowed ones out.
+OUTSIDER_TIMEOUT = 5.0
+MAX_OUTSIDERS = 16
 IO_THREADS = 16  # drive reads that miss the page cache, direct writes and commits run on these
 
 
@@ -153,6 +159,33 @@ class NbdServer:
         if len(self.connections) >= self.max_connections:
             return f"too many connections (the limit is {self.max_connections})"
         return None
+
+    def admit(self, conn, transport) -> bool:
+        """Decides a new connection: its address, the set it counts in (``conn.room``),
+        its handshake deadline, and why every option is refused (``conn.hs.refused``).
+        False: closed at once, before the greeting."""
+        try:
+            family = getattr(transport.get_extra_info("socket"), "family", None)
+            conn.address = address_of(transport.get_extra_info("peername"), family)
+            why = self.excluded(Client(conn.address))
+        except ValueError as e:          # a TCP peer nobody can judge: refused, never exempt
+            why = str(e)
+        if why is not None:
+            conn.room, conn.handshake_timeout = self.outsiders, OUTSIDER_TIMEOUT
+        else:
+            why = self.refusal(Client(conn.address))
+        if why is None:
+            return True
+        self.stats.refused += 1
+        if conn.room is self.outsiders and len(self.outsiders) >= MAX_OUTSIDERS:
+            conn.why = (f"refused: {why}; closed before the greeting ({MAX_OUTSIDERS} "
+                        f"refused connections are open already)")
+            log.warning("connection %s %s", conn.peer, conn.why)
+            transport.close()
+            return False
+        log.warning("connection %s refused: %s", conn.peer, why)
+        conn.hs.refused = why
+        return True
 
     def _sweep(self) -> None:
         """Gives idle connections' grown buffers back and closes those idle past
