@@ -405,9 +405,12 @@ def test_lun_set_warns_of_unguarded_chain(open_d):
     ctl(d, "lun", "create", "kin", "--size", "16M")
     ctl(d, "snapshot", "create", "kin", "kin-s1")
     ctl(d, "snapshot", "create", "kin", "kin-s2")
+    ctl(d, "snapclone", "create", "kin", "kin-c", "--wait")     # copied: out of the chain, same data
+    assert "kin-c" not in [i["name"] for i in js(d, "lun", "list", "--chain", "kin")]
     r = vsanctl(d, "lun", "set", "kin", "--allow-cert", "db1")
     warns = [ln for ln in r.stderr.splitlines() if ln.startswith("vsanctl: warning: ")]
-    assert len(warns) == 1 and "kin-s1, kin-s2" in warns[0] and "allow_cert" in warns[0], r.stderr
+    assert len(warns) == 1 and "kin-c, kin-s1, kin-s2" in warns[0] and "allow_cert" in warns[0], r.stderr
+    vsanctl(d, "lun", "set", "kin-c", "--allow-cert", "db1", "--readonly-for", ALLOWED)
     assert js(d, "lun", "show", "kin")["allow_cert"] == ["db1"]     # done all the same
     vsanctl(d, "lun", "set", "kin-s1", "--allow-cert", "db1")     # warns of kin-s2
     r = vsanctl(d, "lun", "set", "kin", "--allow-cert", "db1", "--readonly-for", ALLOWED)

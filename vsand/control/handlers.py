@@ -271,14 +271,16 @@ class Handlers:
 
     def _unguarded_kin(self, name, rules) -> list[str]:
         """Warnings for the LDs of ``name``'s sharing chain (its snapshots, its
-        origin, snapclones being copied) that lack a rule just set on it: they
-        hold some of the same data, and a rule guards one LD only."""
+        origin, snapclones being copied) and its snapclones whose copy is done that
+        lack a rule just set on it: they hold some of the same data, and a rule
+        guards one LD only."""
         out = []
+        lds = {ld.name: ld for ld in self.pool.chain(name) + self.pool.dependents(name)}
         for key, value in rules.items():
             if not value:                # cleared: nothing is left less guarded than NAME
                 continue
-            kin = [ld.name for ld in self.pool.chain(name)
-                   if ld.name != name and sorted(ld.attrs.get(key) or ()) != value]
+            kin = sorted(n for n, ld in lds.items()
+                         if n != name and sorted(ld.attrs.get(key) or ()) != value)
             if kin:
                 flag = "--" + key.replace("_", "-")
                 out.append(f"{name} shares data with {', '.join(kin)} (its sharing chain), which "
