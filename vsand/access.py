@@ -20,6 +20,7 @@ the control plane and the daemon share it.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from dataclasses import dataclass
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -35,9 +36,15 @@ def network(text: str) -> Network:
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"expected an address or network such as 127.0.0.1, 10.0.0.0/8 or ::1, not {text!r}")
     try:
-        return ipaddress.ip_network(text.strip(), strict=True)
+        net = ipaddress.ip_network(text.strip(), strict=True)
     except ValueError as e:
         raise ValueError(f"not an address or network: {text!r} ({e})") from None
+    # An IPv4-mapped entry (::ffff:a.b.c.d) names IPv4 clients, which address_of
+    # makes IPv4: as written it would never match
+    if isinstance(net, ipaddress.IPv6Network) and net.prefixlen >= 96 \
+            and net.network_address.ipv4_mapped is not None:
+        return ipaddress.IPv4Network((net.network_address.ipv4_mapped, net.prefixlen - 96))
+    return net
 
 
 def cert_name(text: str) -> str:
@@ -62,12 +69,20 @@ def readonly_entry(text: str) -> str:
     return str(network(text))
 
 
-def address_of(peername) -> Address | None:
+def address_of(peername, family) -> Address | None:
     """A TCP peer's address from asyncio's ``peername``; None for a UNIX socket.
-    An IPv4 client of a dual-stack listener (::ffff:a.b.c.d) is its IPv4 address."""
-    if not isinstance(peername, tuple) or len(peername) < 2:
+    The socket's ``family`` says which, never the form of ``peername``: a TCP peer
+    whose address cannot be read raises ValueError (to be refused), so it is never
+    taken for a UNIX client, which the rules exempt. An IPv4 client of a
+    dual-stack listener (::ffff:a.b.c.d) is its IPv4 address."""
+    if family == socket.AF_UNIX:
         return None
-    addr = ipaddress.ip_address(str(peername[0]).split("%", 1)[0])   # no zone: rules have none
+    if not isinstance(peername, tuple) or len(peername) < 2:
+        raise ValueError(f"the peer's address is unknown ({peername!r})")
+    try:
+        addr = ipaddress.ip_address(str(peername[0]).split("%", 1)[0])   # no zone: rules have none
+    except ValueError:
+        raise ValueError(f"the peer's address is unknown ({peername[0]!r})") from None
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         return addr.ipv4_mapped
     return addr
@@ -105,7 +120,7 @@ class Rules:
     def of(cls, attrs: dict) -> "Rules":
         ro = attrs.get("readonly_for") or ()
         return cls(frozenset(attrs.get("allow_cert") or ()),
-                   tuple(ipaddress.ip_network(e) for e in ro if not e.startswith(CERT)),
+                   tuple(network(e) for e in ro if not e.startswith(CERT)),
                    frozenset(e[len(CERT):] for e in ro if e.startswith(CERT)))
 
     def check(self, client: Client) -> tuple[str | None, bool]:

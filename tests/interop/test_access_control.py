@@ -26,10 +26,11 @@ import time
 
 import pytest
 
-from daemonkit import SYS_PY, VSAND, Daemon, healthy, need, run
+from daemonkit import SYS_PY, VSAND, Daemon, healthy, need, run, vsanctl
 from test_nbd_bad_input import Conn
 from test_vsanctl import ctl, js
 from vsand.nbd import constants as C
+from vsand.server.nbd_server import MAX_OUTSIDERS, OUTSIDER_TIMEOUT
 
 MiB = 1 << 20
 ALLOWED = "127.0.0.2"          # the one address the allowlist daemon serves over TCP
@@ -308,10 +309,12 @@ def test_allow_cert_refuses_plain_tcp_clients(open_d):
     c = opened(d, REFUSED)
     names = listed(c)
     assert "public" in names and "secret" not in names and "secret-snap" not in names, names
+    # answered exactly like a missing export: no way to learn the hidden name exists
     for o in (C.OPT_INFO, C.OPT_GO):
-        c.option(o, struct.pack(">I", 6) + b"secret" + b"\x00\x00")
-        [(t, msg)] = c.opt_final(o)
-        assert t == C.REP_ERR_POLICY and b"no verified client certificate" in msg, (t, msg)
+        for name in (b"secret", b"secreT"):
+            c.option(o, struct.pack(">I", 6) + name + b"\x00\x00")
+            [(t, msg)] = c.opt_final(o)
+            assert (t, msg) == (C.REP_ERR_UNKNOWN, b"no export named %r" % name.decode()), (t, msg)
     assert go(c, "public")[-1] == (C.REP_ACK, b"")
     c.close()
     c = opened(d, REFUSED)
@@ -319,10 +322,11 @@ def test_allow_cert_refuses_plain_tcp_clients(open_d):
     assert c.closed_by_server()
     c.close()
     log = wait_log(d, "refused export secret-snap")
-    assert "WARNING" in [ln for ln in log.splitlines() if "refused export secret:" in ln][0]
+    line = [ln for ln in log.splitlines() if "refused export secret:" in ln][0]
+    assert "WARNING" in line and "no verified client certificate" in line, line   # the real reason
     if shutil.which("nbdinfo"):
         r = run(["nbdinfo", tcp_uri(d, "secret")], check=False, env=dict(os.environ, LIBNBD_DEBUG="1"))
-        assert r.returncode != 0 and "server error message: no verified client certificate" in r.stderr, \
+        assert r.returncode != 0 and "server error message: no export named 'secret'" in r.stderr, \
             r.stderr[-3000:]
         r = run(["nbdinfo", "--list", f"nbd://127.0.0.1:{d.port}"])
         assert "public" in r.stdout and "secret" not in r.stdout, r.stdout
@@ -376,3 +380,148 @@ def test_rules_survive_restart_and_kill(tmp_path):
         idle(d)
     finally:
         d.stop()
+
+
+def test_revert_keep_carries_the_rules(open_d):
+    """The snapshot ``lun revert --keep`` makes holds the LUN's old data: it starts
+    with the LUN's rules, like any snapshot of it."""
+    d = open_d
+    ctl(d, "lun", "create", "rvguard", "--size", "16M")
+    ctl(d, "lun", "set", "rvguard", "--allow-cert", "db1", "--readonly-for", ALLOWED)
+    ctl(d, "snapshot", "create", "rvguard", "rvguard-s1")
+    ctl(d, "lun", "revert", "rvguard", "--to", "rvguard-s1", "--keep", "rvguard-before")
+    info = js(d, "lun", "show", "rvguard-before")
+    assert (info["allow_cert"], info["readonly_for"]) == (["db1"], [f"{ALLOWED}/32"]), info
+    c = opened(d, REFUSED)
+    assert "rvguard-before" not in listed(c)
+    c.close()
+    idle(d)
+
+
+def test_lun_set_warns_of_unguarded_chain(open_d):
+    """A rule guards one LD: ``lun set`` names the LDs of its chain (same data)
+    that lack it, on stderr, and still sets it."""
+    d = open_d
+    ctl(d, "lun", "create", "kin", "--size", "16M")
+    ctl(d, "snapshot", "create", "kin", "kin-s1")
+    ctl(d, "snapshot", "create", "kin", "kin-s2")
+    ctl(d, "snapclone", "create", "kin", "kin-c", "--wait")     # copied: out of the chain, same data
+    assert "kin-c" not in [i["name"] for i in js(d, "lun", "list", "--chain", "kin")]
+    r = vsanctl(d, "lun", "set", "kin", "--allow-cert", "db1")
+    warns = [ln for ln in r.stderr.splitlines() if ln.startswith("vsanctl: warning: ")]
+    assert len(warns) == 1 and "kin-c, kin-s1, kin-s2" in warns[0] and "allow_cert" in warns[0], r.stderr
+    vsanctl(d, "lun", "set", "kin-c", "--allow-cert", "db1", "--readonly-for", ALLOWED)
+    assert js(d, "lun", "show", "kin")["allow_cert"] == ["db1"]     # done all the same
+    vsanctl(d, "lun", "set", "kin-s1", "--allow-cert", "db1")     # warns of kin-s2
+    r = vsanctl(d, "lun", "set", "kin", "--allow-cert", "db1", "--readonly-for", ALLOWED)
+    warns = [ln for ln in r.stderr.splitlines() if ln.startswith("vsanctl: warning: ")]
+    assert len(warns) == 2, r.stderr
+    assert "kin-s2 (its" in warns[0] and "kin-s1" not in warns[0], warns   # s1 has allow_cert
+    assert "kin-s1, kin-s2" in warns[1] and "readonly_for" in warns[1], warns
+    vsanctl(d, "lun", "set", "kin-s2", "--allow-cert", "db1")
+    assert "warning" not in vsanctl(d, "lun", "set", "kin", "--allow-cert", "db1").stderr
+    assert "warning" not in vsanctl(d, "lun", "set", "kin", "--readonly-for", "").stderr   # clearing
+    assert "warning" in js_err(d, "lun", "set", "kin-s1", "--readonly-for", "::1")
+
+
+def js_err(d, *args) -> str:
+    """stderr of a --json command: its warnings never mix into the JSON."""
+    r = vsanctl(d, "--json", *args)
+    json.loads(r.stdout)
+    return r.stderr
+
+
+def test_ipv4_mapped_rule_matches_ipv4_clients(open_d):
+    """``::ffff:127.0.0.1`` names the IPv4 client 127.0.0.1: kept in IPv4 form, and it
+    matches (as written it never would: a client address is judged as IPv4)."""
+    d = open_d
+    ctl(d, "lun", "create", "mapped", "--size", "16M")
+    out = js(d, "lun", "set", "mapped", "--readonly-for", f"::ffff:{REFUSED}")
+    assert out["readonly_for"] == [f"{REFUSED}/32"], out
+    c = opened(d, REFUSED)
+    assert ro_flag(go(c, "mapped"))
+    c.close()
+    c = opened(d, ALLOWED)
+    assert not ro_flag(go(c, "mapped"))
+    c.close()
+    idle(d)
+
+
+def test_refused_addresses_hold_no_connection_slots(tmp_path):
+    """Connections nbd_allow refuses do not count toward max_connections: idle ones
+    from an excluded address leave an allowed client served; they get a short
+    handshake deadline, and past a small cap one is closed before the greeting."""
+    d = Daemon(tmp_path / "state", drives=4, drive_size="256M",
+               extra=["--nbd-allow", ALLOWED, "--max-connections", "3"]).start()
+    try:
+        d.ctl("lun.create", name="slots", size=16 * MiB, raid=0)
+        hold = [opened(d, REFUSED) for _ in range(3)]        # idle, as many as the limit
+        c = opened(d, ALLOWED)
+        got = go(c, "slots")
+        assert got[-1] == (C.REP_ACK, b""), got
+        c.write(0, b"\x42" * 512)
+        assert c.read(0, 512) == b"\x42" * 512
+        hold += [opened(d, REFUSED) for _ in range(MAX_OUTSIDERS - 3)]
+        extra = Conn(d, "tcp", source=REFUSED)
+        assert extra.closed_by_server()            # no greeting: closed at once
+        extra.close()
+        wait_log(d, "refused connections are open already")
+        # the idle refused ones end on their short deadline (the test waits far less
+        # than the 60 s an allowed client's handshake gets)
+        for h in hold:
+            assert h.closed_by_server(timeout=30)
+            h.close()
+        wait_log(d, f"handshake not finished within {OUTSIDER_TIMEOUT:g} s", len(hold))
+        c.write(512, b"\x43" * 512)                # the served client went on all along
+        c.request(C.CMD_DISC)
+        c.close()
+        idle(d)
+    finally:
+        d.stop()
+
+
+def meta_data(name: str, queries=()) -> bytes:
+    nb = name.encode()
+    return struct.pack(">I", len(nb)) + nb + struct.pack(">I", len(queries)) + b"".join(
+        struct.pack(">I", len(q)) + q.encode() for q in queries)
+
+
+def test_changed_contexts_hide_lds_the_client_may_not_use(open_d):
+    """``vsand:changed:<LD>`` names an LD and how it differs: offered on an allowed
+    export only for the LDs of its chain this client may use."""
+    d = open_d
+    ctl(d, "lun", "create", "ctx", "--size", "16M")
+    ctl(d, "snapshot", "create", "ctx", "ctx-open")
+    ctl(d, "snapshot", "create", "ctx", "ctx-hidden")
+    vsanctl(d, "lun", "set", "ctx-hidden", "--allow-cert", "db1")      # warns: its chain lacks it
+    c = opened(d, REFUSED)
+    c.option(C.OPT_STRUCTURED_REPLY)
+    assert c.opt_final(C.OPT_STRUCTURED_REPLY) == [(C.REP_ACK, b"")]
+    c.structured = True
+    for o, queries in ((C.OPT_LIST_META_CONTEXT, ()), (C.OPT_LIST_META_CONTEXT, ("vsand:",)),
+                       (C.OPT_SET_META_CONTEXT, ("base:allocation", "vsand:changed:ctx-open",
+                                                 "vsand:changed:ctx-hidden"))):
+        c.option(o, meta_data("ctx", queries))
+        got = c.opt_final(o)
+        assert got[-1] == (C.REP_ACK, b"")
+        names = sorted(x[4:].decode() for t, x in got if t == C.REP_META_CONTEXT)
+        want = ["vsand:changed:ctx-open"] + (["base:allocation"] if queries != ("vsand:",) else [])
+        assert names == sorted(want), (o, queries, names)
+    c.option(C.OPT_SET_META_CONTEXT, meta_data("ctx", ["vsand:changed:ctx-hidden"]))
+    assert c.opt_final(C.OPT_SET_META_CONTEXT) == [(C.REP_ACK, b"")]     # selects nothing
+    assert go(c, "ctx")[-1] == (C.REP_ACK, b"")
+    ck = c.request(C.CMD_BLOCK_STATUS, 0, 4096)
+    assert c.reply_errno(ck) == C.EINVAL         # no context selected: nothing to report
+    c.close()
+    # a UNIX client (file permissions decide) is offered every LD of the chain
+    c = Conn(d, "unix")
+    c.greeting()
+    c.send(struct.pack(">I", C.FLAG_C_FIXED_NEWSTYLE | C.FLAG_C_NO_ZEROES))
+    c.option(C.OPT_STRUCTURED_REPLY)
+    c.opt_final(C.OPT_STRUCTURED_REPLY)
+    c.option(C.OPT_LIST_META_CONTEXT, meta_data("ctx", ["vsand:"]))
+    got = c.opt_final(C.OPT_LIST_META_CONTEXT)
+    assert sorted(x[4:].decode() for t, x in got if t == C.REP_META_CONTEXT) == \
+        ["vsand:changed:ctx-hidden", "vsand:changed:ctx-open"]
+    c.close()
+    idle(d)

@@ -3,10 +3,13 @@ daemon with ``tls = require`` and ``tls_verify_peer on``, certificates from a te
 CA (tests/tlskit.py), and libnbd clients (nbdinfo, nbdsh) presenting them.
 
 - ``--allow-cert``: the named client lists and uses the LUN; another verified
-  client does not see it in LIST and its GO is refused (ERR_POLICY, logged).
+  client does not see it in LIST and its GO is answered like a missing export (ERR_UNKNOWN; the reason is logged).
 - ``--readonly-for cert:NAME``: that client reads, its writes get EPERM; another
   client writes.
-- Names are matched on any of the certificate's names (CN, DNS or URI SAN)."""
+- Names are matched on any of the certificate's names (CN, DNS or URI SAN).
+- ``tls = on`` (SELECTIVETLS), raw probes: before TLS, INFO/GO for an
+  ``--allow-cert`` export get ERR_TLS_REQD (the client is told to upgrade); inside
+  TLS a certificate that does not match gets ERR_UNKNOWN, as for a missing export."""
 
 from __future__ import annotations
 
@@ -17,7 +20,10 @@ import pytest
 
 from daemonkit import SYS_PY, Daemon, need, run
 from test_vsanctl import js
+from test_access_control import wait_log
+from test_tls_clients import Raw, info_data
 from tlskit import CA, client_dir
+from vsand.nbd import constants as C
 
 MiB = 1 << 20
 SYS_ENV = dict(os.environ, PATH="/usr/bin:" + os.environ.get("PATH", ""))
@@ -28,9 +34,9 @@ def pki(tmp_path_factory):
     root = tmp_path_factory.mktemp("acl-pki")
     ca = CA(root / "ca")
     cert, key = ca.server()
-    return {"ca": ca, "cert": cert, "key": key,
-            "alice": client_dir(root / "alice", ca, ca.client("alice")),
-            "bob": client_dir(root / "bob", ca, ca.client("bob"))}
+    pairs = {"alice": ca.client("alice"), "bob": ca.client("bob")}
+    return {"ca": ca, "cert": cert, "key": key, "pairs": pairs,
+            **{who: client_dir(root / who, ca, pair) for who, pair in pairs.items()}}
 
 
 @pytest.fixture(scope="module")
@@ -114,3 +120,33 @@ def test_readonly_for_a_certificate_name(d, pki):
             raise SystemExit("bob's write was accepted")
         assert h.pread(4096, 0) == b"W" * 4096
     """)
+
+
+@pytest.fixture(scope="module")
+def selective(tmp_path_factory, pki):
+    """tls = on: plain clients served, STARTTLS clients must show a certificate."""
+    d = Daemon(tmp_path_factory.mktemp("acl-tls-on"), drives=4, drive_size="256M",
+               extra=["--tls", "on", "--tls-cert", pki["cert"], "--tls-key", pki["key"],
+                      "--tls-ca", pki["ca"].cert, "--tls-verify-peer", "on"]).start()
+    d.ctl("lun.create", name="guarded", size=16 * MiB, raid=0)
+    d.ctl("lun.create", name="plain", size=16 * MiB, raid=0)
+    js(d, "lun", "set", "guarded", "--allow-cert", "alice")
+    yield d
+    assert d.stop() == 0, d.read_log()
+
+
+@pytest.mark.parametrize("o", [C.OPT_INFO, C.OPT_GO])
+def test_selective_tls_asks_plain_clients_to_upgrade(selective, pki, o):
+    d = selective
+    r = Raw(d)
+    assert r.ask(o, info_data("guarded")) == [C.REP_ERR_TLS_REQD]    # before TLS: upgrade
+    assert r.ask(o, info_data("nosuch")) == [C.REP_ERR_UNKNOWN]
+    assert r.ask(C.OPT_INFO, info_data("plain"))[-1] == C.REP_ACK     # plain ones served
+    r.starttls(pki, pki["pairs"]["bob"])
+    # inside TLS never ERR_TLS_REQD; a certificate that does not match: like a missing one
+    assert r.ask(o, info_data("guarded")) == [C.REP_ERR_UNKNOWN]
+    assert r.ask(o, info_data("nosuch")) == [C.REP_ERR_UNKNOWN]
+    r = Raw(d)
+    r.starttls(pki, pki["pairs"]["alice"])
+    assert r.ask(o, info_data("guarded"))[-1] == C.REP_ACK
+    wait_log(d, "refused export guarded: the client certificate is not allowed")  # the real reason

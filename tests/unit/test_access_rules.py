@@ -4,13 +4,14 @@ rules, decided from a client's address and verified certificate names."""
 from __future__ import annotations
 
 from ipaddress import ip_address
+from socket import AF_INET, AF_INET6, AF_UNIX
 
 import pytest
 
 from vsand.access import ATTRS, Allowlist, Client, Rules, address_of, network, rule
 from vsand.config import load
 from vsand.disk.role import ACCESS_ATTRS
-from vsand.nbd.handshake import Export
+from vsand.nbd.handshake import Export, NeedsTLS
 from vsand.server.nbd_server import NbdServer
 
 V4 = ip_address("127.0.0.1")
@@ -55,13 +56,46 @@ def test_bad_networks_are_refused_with_the_text(bad):
 
 
 def test_peer_addresses():
-    assert address_of(("127.0.0.2", 4000)) == V4B
-    assert address_of(("::1", 4000, 0, 0)) == V6
+    assert address_of(("127.0.0.2", 4000), AF_INET) == V4B
+    assert address_of(("::1", 4000, 0, 0), AF_INET6) == V6
     # an IPv4 client of a dual-stack listener is judged by its IPv4 address
-    assert address_of(("::ffff:127.0.0.2", 4000, 0, 0)) == V4B
-    assert address_of(("fe80::1%lo", 4000, 0, 1)) == ip_address("fe80::1")
-    assert address_of("/run/vsand/nbd.sock") is None and address_of("") is None
-    assert address_of(None) is None
+    assert address_of(("::ffff:127.0.0.2", 4000, 0, 0), AF_INET6) == V4B
+    assert address_of(("fe80::1%lo", 4000, 0, 1), AF_INET6) == ip_address("fe80::1")
+    assert address_of("/run/vsand/nbd.sock", AF_UNIX) is None and address_of("", AF_UNIX) is None
+    assert address_of(None, AF_UNIX) is None
+
+
+@pytest.mark.parametrize("peername", ["", "/run/vsand/nbd.sock", None, ("no-address", 1), (5,)])
+@pytest.mark.parametrize("family", [AF_INET, AF_INET6, None])
+def test_tcp_peer_of_unknown_address_is_refused_not_exempt(peername, family):
+    # a TCP peer (or a socket of unknown family) is judged by its address or refused,
+    # never taken for a UNIX socket client by the form of its peername
+    with pytest.raises(ValueError, match="the peer's address is unknown"):
+        address_of(peername, family)
+
+
+@pytest.mark.parametrize("spec, net", [
+    ("::ffff:127.0.0.2", "127.0.0.2/32"),
+    ("::ffff:127.0.0.0/104", "127.0.0.0/8"),
+    ("::ffff:0:0/96", "0.0.0.0/0"),                  # every IPv4 client
+    ("::ffff:7f00:2", "127.0.0.2/32"),
+])
+def test_ipv4_mapped_entries_are_their_ipv4_network(spec, net):
+    # address_of makes a mapped client address IPv4: a mapped entry must be IPv4 too
+    assert str(network(spec)) == net
+    assert Allowlist([spec]).admits(Client(address_of(("::ffff:127.0.0.2", 1, 0, 0), AF_INET6)))
+    assert Allowlist([spec]).admits(Client(V4B))
+    assert rule("readonly_for", [spec]) == [net]
+    assert Rules.of({"readonly_for": [spec]}).check(Client(V4B)) == (None, True)
+    assert Rules.of({"readonly_for": [spec]}).check(Client(V6)) == (None, False)
+    assert not Allowlist(["::ffff:127.0.0.1"]).admits(Client(V4B))
+
+
+def test_ipv6_networks_beside_the_mapped_range_stay_ipv6():
+    with pytest.raises(ValueError, match="host bits"):
+        network("::ffff:0:0/95")
+    assert str(network("::/0")) == "::/0" and str(network("64:ff9b::/96")) == "64:ff9b::/96"
+    assert not Allowlist(["::/0"]).admits(Client(V4B))
 
 
 def test_no_rules_serve_everyone_read_write():
@@ -177,3 +211,48 @@ def test_server_refusal_names_the_address():
     assert srv.refusal(Client(V4)) == "address 127.0.0.1 is not allowed on this listener (nbd_allow)"
     assert srv.refusal(Client(V4B)) is None and srv.refusal(UNIX) is None
     assert NbdServer(FakeExports({}), io_threads=0).refusal(Client(V6)) is None
+
+
+class FakeChain(FakeExports):
+    """LDs of one sharing chain, each with its own rules."""
+
+    def __init__(self, per_ld):
+        self.per_ld = per_ld
+
+    def rules(self, name):
+        return Rules.of(self.per_ld.get(name, {}))
+
+    def peers(self, name):
+        return [n for n in self.per_ld if n != name]
+
+
+def test_contexts_offered_only_for_lds_the_client_may_use():
+    srv = NbdServer(FakeChain({"db": {}, "db-open": {}, "db-hidden": {"allow_cert": ["db1"]},
+                               "db-bad": {"readonly_for": ["not a network"]}}), io_threads=0)
+    every = ["vsand:changed:db-open", "vsand:changed:db-hidden", "vsand:changed:db-bad"]
+    assert srv.contexts("db") == every                   # no client: what the export has
+    assert srv.contexts("db", Client(V4)) == ["vsand:changed:db-open"]
+    assert srv.contexts("db", Client(V4, frozenset({"db1"}))) == every[:2]
+    assert srv.contexts("db", UNIX) == every[:2]         # UNIX: not bound; unreadable: never
+
+
+class FakeTls:
+    mode, context, verify_peer = "on", None, True
+
+    def describe(self):
+        return "TLS on"
+
+
+def test_refusals_a_certificate_may_lift_are_marked():
+    exp = Export("db", 1 << 20)
+    srv = NbdServer(FakeExports({"allow_cert": ["db1"]}), io_threads=0, tls=FakeTls())
+    assert isinstance(srv.access(exp, Client(V4)), NeedsTLS)
+    assert not isinstance(srv.access(exp, Client(V4, frozenset({"db2"}))), NeedsTLS)   # has one
+    FakeTls.verify_peer = False          # TLS would bring no certificate: nothing to ask for
+    try:
+        assert not isinstance(srv.access(exp, Client(V4)), NeedsTLS)
+    finally:
+        FakeTls.verify_peer = True
+    srv = NbdServer(FakeExports({"allow_cert": ["db1"]}), io_threads=0)
+    got = srv.access(exp, Client(V4))
+    assert isinstance(got, str) and not isinstance(got, NeedsTLS)

@@ -261,7 +261,32 @@ class Handlers:
         if rules:                        # connections keep the access they were given
             log.info("%s: access rules now %s (new connections)", name,
                      {k: v or "none" for k, v in rules.items()})
-        return self.pool.get(name).info()
+        info = self.pool.get(name).info()
+        why = self._unguarded_kin(name, rules)
+        if why:
+            for w in why:
+                log.warning("%s", w)
+            return Warned(info, why)
+        return info
+
+    def _unguarded_kin(self, name, rules) -> list[str]:
+        """Warnings for the LDs of ``name``'s sharing chain (its snapshots, its
+        origin, snapclones being copied) and its snapclones whose copy is done that
+        lack a rule just set on it: they hold some of the same data, and a rule
+        guards one LD only."""
+        out = []
+        lds = {ld.name: ld for ld in self.pool.chain(name) + self.pool.dependents(name)}
+        for key, value in rules.items():
+            if not value:                # cleared: nothing is left less guarded than NAME
+                continue
+            kin = sorted(n for n, ld in lds.items()
+                         if n != name and sorted(ld.attrs.get(key) or ()) != value)
+            if kin:
+                flag = "--" + key.replace("_", "-")
+                out.append(f"{name} shares data with {', '.join(kin)} (its sharing chain), which "
+                           f"do not have the same {key} rule: clients they admit read that data "
+                           f"(set it on them too: vsanctl lun set NAME {flag} ...)")
+        return out
 
     def drive_list(self):
         return self.pool.status()["drives"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 from ..errors import InvalidArgument, NoSpace
 from ..units import format_size
 from . import sharing
-from .role import Role
+from .role import ACCESS_ATTRS, Role
 
 TARGETS = (Role.LUN, Role.CLONE)    # disks of their own; a snapshot is not reverted
 
@@ -42,8 +42,10 @@ def record(pool, name: str, to: str, keep: str | None) -> dict:
     rec = {"t": "rvt", "id": x.id, "to": s.id}
     if keep is not None:
         pool.catalog.check_name(keep)
+        # it holds x's data as it was: the same access rules guard it (pool.snapshot)
         rec["keep"] = {"id": pool.catalog.next_id, "name": keep,
-                       "attrs": {"snapshot_of": x.name, "reverted_from": True}}
+                       "attrs": {"snapshot_of": x.name, "reverted_from": True,
+                                 **{k: x.attrs[k] for k in ACCESS_ATTRS if k in x.attrs}}}
     if s.role.reserved:
         # s will read everything through x: its reservation grows to a full copy
         more = s.allocated_segments()

@@ -13,9 +13,15 @@ only. Names nobody offers are simply not selected (proto.md), never an error.
 Access: ``access(export)`` returns the export as this client may use it (read-only
 for some clients), or a string saying why it may not; it is asked at each
 decision, so what the connection learns meanwhile (a TLS client certificate)
-counts. A refused export is left out of LIST; INFO/GO and the meta context options
-get ERR_POLICY; EXPORT_NAME closes. Explicit refusals are kept in ``denied``
-(export name, why; the first per export) for the server to log.
+counts. A refused export is left out of LIST, and INFO/GO and the meta context
+options answer it exactly like an export that does not exist (ERR_UNKNOWN, "no
+export named ..."), so a client cannot learn which hidden names exist;
+EXPORT_NAME closes. One exception (NBD-NOTES §1.12, SELECTIVETLS): under ``tls``
+"on", before TLS, a refusal of the ``NeedsTLS`` kind (a verified client
+certificate may lift it) gets ERR_TLS_REQD, which tells the client to upgrade.
+``contexts(name)`` is this client's view too: it leaves out contexts naming LDs
+the client may not use. Explicit refusals are kept in ``denied`` (export name,
+why; each pair once) for the server to log.
 
 Option handling follows proto.md (see ../shared/NBD-NOTES.md §1.2-1.3): every
 option's data is consumed exactly; one final reply per option; unknown options
@@ -76,6 +82,11 @@ class StartTLS:
 
 
 TLS_MODES = ("off", "on", "require")
+
+
+class NeedsTLS(str):
+    """An ``access`` refusal that a verified TLS client certificate may lift: see
+    the module doc (ERR_TLS_REQD before TLS under "on")."""
 
 
 def transmission_flags(export: Export, structured: bool) -> int:
@@ -202,7 +213,7 @@ class Handshake:
 
     def _allowed(self, exp: Export) -> Export | str:
         got = self.access(exp)
-        if isinstance(got, str) and all(n != exp.name for n, _ in self.denied):
+        if isinstance(got, str) and (exp.name, got) not in self.denied:   # TLS may change why
             self.denied.append((exp.name, got))
         return got
 
@@ -261,7 +272,7 @@ class Handshake:
             return error(opt, C.REP_ERR_UNKNOWN, f"no export named {name!r}"), None
         exp = self._allowed(exp)
         if isinstance(exp, str):
-            return error(opt, C.REP_ERR_POLICY, exp), None
+            return self._hidden(opt, name, exp), None
         flags = transmission_flags(exp, self.structured)
         out = [reply(opt, C.REP_INFO, struct.pack(">HQH", C.INFO_EXPORT, exp.size, flags))]
         if C.INFO_NAME in reqs:
@@ -277,8 +288,19 @@ class Handshake:
             return b"".join(out), None
         return b"".join(out), Negotiated(exp, flags, self.structured, self._contexts_for(exp.name))
 
+    def _hidden(self, opt: int, name: str, why: str) -> bytes:
+        """The answer for an export ``access`` refused (``why`` is logged, not sent)."""
+        if isinstance(why, NeedsTLS) and self.tls == "on" and not self.tls_active:
+            return error(opt, C.REP_ERR_TLS_REQD, f"export {name!r} needs TLS with a client "
+                                                  f"certificate: send STARTTLS")
+        return error(opt, C.REP_ERR_UNKNOWN, f"no export named {name!r}")
+
     def _contexts_for(self, name: str) -> dict[int, str]:
-        return dict(self.meta) if self.meta_export == name else {}
+        if self.meta_export != name:
+            return {}
+        # asked again: a rule set since SET_META_CONTEXT hides a context from now on
+        offered = set(self.contexts(name))
+        return {cid: c for cid, c in self.meta.items() if c == C.BASE_ALLOCATION or c in offered}
 
     def _meta_context(self, opt: int, data: bytes) -> bytes:
         if len(data) < 8:
@@ -310,7 +332,7 @@ class Handshake:
             return error(opt, C.REP_ERR_UNKNOWN, f"no export named {name!r}")
         why = self._allowed(exp)
         if isinstance(why, str):
-            return error(opt, C.REP_ERR_POLICY, why)
+            return self._hidden(opt, name, why)
         if opt == C.OPT_SET_META_CONTEXT:
             self.meta_export = exp.name   # canonical: "" (default export) matches GO by either name
         offered = [C.BASE_ALLOCATION] + [c for c in self.contexts(exp.name) if c != C.BASE_ALLOCATION]

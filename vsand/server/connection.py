@@ -38,7 +38,7 @@ import asyncio
 import logging
 from time import perf_counter     # latencies: the loop's clock may be cached per iteration (uvloop)
 
-from ..access import Client, address_of
+from ..access import Client
 from ..nbd import constants as C
 from ..peer import describe_peer
 from ..nbd import wire
@@ -72,7 +72,7 @@ class NbdConnection(asyncio.BufferedProtocol):
         self.transport = None
         self.closed = False
         self.hs = Handshake(server.lookup_export, server.list_exports, lambda: server.stopping,
-                            contexts=server.contexts, access=self._access)
+                            contexts=self._contexts, access=self._access)
         self._hsbuf = bytearray(16384)   # options longer than this arrive over several recvs
         self.reader: wire.RequestReader | None = None
         self.dev = None
@@ -103,25 +103,23 @@ class NbdConnection(asyncio.BufferedProtocol):
         self.why: str | None = None   # why the daemon closes it (None: the client did)
         self.tls, self.peer_names = False, frozenset()   # see the module doc
         self.tls_pending: bytearray | None = None   # during STARTTLS: bytes read inside TLS early
+        self.room = server.connections    # or server.outsiders (NbdServer.admit)
+        self.handshake_timeout = HANDSHAKE_TIMEOUT
 
     # ---- asyncio callbacks ---------------------------------------------------------
     def connection_made(self, transport):
         self.transport = transport
         self.peer = describe_peer(transport)
-        self.address = address_of(transport.get_extra_info("peername"))
-        why = self.server.refusal(Client(self.address, self.peer_names))
-        if why is not None:
-            log.warning("connection %s refused: %s", self.peer, why)
-            self.hs.refused = why
-            self.server.stats.refused += 1
+        if not self.server.admit(self, transport):
+            return
         self.hs.tls = starttls.mode(self.server.tls, transport)
-        self.server.connections.add(self)
+        self.room.add(self)
         # Backpressure (see the module doc): paused as soon as the transport keeps
         # any reply bytes, resumed once it keeps none, which frees them all.
         transport.set_write_buffer_limits(high=0, low=0)
         transport.write(Handshake.greeting())
         loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(HANDSHAKE_TIMEOUT, self._timeout)
+        self._timer = loop.call_later(self.handshake_timeout, self._timeout)
         # kept: asyncio.get_running_loop() costs a getpid() system call each time
         self._clock, self._soon = loop.time, loop.call_soon
 
@@ -130,7 +128,7 @@ class NbdConnection(asyncio.BufferedProtocol):
             return
         self.ended(exc)
         self.closed = True
-        self.server.connections.discard(self)
+        self.room.discard(self)
         self.mem.close()
         if self._timer:
             self._timer.cancel()
@@ -222,11 +220,14 @@ class NbdConnection(asyncio.BufferedProtocol):
     # ---- handshake -----------------------------------------------------------------
     def _timeout(self):
         if self.reader is None and not self.closed:
-            self.abort(f"handshake not finished within {HANDSHAKE_TIMEOUT:g} s")
+            self.abort(f"handshake not finished within {self.handshake_timeout:g} s")
 
     def _access(self, exp):
         # the names are read now: TLS may have verified a certificate since the greeting
         return self.server.access(exp, Client(self.address, self.peer_names))
+
+    def _contexts(self, name):
+        return self.server.contexts(name, Client(self.address, self.peer_names))
 
     def _handshake(self, data: bytes) -> None:
         if self.tls_pending is not None:    # the TLS layer read it before start_tls returned

@@ -45,6 +45,11 @@ def offered(exports, name: str) -> list[str]:
     return [CHANGED + peer for peer in exports.peers(name)]
 
 
+def subject(ctx: str) -> str | None:
+    """The LD a ``vsand:changed:`` context names; None for another context."""
+    return ctx[len(CHANGED):] if ctx.startswith(CHANGED) else None
+
+
 def status(exports, name: str, dev, ctx: str) -> Status:
     """What BLOCK_STATUS answers for context ``ctx`` (selected at the handshake)
     on export ``name`` served by ``dev``."""

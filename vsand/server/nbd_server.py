@@ -8,8 +8,8 @@ import dataclasses
 import logging
 import socket
 
-from ..access import Allowlist, Client
-from ..nbd.handshake import Export
+from ..access import Allowlist, Client, address_of
+from ..nbd.handshake import Export, NeedsTLS
 from . import budget, contexts
 from .committer import Committer
 from .connection import NbdConnection
@@ -19,6 +19,12 @@ log = logging.getLogger("vsand.server")
 
 
 SWEEP = 2.0      # seconds between looks at idle connections
+# A connection nbd_allow refuses (or whose TCP peer has no readable address) is
+# answered (ERR_POLICY says why) but holds no slot of max_connections: it gets a
+# short handshake deadline, and only so many stay open at once; past that, one is
+# closed before the greeting. An excluded host cannot lock the allowed ones out.
+OUTSIDER_TIMEOUT = 5.0
+MAX_OUTSIDERS = 16
 IO_THREADS = 16  # drive reads that miss the page cache, direct writes and commits run on these
 
 
@@ -61,6 +67,7 @@ class NbdServer:
         self.io = (concurrent.futures.ThreadPoolExecutor(io_threads, thread_name_prefix="vsand-io")
                    if io_threads else Inline())
         self.connections: set[NbdConnection] = set()
+        self.outsiders: set[NbdConnection] = set()   # refused by nbd_allow: not in max_connections
         self.stopping = False
         self.committer = Committer(exports.begin_flush, self.io)
         self.ring = ring
@@ -87,15 +94,29 @@ class NbdServer:
             log.error("export %s: unreadable access rules: %s", exp.name, e)
             return "the export's access rules cannot be read"
         if why is not None:
+            if not client.names - {""} and self.tls is not None and self.tls.verify_peer:
+                return NeedsTLS(why)      # a client certificate may open it (handshake.py)
             return why
         return dataclasses.replace(exp, read_only=True) if read_only and not exp.read_only else exp
 
     def device(self, name: str):
         return self.exports.lookup(name)[1]
 
-    def contexts(self, name: str) -> list[str]:
-        """Block status contexts export ``name`` offers beyond base:allocation."""
-        return contexts.offered(self.exports, name)
+    def contexts(self, name: str, client: Client | None = None) -> list[str]:
+        """Block status contexts export ``name`` offers beyond base:allocation; to
+        ``client``, only those naming LDs it may use (their names and how they
+        differ are theirs to hide)."""
+        offered = contexts.offered(self.exports, name)
+        if client is None:
+            return offered
+        return [c for c in offered if (ld := contexts.subject(c)) is None or self._admits(ld, client)]
+
+    def _admits(self, ld: str, client: Client) -> bool:
+        try:
+            why, _ = self.exports.rules(ld).check(client)
+        except ValueError:               # unreadable rules refuse (see access)
+            return False
+        return why is None
 
     def status(self, name: str, dev, ctx: str) -> contexts.Status:
         return contexts.status(self.exports, name, dev, ctx)
@@ -124,13 +145,47 @@ class NbdServer:
         """Export ``name`` is gone (deleted): its figures go with it."""
         self.stats.forget(name)
 
-    def refusal(self, client: Client) -> str | None:
-        """Why a new connection is refused, or None."""
+    def excluded(self, client: Client) -> str | None:
+        """Why nbd_allow refuses a new connection, or None."""
         if not self.allow.admits(client):
             return f"address {client.address} is not allowed on this listener (nbd_allow)"
+        return None
+
+    def refusal(self, client: Client) -> str | None:
+        """Why a new connection is refused, or None."""
+        why = self.excluded(client)
+        if why is not None:
+            return why
         if len(self.connections) >= self.max_connections:
             return f"too many connections (the limit is {self.max_connections})"
         return None
+
+    def admit(self, conn, transport) -> bool:
+        """Decides a new connection: its address, the set it counts in (``conn.room``),
+        its handshake deadline, and why every option is refused (``conn.hs.refused``).
+        False: closed at once, before the greeting."""
+        try:
+            family = getattr(transport.get_extra_info("socket"), "family", None)
+            conn.address = address_of(transport.get_extra_info("peername"), family)
+            why = self.excluded(Client(conn.address))
+        except ValueError as e:          # a TCP peer nobody can judge: refused, never exempt
+            why = str(e)
+        if why is not None:
+            conn.room, conn.handshake_timeout = self.outsiders, OUTSIDER_TIMEOUT
+        else:
+            why = self.refusal(Client(conn.address))
+        if why is None:
+            return True
+        self.stats.refused += 1
+        if conn.room is self.outsiders and len(self.outsiders) >= MAX_OUTSIDERS:
+            conn.why = (f"refused: {why}; closed before the greeting ({MAX_OUTSIDERS} "
+                        f"refused connections are open already)")
+            log.warning("connection %s %s", conn.peer, conn.why)
+            transport.close()
+            return False
+        log.warning("connection %s refused: %s", conn.peer, why)
+        conn.hs.refused = why
+        return True
 
     def _sweep(self) -> None:
         """Gives idle connections' grown buffers back and closes those idle past
@@ -171,13 +226,13 @@ class NbdServer:
             self._sweeper.cancel()
         for srv in self.servers:
             srv.close()
-        for conn in list(self.connections):
+        for conn in list(self.connections | self.outsiders):
             conn.shutdown("daemon shutdown")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while self.connections and loop.time() < deadline:
+        while (self.connections or self.outsiders) and loop.time() < deadline:
             await asyncio.sleep(0.01)
-        for conn in list(self.connections):
+        for conn in list(self.connections | self.outsiders):
             conn.abort(f"daemon shutdown (replies not done within {timeout:g} s)")
         for srv in self.servers:
             await srv.wait_closed()

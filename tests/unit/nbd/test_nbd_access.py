@@ -1,15 +1,20 @@
 """The handshake's access callable (vsand/nbd/handshake.py): a refused export is
-left out of LIST, INFO/GO and the meta context options get ERR_POLICY, EXPORT_NAME
-closes; a read-only verdict sets READ_ONLY; the callable is asked at each
-decision (a certificate learned mid-handshake counts)."""
+left out of LIST, INFO/GO and the meta context options answer it like a missing
+export (ERR_UNKNOWN, no existence oracle), EXPORT_NAME closes; under tls "on"
+before TLS, a refusal a certificate may lift gets ERR_TLS_REQD; a read-only
+verdict sets READ_ONLY; the callable is asked at each decision (a certificate
+learned mid-handshake counts); contexts the client may not see are never
+selected."""
 
 from __future__ import annotations
 
 import dataclasses
 import struct
 
+import pytest
+
 from vsand.nbd import constants as C
-from vsand.nbd.handshake import Closed, Negotiated
+from vsand.nbd.handshake import Closed, Negotiated, NeedsTLS
 
 from test_nbd_handshake import BASE_FLAGS, DISK, RO, info_go, meta, opt, parse, rep, started
 
@@ -51,18 +56,18 @@ def test_list_leaves_refused_exports_out():
     assert names_listed(out) == ["disk", "ro"]
 
 
-def test_info_and_go_get_err_policy_and_negotiation_goes_on():
+def test_info_and_go_answer_a_refused_export_like_a_missing_one():
     p = Policy()
     hs = started(access=p)
     for o in (C.OPT_INFO, C.OPT_GO):
         out, outcome = hs.receive(opt(o, info_go(b"disk")))
         assert outcome is None
         [(ro, rt, msg)] = parse(out)
-        assert (ro, rt) == (o, C.REP_ERR_POLICY) and b"certificate" in msg
-    assert hs.denied == [("disk", "no verified client certificate")]   # once per export
-    # unknown exports stay ERR_UNKNOWN: the policy is asked about real ones only
-    out, _ = hs.receive(opt(C.OPT_GO, info_go(b"nope")))
-    assert parse(out)[0][1] == C.REP_ERR_UNKNOWN
+        assert (ro, rt, msg) == (o, C.REP_ERR_UNKNOWN, b"no export named 'disk'")
+        out, _ = hs.receive(opt(o, info_go(b"nope")))
+        assert parse(out) == [(o, C.REP_ERR_UNKNOWN, b"no export named 'nope'")]   # the same form
+    # the reason is kept for the log, once per export; the policy is asked about real ones only
+    assert hs.denied == [("disk", "no verified client certificate")]
     # the same connection, the names changed: the next GO is allowed
     p.names = frozenset({"ok"})
     out, outcome = hs.receive(opt(C.OPT_GO, info_go(b"disk")))
@@ -82,7 +87,42 @@ def test_meta_context_options_refused():
     hs.receive(opt(C.OPT_STRUCTURED_REPLY))
     for o in (C.OPT_LIST_META_CONTEXT, C.OPT_SET_META_CONTEXT):
         out, outcome = hs.receive(opt(o, meta(b"disk", [b"base:allocation"])))
-        assert outcome is None and [r[:2] for r in parse(out)] == [(o, C.REP_ERR_POLICY)]
+        assert outcome is None and parse(out) == [(o, C.REP_ERR_UNKNOWN, b"no export named 'disk'")]
+        out, _ = hs.receive(opt(o, meta(b"nope", [b"base:allocation"])))
+        assert parse(out) == [(o, C.REP_ERR_UNKNOWN, b"no export named 'nope'")]
+
+
+def needs_tls(exp):
+    return NeedsTLS("no verified client certificate") if exp.name == "disk" else exp
+
+
+@pytest.mark.parametrize("o", [C.OPT_INFO, C.OPT_GO])
+def test_selective_tls_asks_for_tls_before_it_only(o):
+    hs = started(access=needs_tls, tls="on")
+    [(ro, rt, msg)] = parse(hs.receive(opt(o, info_go(b"disk")))[0])
+    assert (ro, rt) == (o, C.REP_ERR_TLS_REQD) and b"STARTTLS" in msg
+    assert parse(hs.receive(opt(o, info_go(b"nope")))[0])[0][1] == C.REP_ERR_UNKNOWN
+    hs.tls_started()            # inside TLS, never ERR_TLS_REQD: hidden like a missing one
+    assert parse(hs.receive(opt(o, info_go(b"disk")))[0]) == [(o, C.REP_ERR_UNKNOWN, b"no export named 'disk'")]
+    # without TLS on offer, or for a refusal no certificate lifts: unknown
+    for tls, policy in (("off", needs_tls), ("on", Policy())):
+        hs = started(access=policy, tls=tls)
+        assert parse(hs.receive(opt(o, info_go(b"disk")))[0])[0][1] == C.REP_ERR_UNKNOWN
+
+
+def test_contexts_rechecked_at_go():
+    """A context offered at SET and hidden before GO is not selected (the server
+    filters contexts per client; a rule may change in between)."""
+    shown = ["vsand:changed:a", "vsand:changed:b"]
+    hs = started(contexts=lambda name: list(shown))
+    hs.receive(opt(C.OPT_STRUCTURED_REPLY))
+    out, _ = hs.receive(opt(C.OPT_SET_META_CONTEXT, meta(b"disk", [b"base:allocation", b"vsand:changed:a",
+                                                                   b"vsand:changed:b"])))
+    assert [t for _, t, _ in parse(out)] == [C.REP_META_CONTEXT] * 3 + [C.REP_ACK]
+    shown.remove("vsand:changed:b")
+    _, outcome = hs.receive(opt(C.OPT_GO, info_go(b"disk")))
+    assert isinstance(outcome, Negotiated)
+    assert sorted(outcome.meta_contexts.values()) == ["base:allocation", "vsand:changed:a"]
 
 
 def test_read_only_verdict_sets_the_flag_everywhere():
