@@ -3,13 +3,13 @@ daemon with ``tls = require`` and ``tls_verify_peer on``, certificates from a te
 CA (tests/tlskit.py), and libnbd clients (nbdinfo, nbdsh) presenting them.
 
 - ``--allow-cert``: the named client lists and uses the LUN; another verified
-  client does not see it in LIST and its GO is answered like a missing export (ERR_UNKNOWN; the reason is logged).
+  client does not see it in LIST and its GO gets ERR_POLICY with the reason (logged too).
 - ``--readonly-for cert:NAME``: that client reads, its writes get EPERM; another
   client writes.
 - Names are matched on any of the certificate's names (CN, DNS or URI SAN).
 - ``tls = on`` (SELECTIVETLS), raw probes: before TLS, INFO/GO for an
   ``--allow-cert`` export get ERR_TLS_REQD (the client is told to upgrade); inside
-  TLS a certificate that does not match gets ERR_UNKNOWN, as for a missing export."""
+  TLS a certificate that does not match gets ERR_POLICY."""
 
 from __future__ import annotations
 
@@ -143,8 +143,8 @@ def test_selective_tls_asks_plain_clients_to_upgrade(selective, pki, o):
     assert r.ask(o, info_data("nosuch")) == [C.REP_ERR_UNKNOWN]
     assert r.ask(C.OPT_INFO, info_data("plain"))[-1] == C.REP_ACK     # plain ones served
     r.starttls(pki, pki["pairs"]["bob"])
-    # inside TLS never ERR_TLS_REQD; a certificate that does not match: like a missing one
-    assert r.ask(o, info_data("guarded")) == [C.REP_ERR_UNKNOWN]
+    # inside TLS never ERR_TLS_REQD; a certificate that does not match: a policy refusal
+    assert r.ask(o, info_data("guarded")) == [C.REP_ERR_POLICY]
     assert r.ask(o, info_data("nosuch")) == [C.REP_ERR_UNKNOWN]
     r = Raw(d)
     r.starttls(pki, pki["pairs"]["alice"])

@@ -13,9 +13,9 @@ only. Names nobody offers are simply not selected (proto.md), never an error.
 Access: ``access(export)`` returns the export as this client may use it (read-only
 for some clients), or a string saying why it may not; it is asked at each
 decision, so what the connection learns meanwhile (a TLS client certificate)
-counts. A refused export is left out of LIST, and INFO/GO and the meta context
-options answer it exactly like an export that does not exist (ERR_UNKNOWN, "no
-export named ..."), so a client cannot learn which hidden names exist;
+counts. A refused export is left out of LIST; INFO/GO and the meta context
+options get ERR_POLICY with the reason (issue 14: the protocol's error for a
+policy refusal, which tells its owner why rather than that the name is wrong);
 EXPORT_NAME closes. One exception (NBD-NOTES §1.12, SELECTIVETLS): under ``tls``
 "on", before TLS, a refusal of the ``NeedsTLS`` kind (a verified client
 certificate may lift it) gets ERR_TLS_REQD, which tells the client to upgrade.
@@ -272,7 +272,7 @@ class Handshake:
             return error(opt, C.REP_ERR_UNKNOWN, f"no export named {name!r}"), None
         exp = self._allowed(exp)
         if isinstance(exp, str):
-            return self._hidden(opt, name, exp), None
+            return self._refused(opt, name, exp), None
         flags = transmission_flags(exp, self.structured)
         out = [reply(opt, C.REP_INFO, struct.pack(">HQH", C.INFO_EXPORT, exp.size, flags))]
         if C.INFO_NAME in reqs:
@@ -288,12 +288,12 @@ class Handshake:
             return b"".join(out), None
         return b"".join(out), Negotiated(exp, flags, self.structured, self._contexts_for(exp.name))
 
-    def _hidden(self, opt: int, name: str, why: str) -> bytes:
-        """The answer for an export ``access`` refused (``why`` is logged, not sent)."""
+    def _refused(self, opt: int, name: str, why: str) -> bytes:
+        """The answer for an export ``access`` refused (``why`` is also logged)."""
         if isinstance(why, NeedsTLS) and self.tls == "on" and not self.tls_active:
             return error(opt, C.REP_ERR_TLS_REQD, f"export {name!r} needs TLS with a client "
                                                   f"certificate: send STARTTLS")
-        return error(opt, C.REP_ERR_UNKNOWN, f"no export named {name!r}")
+        return error(opt, C.REP_ERR_POLICY, why)
 
     def _contexts_for(self, name: str) -> dict[int, str]:
         if self.meta_export != name:
@@ -332,7 +332,7 @@ class Handshake:
             return error(opt, C.REP_ERR_UNKNOWN, f"no export named {name!r}")
         why = self._allowed(exp)
         if isinstance(why, str):
-            return self._hidden(opt, name, why)
+            return self._refused(opt, name, why)
         if opt == C.OPT_SET_META_CONTEXT:
             self.meta_export = exp.name   # canonical: "" (default export) matches GO by either name
         offered = [C.BASE_ALLOCATION] + [c for c in self.contexts(exp.name) if c != C.BASE_ALLOCATION]

@@ -1,6 +1,6 @@
 """The handshake's access callable (vsand/nbd/handshake.py): a refused export is
-left out of LIST, INFO/GO and the meta context options answer it like a missing
-export (ERR_UNKNOWN, no existence oracle), EXPORT_NAME closes; under tls "on"
+left out of LIST, INFO/GO and the meta context options get ERR_POLICY with the
+reason (a missing export: ERR_UNKNOWN), EXPORT_NAME closes; under tls "on"
 before TLS, a refusal a certificate may lift gets ERR_TLS_REQD; a read-only
 verdict sets READ_ONLY; the callable is asked at each decision (a certificate
 learned mid-handshake counts); contexts the client may not see are never
@@ -63,9 +63,9 @@ def test_info_and_go_answer_a_refused_export_like_a_missing_one():
         out, outcome = hs.receive(opt(o, info_go(b"disk")))
         assert outcome is None
         [(ro, rt, msg)] = parse(out)
-        assert (ro, rt, msg) == (o, C.REP_ERR_UNKNOWN, b"no export named 'disk'")
+        assert (ro, rt, msg) == (o, C.REP_ERR_POLICY, b"no verified client certificate")
         out, _ = hs.receive(opt(o, info_go(b"nope")))
-        assert parse(out) == [(o, C.REP_ERR_UNKNOWN, b"no export named 'nope'")]   # the same form
+        assert parse(out) == [(o, C.REP_ERR_UNKNOWN, b"no export named 'nope'")]
     # the reason is kept for the log, once per export; the policy is asked about real ones only
     assert hs.denied == [("disk", "no verified client certificate")]
     # the same connection, the names changed: the next GO is allowed
@@ -87,7 +87,7 @@ def test_meta_context_options_refused():
     hs.receive(opt(C.OPT_STRUCTURED_REPLY))
     for o in (C.OPT_LIST_META_CONTEXT, C.OPT_SET_META_CONTEXT):
         out, outcome = hs.receive(opt(o, meta(b"disk", [b"base:allocation"])))
-        assert outcome is None and parse(out) == [(o, C.REP_ERR_UNKNOWN, b"no export named 'disk'")]
+        assert outcome is None and parse(out) == [(o, C.REP_ERR_POLICY, b"no verified client certificate")]
         out, _ = hs.receive(opt(o, meta(b"nope", [b"base:allocation"])))
         assert parse(out) == [(o, C.REP_ERR_UNKNOWN, b"no export named 'nope'")]
 
@@ -102,12 +102,12 @@ def test_selective_tls_asks_for_tls_before_it_only(o):
     [(ro, rt, msg)] = parse(hs.receive(opt(o, info_go(b"disk")))[0])
     assert (ro, rt) == (o, C.REP_ERR_TLS_REQD) and b"STARTTLS" in msg
     assert parse(hs.receive(opt(o, info_go(b"nope")))[0])[0][1] == C.REP_ERR_UNKNOWN
-    hs.tls_started()            # inside TLS, never ERR_TLS_REQD: hidden like a missing one
-    assert parse(hs.receive(opt(o, info_go(b"disk")))[0]) == [(o, C.REP_ERR_UNKNOWN, b"no export named 'disk'")]
-    # without TLS on offer, or for a refusal no certificate lifts: unknown
+    hs.tls_started()            # inside TLS, never ERR_TLS_REQD: a policy refusal
+    assert parse(hs.receive(opt(o, info_go(b"disk")))[0]) == [(o, C.REP_ERR_POLICY, b"no verified client certificate")]
+    # without TLS on offer, or for a refusal no certificate lifts: a policy refusal
     for tls, policy in (("off", needs_tls), ("on", Policy())):
         hs = started(access=policy, tls=tls)
-        assert parse(hs.receive(opt(o, info_go(b"disk")))[0])[0][1] == C.REP_ERR_UNKNOWN
+        assert parse(hs.receive(opt(o, info_go(b"disk")))[0])[0][1] == C.REP_ERR_POLICY
 
 
 def test_contexts_rechecked_at_go():
