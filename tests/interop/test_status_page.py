@@ -33,6 +33,9 @@ def web(tmp_path_factory):
     ctl(d, "snapshot", "create", "vol", "vol-s2")
     ctl(d, "snapclone", "create", "vol-s1", "vol-c1")
     ctl(d, "lun", "create", "mirror", "--size", "16M", "--raid", "1")
+    # access rules: vsanctl shows them (behind the control socket), the page must not
+    ctl(d, "lun", "set", "mirror", "--allow-cert", "db1.secret.example",
+        "--readonly-for", "10.99.7.0/24")
     yield d
     healthy(d)
     assert d.stop() == 0, d.read_log()
@@ -73,7 +76,8 @@ def test_json_matches_vsanctl(web):
     nodes = list(flatten(st["trees"]))
     assert sorted(n["name"] for _, n in nodes) == sorted(rows)
     for parent, n in nodes:
-        assert n == rows[n["name"]]
+        row = {k: v for k, v in rows[n["name"]].items() if k not in ("allow_cert", "readonly_for")}
+        assert n == {**row, "access_rules": n["name"] == "mirror"}
         assert parent == n["origin"]
     assert [(p, n["name"]) for p, n in nodes] == [(None, "vol"), ("vol", "vol-s1"), ("vol-s1", "vol-c1"),
                                                   ("vol", "vol-s2"), (None, "mirror")]
@@ -96,6 +100,21 @@ def test_json_matches_vsanctl(web):
     tasks = [{k: t[k] for k in ("id", "kind", "target", "state", "done", "total")} for t in st["tasks"]]
     assert tasks == [{k: t[k] for k in ("id", "kind", "target", "state", "done", "total")}
                      for t in js(web, "task", "list")]
+
+
+def test_access_rules_sockets_and_pid_stay_behind_the_control_socket(web):
+    """Whoever reaches the listener reads no LD's access rules (only that it has
+    some), nor where the daemon's sockets are, nor its pid."""
+    assert js(web, "lun", "show", "mirror")["allow_cert"] == ["db1.secret.example"]
+    body = get(web, "/api/status")[2].decode()
+    st = json.loads(body)
+    for secret in ("db1.secret.example", "10.99.7.", "allow_cert", "readonly_for"):
+        assert secret not in body, secret
+    assert {n["name"]: n["access_rules"] for _, n in flatten(st["trees"])}["mirror"] is True
+    want = js(web, "status")
+    for k in ("nbd_socket", "listen", "pid"):
+        assert k in want and k not in st["pool"], k
+    assert want["nbd_socket"] not in body
 
 
 def test_page_and_assets_are_served(web):
