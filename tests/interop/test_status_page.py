@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -15,6 +17,7 @@ import pytest
 from daemonkit import Daemon, free_port, healthy
 from test_vsanctl import ctl, js
 
+from vsand.web.status import TICK
 from vsand.web.view import FAILED, LEGEND, REBUILDING, USED
 
 MiB = 1 << 20
@@ -207,6 +210,11 @@ def test_a_failed_drive_shows(tmp_path):
         held = next(x for x in status(d)["drives"] if not x["quorum"] and any(c == USED for c, _ in x["runs"]))
         ctl(d, "drive", "fail", str(held["index"]))
         deadline = time.monotonic() + 30
+        # /api/status is at most a tick old: the state from before the failure, until
+        # the next build (a deadline bounds the wait)
+        while (x := status(d)["drives"][held["index"]])["status"] == "ok":
+            assert time.monotonic() < deadline, x
+            time.sleep(0.05)
         while True:
             x = status(d)["drives"][held["index"]]
             assert x["status"] in ("failed", "rebuilding") and x["failed"]
@@ -218,6 +226,37 @@ def test_a_failed_drive_shows(tmp_path):
                 break                                 # rebuilt: its old PSEGs are let go
             assert time.monotonic() < deadline, x
             time.sleep(0.05)
+        healthy(d)
+    finally:
+        d.stop()
+
+
+def test_concurrent_requests_share_one_build(tmp_path):
+    """However many clients poll /api/status, the event loop builds the state at most
+    once a tick (the daemon logs each build at DEBUG): N requests sent together
+    cost one build, or one more per tick they took."""
+    port = free_port()
+    d = Daemon(tmp_path / "state", drive_size="256M",
+               extra=["--metrics", f"127.0.0.1:{port}", "--log-level", "debug"]).start()
+    d.web = f"127.0.0.1:{port}"
+    n, bodies = 16, []
+    go = threading.Barrier(n)
+
+    def client():
+        go.wait(timeout=10)
+        bodies.append(get(d, "/api/status")[2])
+    try:
+        ctl(d, "lun", "create", "vol", "--size", "32M")
+        threads = [threading.Thread(target=client) for _ in range(n)]
+        began = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        took = time.monotonic() - began
+        assert len(bodies) == n and len(set(bodies)) == 1 and b'"vol"' in bodies[0]
+        builds = len(re.findall(r"status page state #\d+ built in", d.read_log()))
+        assert 1 <= builds <= 1 + int(took / (TICK * 0.9)), (builds, took)
         healthy(d)
     finally:
         d.stop()

@@ -28,7 +28,7 @@ import numpy as np
 from .. import access
 from ..control.handlers import Handlers
 from ..disk import membership, usage
-from ..disk.rebuild import leaving_drives
+from ..disk.rebuild import leaving_drives, left_members
 from ..tasks import REBUILD
 
 # what `vsanctl status` says that the page does not: where the daemon's sockets are, its pid
@@ -78,15 +78,10 @@ def pseg_states(pool, rebuilding: bool) -> dict[int, np.ndarray]:
         out[i] = s
     leaving = leaving_drives(pool)
     if rebuilding and (pool.failed_drives or leaving):
-        # the damage survey is the rebuild task's own list of what is left
+        # what the rebuild task has left, found as it finds it (the damage survey),
+        # in bulk: a failed multi-TB drive holds millions of columns
         moving = [i for i in out if pool.drives[i].failed or i in leaving]
-        columns: dict = {}             # table -> ([RSD index], [column])
-        for t, idx, col in pool.damage().todo:
-            ix, cs = columns.setdefault(t, ([], []))
-            ix.append(idx)
-            cs.append(col)
-        for t, (ix, cs) in columns.items():     # in bulk: a failed drive held thousands
-            stored = t.rows(np.array(ix))[np.arange(len(ix)), cs]
+        for t, stored in left_members(pool):
             drives, psegs = pool.space.physical_arrays(t.raid, stored)
             for d in moving:
                 out[d][psegs[drives == d]] = REBUILDING
