@@ -238,6 +238,7 @@ def test_metrics_are_off_unless_configured(tmp_path):
     try:
         assert listening_ports(d.proc.pid) == {d.port, port}
         assert f"metrics listening on http://127.0.0.1:{port}/metrics" in d.read_log()
+        assert "not on loopback" not in d.read_log()
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/nothing", timeout=10)
         assert e.value.code == 404
@@ -307,5 +308,29 @@ def test_config_key_with_a_port_alone_listens_on_loopback(tmp_path):
     d.start()
     try:
         assert listening_ports(d.proc.pid) == {d.port}
+    finally:
+        assert d.stop() == 0
+
+
+def test_a_listener_beyond_loopback_is_served_with_a_warning(tmp_path):
+    """0.0.0.0 (every interface) is accepted, an admin may put a proxy in front, but
+    the log says at start that nothing guards it. The test never connects to it."""
+    port = free_port()
+    try:
+        with socket.socket() as s:
+            s.bind(("0.0.0.0", port))
+    except OSError as e:
+        pytest.skip(f"cannot bind 0.0.0.0 here: {e}")
+    d = Daemon(tmp_path / "state", drives=4, drive_size="256M",
+               extra=["--metrics", f"0.0.0.0:{port}"]).start()
+    try:
+        deadline = time.monotonic() + 10
+        while "metrics listening" not in d.read_log():
+            assert time.monotonic() < deadline, d.read_log()
+            time.sleep(0.05)
+        assert port in listening_ports(d.proc.pid)
+        warned = [line for line in d.read_log().splitlines() if "not on loopback" in line]
+        assert len(warned) == 1 and "WARNING" in warned[0], d.read_log()
+        assert f"0.0.0.0:{port}" in warned[0] and "no authentication and no TLS" in warned[0]
     finally:
         assert d.stop() == 0

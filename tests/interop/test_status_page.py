@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -15,6 +17,7 @@ import pytest
 from daemonkit import Daemon, free_port, healthy
 from test_vsanctl import ctl, js
 
+from vsand.web.status import TICK
 from vsand.web.view import FAILED, LEGEND, REBUILDING, USED
 
 MiB = 1 << 20
@@ -33,6 +36,9 @@ def web(tmp_path_factory):
     ctl(d, "snapshot", "create", "vol", "vol-s2")
     ctl(d, "snapclone", "create", "vol-s1", "vol-c1")
     ctl(d, "lun", "create", "mirror", "--size", "16M", "--raid", "1")
+    # access rules: vsanctl shows them (behind the control socket), the page must not
+    ctl(d, "lun", "set", "mirror", "--allow-cert", "db1.secret.example",
+        "--readonly-for", "10.99.7.0/24")
     yield d
     healthy(d)
     assert d.stop() == 0, d.read_log()
@@ -73,7 +79,8 @@ def test_json_matches_vsanctl(web):
     nodes = list(flatten(st["trees"]))
     assert sorted(n["name"] for _, n in nodes) == sorted(rows)
     for parent, n in nodes:
-        assert n == rows[n["name"]]
+        row = {k: v for k, v in rows[n["name"]].items() if k not in ("allow_cert", "readonly_for")}
+        assert n == {**row, "access_rules": n["name"] == "mirror"}
         assert parent == n["origin"]
     assert [(p, n["name"]) for p, n in nodes] == [(None, "vol"), ("vol", "vol-s1"), ("vol-s1", "vol-c1"),
                                                   ("vol", "vol-s2"), (None, "mirror")]
@@ -96,6 +103,21 @@ def test_json_matches_vsanctl(web):
     tasks = [{k: t[k] for k in ("id", "kind", "target", "state", "done", "total")} for t in st["tasks"]]
     assert tasks == [{k: t[k] for k in ("id", "kind", "target", "state", "done", "total")}
                      for t in js(web, "task", "list")]
+
+
+def test_access_rules_sockets_and_pid_stay_behind_the_control_socket(web):
+    """Whoever reaches the listener reads no LD's access rules (only that it has
+    some), nor where the daemon's sockets are, nor its pid."""
+    assert js(web, "lun", "show", "mirror")["allow_cert"] == ["db1.secret.example"]
+    body = get(web, "/api/status")[2].decode()
+    st = json.loads(body)
+    for secret in ("db1.secret.example", "10.99.7.", "allow_cert", "readonly_for"):
+        assert secret not in body, secret
+    assert {n["name"]: n["access_rules"] for _, n in flatten(st["trees"])}["mirror"] is True
+    want = js(web, "status")
+    for k in ("nbd_socket", "listen", "pid"):
+        assert k in want and k not in st["pool"], k
+    assert want["nbd_socket"] not in body
 
 
 def test_page_and_assets_are_served(web):
@@ -188,6 +210,11 @@ def test_a_failed_drive_shows(tmp_path):
         held = next(x for x in status(d)["drives"] if not x["quorum"] and any(c == USED for c, _ in x["runs"]))
         ctl(d, "drive", "fail", str(held["index"]))
         deadline = time.monotonic() + 30
+        # /api/status is at most a tick old: the state from before the failure, until
+        # the next build (a deadline bounds the wait)
+        while (x := status(d)["drives"][held["index"]])["status"] == "ok":
+            assert time.monotonic() < deadline, x
+            time.sleep(0.05)
         while True:
             x = status(d)["drives"][held["index"]]
             assert x["status"] in ("failed", "rebuilding") and x["failed"]
@@ -199,6 +226,37 @@ def test_a_failed_drive_shows(tmp_path):
                 break                                 # rebuilt: its old PSEGs are let go
             assert time.monotonic() < deadline, x
             time.sleep(0.05)
+        healthy(d)
+    finally:
+        d.stop()
+
+
+def test_concurrent_requests_share_one_build(tmp_path):
+    """However many clients poll /api/status, the event loop builds the state at most
+    once a tick (the daemon logs each build at DEBUG): N requests sent together
+    cost one build, or one more per tick they took."""
+    port = free_port()
+    d = Daemon(tmp_path / "state", drive_size="256M",
+               extra=["--metrics", f"127.0.0.1:{port}", "--log-level", "debug"]).start()
+    d.web = f"127.0.0.1:{port}"
+    n, bodies = 16, []
+    go = threading.Barrier(n)
+
+    def client():
+        go.wait(timeout=10)
+        bodies.append(get(d, "/api/status")[2])
+    try:
+        ctl(d, "lun", "create", "vol", "--size", "32M")
+        threads = [threading.Thread(target=client) for _ in range(n)]
+        began = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        took = time.monotonic() - began
+        assert len(bodies) == n and len(set(bodies)) == 1 and b'"vol"' in bodies[0]
+        builds = len(re.findall(r"status page state #\d+ built in", d.read_log()))
+        assert 1 <= builds <= 1 + int(took / (TICK * 0.9)), (builds, took)
         healthy(d)
     finally:
         d.stop()

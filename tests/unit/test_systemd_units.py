@@ -37,3 +37,14 @@ def test_example_config_tls_lines_load(tmp_path):
     assert (cfg.tls, cfg.tls_cert, cfg.tls_key, cfg.tls_ca, cfg.tls_verify_peer) == (
         "require", "/etc/vsand/tls/server-cert.pem", "/etc/vsand/tls/server-key.pem",
         "/etc/vsand/tls/ca-cert.pem", True)
+
+
+def test_example_config_metrics_line_is_one_and_loads(tmp_path):
+    """One commented metrics example (two would be a duplicate key once both are
+    uncommented), valid when uncommented."""
+    from vsand.config import load
+    text = open(os.path.join(ROOT, "systemd", "vsand.toml")).read()
+    lines = [line[2:] if line.startswith("# metrics =") else line for line in text.splitlines()]
+    assert sum(line.startswith("metrics =") for line in lines) == 1
+    (tmp_path / "vsand.toml").write_text("\n".join(lines) + "\n")
+    assert load(["--config", str(tmp_path / "vsand.toml")]).metrics_addr() == ("127.0.0.1", 9187)

@@ -27,7 +27,7 @@ from ..mapping.rsd import MAX_PSEGS
 from ..meta import format as fmt
 from ..physical.allocator import DriveSpace
 from ..units import format_size
-from .rebuild import holds, leaving_drives, survey
+from .rebuild import holds, leaving_drives, left_by_drive, survey
 
 MAX_DRIVES = 256          # a member names its drive in 8 bits (mapping/rsd.py)
 
@@ -233,7 +233,7 @@ def restore_quorum(pool) -> list[tuple[int, int]]:
 def rows(pool) -> list[dict]:
     """Every drive as `drive list` shows it: use, state, errors, what is left to move."""
     leaving = leaving_drives(pool)
-    left = survey(pool).by_drive(pool) if pool.failed_drives or leaving else {}
+    left = left_by_drive(pool) if pool.failed_drives or leaving else {}
     out = []
     for i, r in sorted(pool.drive_recs.items()):
         ds = pool.allocator.drives[i]

@@ -54,17 +54,28 @@ def survey(pool) -> Damage:
     """Every column to move, found in bulk over the RSD tables: on failed drives
     (rebuilt from redundancy) and on drives being removed (copied from themselves,
     RAID0 too)."""
+    todo, lost = [], 0
+    for t, base, _, bad, gone in _damaged(pool):
+        lost += gone
+        for r, c in zip(*np.nonzero(bad)):
+            todo.append((t, base + int(r), int(c)))
+    return Damage(todo, lost)
+
+
+def _damaged(pool):
+    """(table, first RSD index, rows, columns to move, RStores lost) of each block of
+    the RSD tables, when a drive failed or is being removed."""
     failed = sorted(i for i, d in pool.drives.items() if d.failed)
     leaving = sorted(leaving_drives(pool))
-    todo, lost = [], 0
     if not failed and not leaving:
-        return Damage(todo, 0)
+        return
     alloc = pool.allocator
     for t in pool.space.tables.values():
         for base, rows, live in t.blocks():
             drives = member_drives(rows)
             bad = np.isin(drives, failed)
             move = np.isin(drives, leaving)
+            lost = 0
             if t.raid == 0:             # RAID0 on a failed drive is lost, not moved
                 bad = move & ~bad
             elif t.raid == 1:           # the stored member and its partner hold one column
@@ -72,16 +83,38 @@ def survey(pool) -> Damage:
                 gone = bad & pbad & live[:, None]
                 move |= np.isin(drives, alloc.mirrored_by(leaving))
                 bad = (bad | pbad | move) & ~gone
-                lost += int(np.count_nonzero(gone.any(axis=1)))
+                lost = int(np.count_nonzero(gone.any(axis=1)))
             else:
                 nbad = np.count_nonzero(bad, axis=1)
                 gone = live & (nbad > 1)
-                lost += int(np.count_nonzero(gone))
+                lost = int(np.count_nonzero(gone))
                 bad = (bad | move) & ~gone[:, None]
             bad &= live[:, None]
-            for r, c in zip(*np.nonzero(bad)):
-                todo.append((t, base + int(r), int(c)))
-    return Damage(todo, lost)
+            yield t, base, rows, bad, lost
+
+
+def left_members(pool) -> list[tuple]:
+    """[(table, stored members)]: the stored member (packed, RAID1 partner not
+    included) of every column ``survey`` lists, without a Python object per column:
+    what the status page and ``drive list`` count, cheap for millions of PSEGs."""
+    return [(t, rows[bad]) for t, _, rows, bad, _ in _damaged(pool) if bad.any()]
+
+
+def left_by_drive(pool) -> dict[int, int]:
+    """``survey(pool).by_drive(pool)`` in bulk: members left to move, per drive."""
+    moving = [i for i, d in pool.drives.items() if d.failed] + sorted(leaving_drives(pool))
+    out: dict[int, int] = {}
+    for t, stored in left_members(pool):
+        d = member_drives(stored)
+        if t.raid == 1:                 # a working stored copy: its partner is what moves
+            stays = ~np.isin(d, moving)
+            if stays.any():
+                uniq = np.unique(d[stays])
+                partner = np.array([pool.allocator.partner(x) for x in uniq.tolist()], dtype=np.int64)
+                d[stays] = partner[np.searchsorted(uniq, d[stays])]
+        for drive, n in zip(*np.unique(d, return_counts=True)):
+            out[int(drive)] = out.get(int(drive), 0) + int(n)
+    return out
 
 
 def holds(pool, drive: int) -> bool:

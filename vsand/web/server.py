@@ -9,6 +9,7 @@ start in one line before anything was created.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
 
@@ -83,6 +84,15 @@ def make_app(daemon) -> web.Application:
     return app
 
 
+def loopback(host: str) -> bool:
+    """Whether a bound address is a loopback one (0.0.0.0 and :: are every interface)."""
+    try:
+        ip = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return False
+    return (getattr(ip, "ipv4_mapped", None) or ip).is_loopback
+
+
 class WebListener:
     """Serves ``make_app(daemon)`` on listening sockets bound already."""
 
@@ -101,6 +111,11 @@ class WebListener:
             host, port = s.getsockname()[:2]
             where = f"{f'[{host}]' if ':' in host else host}:{port}"
             log.info("metrics listening on http://%s/metrics, status page on http://%s/", where, where)
+            if not loopback(host):
+                log.warning("the metrics listener on %s is not on loopback: whoever reaches it reads "
+                            "/metrics and the status page, with no authentication and no TLS on "
+                            "this listener; keep it on 127.0.0.1 or put a proxy with access "
+                            "control in front", where)
 
     async def stop(self) -> None:
         if self.runner is not None:

@@ -102,6 +102,7 @@ function tree(nodes) {
     if (n.state !== "ok") li.append(el("span", `badge ${n.state.split(" ")[0]}`, n.state));
     if (n.read_only) li.append(el("span", "badge", "read-only"));
     if (n.protected) li.append(el("span", "badge", "protected"));
+    if (n.access_rules) li.append(el("span", "badge", "access rules"));   // which: vsanctl lun show
     const meter = el("span", "meter");
     const fill = el("i");
     fill.style.width = `${n.size ? Math.min(100, 100 * n.allocated / n.size) : 0}%`;

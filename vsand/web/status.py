@@ -2,15 +2,16 @@
 
     GET /              the page (status.html, status.js, status.css: no build step,
                        nothing from elsewhere)
-    GET /api/status    the JSON of view.py, built afresh per request
+    GET /api/status    the JSON of view.py, at most a second old
     GET /events        server-sent events: that JSON whenever it changed, looked at
                        about once a second; a "ping" event every few seconds
                        otherwise, so the page can tell a quiet daemon from a dead one
 
 Read-only: only GET (and HEAD, but for the stream) is routed, so any other method
 gets 405; nothing here calls anything that changes the pool. Everything runs on the
-daemon's event loop between NBD requests: the JSON is built once per tick for
-all open event streams together, and only while someone watches.
+daemon's event loop between NBD requests: the JSON is built at most once per
+tick for all open event streams and /api/status requests together (however many
+clients poll, the loop pays one build a second), and only while someone watches.
 """
 
 from __future__ import annotations
@@ -84,12 +85,18 @@ class Feed:
         self.closing = asyncio.Event()
         self.text = ""
         self.at = float("-inf")
+        self.builds = 0                     # how many times the state was built (logged)
 
     def build(self) -> str:
         d = self.daemon
         if d.pool is None or d.tasks is None:
             raise web.HTTPServiceUnavailable(text="vsand is starting\n")
-        return json.dumps(view.build(d), separators=(",", ":"), default=str)
+        began = time.perf_counter()
+        text = json.dumps(view.build(d), separators=(",", ":"), default=str)
+        self.builds += 1
+        log.debug("status page state #%d built in %.1f ms (%d bytes)", self.builds,
+                  (time.perf_counter() - began) * 1e3, len(text))
+        return text
 
     def tick(self) -> str:
         """The JSON, built again when the last build is a tick old."""
@@ -99,7 +106,7 @@ class Feed:
         return self.text
 
     async def status(self, request: web.Request) -> web.Response:
-        return web.Response(text=self.build(), content_type="application/json", headers=HEADERS)
+        return web.Response(text=self.tick(), content_type="application/json", headers=HEADERS)
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         first = self.tick()                 # a daemon still starting answers 503 here

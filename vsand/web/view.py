@@ -13,16 +13,26 @@ A drive's PSEGs, one state each (``LEGEND``, the codes of the runs):
                 (drive being removed) elsewhere while that task is queued or running
 
 A drive can have thousands of PSEGs: the page gets [state, count] runs.
+
+Anyone who reaches the listener reads this (it has no authentication), while
+vsanctl's answers stay behind the control socket's permissions: an LD's access
+rules (which certificate names and networks it admits) are left out, only
+``access_rules`` says that it has some, and so are the daemon's socket paths and
+process id (``HIDDEN``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from .. import access
 from ..control.handlers import Handlers
 from ..disk import membership, usage
-from ..disk.rebuild import leaving_drives
+from ..disk.rebuild import leaving_drives, left_members
 from ..tasks import REBUILD
+
+# what `vsanctl status` says that the page does not: where the daemon's sockets are, its pid
+HIDDEN = ("nbd_socket", "listen", "pid")
 
 LEGEND = ("free", "used", "failed", "rebuilding")
 FREE, USED, FAILED, REBUILDING = range(len(LEGEND))
@@ -44,8 +54,17 @@ def build(daemon) -> dict:
                "reserve_psegs": pool.allocator.drives[row["index"]].reserve,
                "runs": runs(states[row["index"]])}
               for row in membership.rows(pool)]
-    return {"pool": {**h.status(), **usage.pool_usage(pool), "pseg": pool.units.pseg},
-            "legend": LEGEND, "drives": drives, "trees": trees(h.lun_list()), "tasks": tasks}
+    summary = {k: v for k, v in h.status().items() if k not in HIDDEN}
+    return {"pool": {**summary, **usage.pool_usage(pool), "pseg": pool.units.pseg},
+            "legend": LEGEND, "drives": drives, "trees": trees([public(i) for i in h.lun_list()]),
+            "tasks": tasks}
+
+
+def public(info: dict) -> dict:
+    """An LD's ``lun list`` row without its access rules: whether it has any."""
+    out = {k: v for k, v in info.items() if k not in access.ATTRS}
+    out["access_rules"] = any(info.get(k) for k in access.ATTRS)
+    return out
 
 
 def pseg_states(pool, rebuilding: bool) -> dict[int, np.ndarray]:
@@ -59,15 +78,10 @@ def pseg_states(pool, rebuilding: bool) -> dict[int, np.ndarray]:
         out[i] = s
     leaving = leaving_drives(pool)
     if rebuilding and (pool.failed_drives or leaving):
-        # the damage survey is the rebuild task's own list of what is left
+        # what the rebuild task has left, found as it finds it (the damage survey),
+        # in bulk: a failed multi-TB drive holds millions of columns
         moving = [i for i in out if pool.drives[i].failed or i in leaving]
-        columns: dict = {}             # table -> ([RSD index], [column])
-        for t, idx, col in pool.damage().todo:
-            ix, cs = columns.setdefault(t, ([], []))
-            ix.append(idx)
-            cs.append(col)
-        for t, (ix, cs) in columns.items():     # in bulk: a failed drive held thousands
-            stored = t.rows(np.array(ix))[np.arange(len(ix)), cs]
+        for t, stored in left_members(pool):
             drives, psegs = pool.space.physical_arrays(t.raid, stored)
             for d in moving:
                 out[d][psegs[drives == d]] = REBUILDING

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from vsand.web.view import FAILED, FREE, REBUILDING, USED, drive_status, runs, trees
+from poolkit import make_pool
+from vsand.disk.rebuild import survey
+from vsand.units import MiB
+from vsand.web.view import FAILED, FREE, REBUILDING, USED, drive_status, pseg_states, runs, trees
 
 
 def test_runs_merge_neighbours_and_cover_every_pseg():
@@ -46,3 +49,29 @@ def test_drive_status_words():
     assert drive_status(row("leaving", False, 2), True) == "rebuilding"
     assert drive_status(row("leaving", False, 0), False) == "leaving"
     assert drive_status(row("removed", False, 0), True) == "removed"
+
+
+def test_rebuilding_psegs_are_those_the_survey_lists(tmp_path):
+    """In bulk, the PSEGs marked rebuilding on a failed drive and on one being removed
+    are those of the survey's columns (RAID1 partners included); the rest of those
+    drives' used PSEGs are failed or used."""
+    pool, _ = make_pool(tmp_path, n=10)
+    try:
+        for raid in (0, 1, 5):
+            pool.create_ld(f"r{raid}", 24 * MiB, raid=raid, thick=True)
+        pool.remove_drive(5)
+        pool.fail_drive(3)
+        want = {3: set(), 5: set()}
+        for t, idx, col in survey(pool).todo:
+            m = np.array([t.members(idx)[col]], dtype=np.uint32)
+            for d, p in pool.space.physical_rows(t.raid, m):
+                if d in want:
+                    want[d].add(p)
+        assert want[3] and want[5]
+        states = pseg_states(pool, True)
+        for d, psegs in want.items():
+            assert set(np.flatnonzero(states[d] == REBUILDING).tolist()) == psegs
+        assert set(np.flatnonzero(pseg_states(pool, False)[3] == FAILED).tolist()) >= want[3]
+        assert not any((s == REBUILDING).any() for s in pseg_states(pool, False).values())
+    finally:
+        pool.close()
