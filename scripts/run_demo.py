@@ -16,6 +16,8 @@ from vsand.control.client import ControlError, call  # noqa: E402
 
 STATE = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "var/demo")
 PORT = int(os.environ.get("VSAND_PORT", "10809"))
+# the status page and /metrics, on loopback; 0 = off
+HTTP_PORT = int(os.environ.get("VSAND_HTTP_PORT", "9187"))
 
 
 def main() -> int:
@@ -29,8 +31,9 @@ def main() -> int:
             return 1
         except ControlError:
             os.unlink(control)
+    http = ["--metrics", f"127.0.0.1:{HTTP_PORT}"] if HTTP_PORT else []
     proc = subprocess.Popen([sys.executable, "-m", "vsand", "--state-dir", STATE,
-                             "--listen", f"127.0.0.1:{PORT}"])
+                             "--listen", f"127.0.0.1:{PORT}", *http])
     signal.signal(signal.SIGINT, lambda *_: proc.send_signal(signal.SIGTERM))
     signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM))
     for _ in range(300):
@@ -48,6 +51,8 @@ def main() -> int:
         call(control, "lun.create", name="demo", size=4 << 30, raid=5)
         print("created LUN demo (RAID5, 4 GiB)")
     venv = os.path.dirname(sys.executable)
+    page = (f"Watch it in a browser (status page; Prometheus metrics at /metrics):\n"
+            f"  http://127.0.0.1:{HTTP_PORT}/\n") if HTTP_PORT else ""
     print(f"""
 vsand is serving {STATE} (Ctrl-C stops it). Connect with:
   nbdinfo --list nbd://127.0.0.1:{PORT}
@@ -55,7 +60,7 @@ vsand is serving {STATE} (Ctrl-C stops it). Connect with:
   nbd-client 127.0.0.1 {PORT} /dev/nbd0 -N demo -b 4096     # needs the nbd kernel module
   mkdir -p /tmp/demo-fuse && nbdfuse /tmp/demo-fuse nbd://127.0.0.1:{PORT}/demo &   # file /tmp/demo-fuse/nbd
   qemu-img info nbd://127.0.0.1:{PORT}/demo
-Manage it with:
+{page}Manage it with:
   {venv}/vsanctl --control {control} lun list
 """, flush=True)
     return proc.wait()
