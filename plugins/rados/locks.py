@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .clib import LOCK_FLAG_RENEW, WATCH_CB, WATCH_ERR_CB, Timeval, lib
-from .errors import RadosError, check
+from .errors import check, error
 
 EXCLUSIVE = 1                       # ClsLockType::EXCLUSIVE
 
@@ -160,10 +160,10 @@ class LockOps:
         try:
             p = subprocess.run(argv, capture_output=True, text=True, timeout=c.timeout + 10)
         except subprocess.TimeoutExpired:
-            raise RadosError(110, f"list_watchers {oid}: rados CLI timed out") from None
+            raise error(110, f"list_watchers {oid}: the rados CLI") from None
         if p.returncode != 0:
             m = re.search(r"\((\d+)\)", p.stderr)
-            raise RadosError(int(m.group(1)) if m else 5, f"list_watchers {oid}: {p.stderr.strip()}")
+            raise error(int(m.group(1)) if m else 5, f"list_watchers {oid} (rados CLI)")
         out = []
         for line in p.stdout.splitlines():
             m = re.match(r"watcher=(\S+) (client\.\d+) cookie=(\d+)", line.strip())
