@@ -15,6 +15,7 @@ every other RADOS test holds it shared (tests/rados/conftest.py).
 from __future__ import annotations
 
 import fcntl
+import glob
 import json
 import os
 import shutil
@@ -46,9 +47,31 @@ class RadosCluster:
 
 
 def configure(config) -> None:
-    """Controller side: name this run's directory before the xdist workers are spawned."""
-    if not hasattr(config, "workerinput"):
-        os.environ[RUN_ENV] = os.path.join(tempfile.gettempdir(), f"vsand-rados-{os.getpid()}")
+    """Controller side: name this run's directory before the xdist workers are spawned,
+    and stop clusters left by runs that were killed (their controller pid is gone)."""
+    if hasattr(config, "workerinput"):
+        return
+    os.environ[RUN_ENV] = os.path.join(tempfile.gettempdir(), f"vsand-rados-{os.getpid()}")
+    for run in glob.glob(os.path.join(tempfile.gettempdir(), "vsand-rados-*")):
+        pid = run.rsplit("-", 1)[1]
+        if pid.isdigit() and not _alive(int(pid)):
+            _purge(run)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"     # a killed, unreaped run
+    except FileNotFoundError:
+        return False
+
+
+def _purge(run: str) -> None:
+    ceph_dir = os.path.join(run, "ceph")
+    if os.path.isdir(ceph_dir):
+        subprocess.run(["bash", SCRIPT, "purge"], env=dict(os.environ, CEPH_DIR=ceph_dir),
+                       capture_output=True, timeout=120)
+    shutil.rmtree(run, ignore_errors=True)
 
 
 def finish(config) -> None:
@@ -56,11 +79,7 @@ def finish(config) -> None:
     run = os.environ.get(RUN_ENV)
     if hasattr(config, "workerinput") or not run or not os.path.isdir(run):
         return
-    ceph_dir = os.path.join(run, "ceph")
-    if os.path.isdir(ceph_dir):
-        subprocess.run(["bash", SCRIPT, "purge"], env=dict(os.environ, CEPH_DIR=ceph_dir),
-                       capture_output=True, timeout=120)
-    shutil.rmtree(run, ignore_errors=True)
+    _purge(run)
 
 
 def missing() -> str | None:
