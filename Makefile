@@ -15,8 +15,11 @@ PYTEST_WORKERS ?= -n 2 --dist loadfile
 # and the status page's browser test (chromium).
 DEB_PKGS := libnbd-bin python3-libnbd nbdkit nbdfuse nbd-client qemu-utils fio fuse3 e2fsprogs openssl \
             qemu-system-x86 socat busybox-static cpio strace chromium chromium-driver
+# Ceph for the RADOS tests (tests/rados: one throw-away cluster per run, scripts/rados_up.sh;
+# plugins/rados binds librados2 through ctypes). Without recommends: 80 packages, not 93.
+CEPH_PKGS := ceph-mon ceph-osd ceph-mgr ceph-common librados2
 
-.PHONY: run test venv deps bench check clean
+.PHONY: run test venv deps apt-install bench check clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -29,13 +32,19 @@ venv: $(STAMP)
 # Installs missing Debian packages when run as root; otherwise the tests that need
 # them skip with the reason.
 deps:
-	@missing=""; for p in $(DEB_PKGS); do \
+	@$(MAKE) -s apt-install PKGS="$(DEB_PKGS)" APT_OPTS=
+	@$(MAKE) -s apt-install PKGS="$(CEPH_PKGS)" APT_OPTS=--no-install-recommends
+
+# apt-install PKGS="..." [APT_OPTS=...]: the packages of PKGS not yet installed
+apt-install:
+	@missing=""; for p in $(PKGS); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  echo "installing:$$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 \
+	    install -y -qq $(APT_OPTS) $$missing >/dev/null; \
 	else echo "not root: tests needing$$missing will skip"; fi
 
 run: venv

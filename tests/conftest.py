@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+import radoskit
 from poolkit import make_pool
 from vsand.physical.readjob import ReadJob
 
@@ -23,3 +24,11 @@ def pool(tmp_path):
     yield p
     if not p.closed:
         p.close()
+
+
+def pytest_configure(config):
+    radoskit.configure(config)
+
+
+def pytest_sessionfinish(session):
+    radoskit.finish(session.config)
