@@ -183,7 +183,10 @@ def test_errors_trims_zeroes_and_fua_are_counted(tmp_path):
             assert lun(m, "vsand_lun_request_bytes_total", "e", op=op) == nbytes, op
         for op in ("write", "trim", "write_zeroes"):
             assert lun(m, "vsand_lun_request_duration_seconds_count", "e", op=op) == 1, op
-        assert lun(m, "vsand_lun_request_duration_seconds_count", "e", op="read") == 0   # streamed
+        assert lun(m, "vsand_lun_request_duration_seconds_count", "e", op="read") == 1   # streamed
+        # ops never sent have no histogram (its 21 lines would be zeros), but their counters
+        assert ("vsand_lun_request_duration_seconds_count", (("lun", "e"), ("op", "cache"))) not in m
+        assert lun(m, "vsand_lun_requests_total", "e", op="cache") == 0
         assert m["vsand_commit_duration_seconds_count", ()] >= 1      # the FUA write's
         healthy(d)
     finally:
@@ -334,3 +337,27 @@ def test_a_listener_beyond_loopback_is_served_with_a_warning(tmp_path):
         assert f"0.0.0.0:{port}" in warned[0] and "no authentication and no TLS" in warned[0]
     finally:
         assert d.stop() == 0
+
+
+def test_storage_errors_are_counted(tmp_path):
+    """Errors from the drives, not the protocol: a RAID0 LUN loses a drive, so every
+    READ of data on it and every WRITE fail with EIO, and each is counted."""
+    d, port = metrics_daemon(tmp_path)
+    try:
+        d.ctl("lun.create", name="e", size=8 * MiB, raid=0)
+        c = Conn(d, "unix").negotiate(name="e")
+        for k in range(4):
+            c.write(k * MiB, b"d" * 65536)
+        assert c.reply_errno(c.request(C.CMD_FLUSH, 0, 0)) == 0
+        d.ctl("drive.fail", index=0)
+        failed = 0
+        for k in range(4):
+            failed += c.reply_errno(c.request(C.CMD_READ, k * MiB, 65536)) == C.EIO
+            failed += c.reply_errno(c.request(C.CMD_WRITE, k * MiB, 4096, 0, b"w" * 4096)) == C.EIO
+        c.close()
+        assert failed >= 2, failed          # RAID0 over 4 drives: the failed one held data
+        m = scrape(port)
+        assert lun(m, "vsand_lun_errors_total", "e", errno="EIO") == failed
+        assert m["vsand_pool_degraded", ()] == 1
+    finally:
+        d.stop()

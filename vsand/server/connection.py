@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 from time import perf_counter     # latencies: the loop's clock may be cached per iteration (uvloop)
 
 from ..access import Client
@@ -258,7 +259,8 @@ class NbdConnection(asyncio.BufferedProtocol):
                              for cid, ctx in sorted(self.meta.items())]
             self.reader = wire.RequestReader(room=self._write_room)
             self.reads = Reads(self.dev, self.structured, self.mem, self._send, self._room,
-                               self._storage_error, self._offload)
+                               self._storage_error, self._offload,
+                               partial(self.stats.took, C.CMD_READ))
             self.writes = Writes(self.dev, self.reader, self._track, self._in_worker,
                                  self._answer_later, self._finish)
             if outcome.leftover:
@@ -406,7 +408,7 @@ class NbdConnection(asyncio.BufferedProtocol):
             out.append(wire.error_reply(cookie, err, msg, self.structured))
             return
         # Counted as handled; timed when the reply is made (_done, _finish, the
-        # landing of a READ's drive I/O, a commit), except a streamed READ.
+        # landing of a READ's drive I/O, the end of a streamed READ, a commit).
         st.ops[cmd] += 1
         st.bytes[cmd] += length
         if cmd == C.CMD_WRITE:

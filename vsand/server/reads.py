@@ -23,6 +23,8 @@ drive I/O done off the loop (io_uring or a worker thread), then calls
 
 from __future__ import annotations
 
+from time import perf_counter
+
 from ..nbd import constants as C
 from ..nbd import wire
 
@@ -39,19 +41,22 @@ class Stream:
     (one for a simple or DF reply, else one per extent: holes cost nothing), and
     how many bytes of the first one went out."""
 
-    __slots__ = ("cookie", "runs", "sent")
+    __slots__ = ("cookie", "runs", "sent", "t0")
 
     def __init__(self, cookie: int, runs: list):
         self.cookie = cookie
         self.runs = runs
         self.sent = 0
+        self.t0 = perf_counter()
 
 
 class Reads:
     __slots__ = ("dev", "structured", "mem", "send", "room", "error", "offload",
-                 "stream", "held")
+                 "stream", "held", "took")
 
-    def __init__(self, dev, structured: bool, mem, send, room, error, offload):
+    def __init__(self, dev, structured: bool, mem, send, room, error, offload,
+                 took=lambda seconds: None):
+        """``took(seconds)``: a streamed READ was answered, that long after it began."""
         self.dev = dev
         self.structured = structured
         self.mem = mem              # the connection's budget.Share
@@ -59,6 +64,7 @@ class Reads:
         self.room = room
         self.error = error
         self.offload = offload
+        self.took = took
         self.stream: Stream | None = None
         self.held: list = []        # replies that wait for the end of the stream
 
@@ -202,6 +208,7 @@ class Reads:
             if not self.send(out) and runs:
                 return False         # resumed when the client took it
         self.stream = None
+        self.took(perf_counter() - s.t0)
         out.extend(self.held)
         self.held.clear()
         return True
