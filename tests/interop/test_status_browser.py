@@ -4,6 +4,7 @@ created with vsanctl appears without a reload (server-sent events)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -15,7 +16,7 @@ WAIT = 15          # seconds: a deadline, not a pause
 
 
 @pytest.fixture
-def browser():
+def browser(tmp_path_factory):
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if not chromium or not driver:
         pytest.skip("chromium and chromedriver are not installed (make test installs "
@@ -26,8 +27,13 @@ def browser():
     for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
               "--window-size=1200,900"):
         opts.add_argument(a)
+    # chromium's profile and its singleton socket directory (TMPDIR) under pytest's
+    # temporary directory: left in /tmp they would pile up, one per run
+    home = tmp_path_factory.mktemp("chromium")
+    opts.add_argument(f"--user-data-dir={home / 'profile'}")
+    env = dict(os.environ, TMPDIR=str(home))
     # the driver is given: selenium must not look for (or download) one
-    b = webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=driver))
+    b = webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=driver, env=env))
     yield b
     b.quit()
 
