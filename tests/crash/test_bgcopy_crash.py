@@ -326,6 +326,13 @@ def _run(d: Daemon, plan: Plan, flusher: Flusher, case: Case) -> None:
                 break
             assert time.monotonic() < deadline, t
             time.sleep(0.01)
+        # On a busy machine no flusher round may have ended since the copy progressed:
+        # the copy is held at 1 MiB/s while two more FLUSHes commit what it applied.
+        d.ctl("task.set", id=tid, rate=1)
+        seen = flusher.count
+        while flusher.count < seen + 2:
+            assert flusher.is_alive() and time.monotonic() < deadline + 30, flusher.count
+            time.sleep(0.01)
         d.proc.send_signal(signal.SIGKILL)
         assert part <= 0.6, t
     try:
