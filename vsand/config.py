@@ -54,25 +54,22 @@ class Config:
         self.control = self.control or os.path.join(self.state_dir, "control.sock")
         if self.listen.lower() == "none":
             self.listen = ""
-        if self.metrics.lower() in ("none", "off"):
-            self.metrics = ""
-        elif self.metrics.isdigit():
-            self.metrics = f"127.0.0.1:{self.metrics}"
         return self
 
     def tcp(self) -> tuple[str, int] | None:
-        if not self.listen:
-            return None
-        host, _, port = self.listen.rpartition(":")
-        host = host.strip("[]") or "127.0.0.1"
-        return host, int(port)
+        return _host_port(self.listen)
 
     def metrics_addr(self) -> tuple[str, int] | None:
         """Where the HTTP listener (/metrics) binds, or None: off."""
-        if not self.metrics:
-            return None
-        host, _, port = self.metrics.rpartition(":")
-        return host.strip("[]") or "127.0.0.1", int(port)
+        return _host_port(self.metrics)
+
+
+def _host_port(text: str) -> tuple[str, int] | None:
+    """(host, port) of a checked HOST:PORT ("" = none; no host = 127.0.0.1)."""
+    if not text:
+        return None
+    host, _, port = text.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 # TOML tables: [section] key -> Config field (the flat keys are everything else)
@@ -210,7 +207,7 @@ def _metrics(text) -> str:
         text = str(text)
     t = _text(text).strip()
     if t.lower() in ("", "none", "off"):
-        return t
+        return ""
     if t.isdigit():
         t = f"127.0.0.1:{t}"
     try:

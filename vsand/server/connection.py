@@ -26,7 +26,7 @@ why (``ended``): whoever decides to close records the reason first; a close
 nobody here decided is the client's (or its socket's) doing.
 
 TLS (TCP only; UNIX sockets stay plain): STARTTLS swaps ``transport`` for a TLS one
-(server/starttls.py), the rest runs as in plain text. ``tls`` is True from then on;
+(server/starttls.py), the rest runs as in plain text (``hs.tls_active`` from then on);
 ``peer_names`` (frozenset[str]) holds the names of the client certificate TLS verified
 against tls_ca (subject commonName, DNS and URI subjectAltNames), set before any
 option inside TLS is read; empty without TLS or without a verified certificate.
@@ -102,7 +102,7 @@ class NbdConnection(asyncio.BufferedProtocol):
         self.address = None       # a TCP client's address (access.py); None: UNIX socket
         self._logged = 0          # export refusals (hs.denied) logged so far
         self.why: str | None = None   # why the daemon closes it (None: the client did)
-        self.tls, self.peer_names = False, frozenset()   # see the module doc
+        self.peer_names: frozenset[str] = frozenset()   # see the module doc
         self.tls_pending: bytearray | None = None   # during STARTTLS: bytes read inside TLS early
         self.room = server.connections    # or server.outsiders (NbdServer.admit)
         self.handshake_timeout = HANDSHAKE_TIMEOUT
@@ -417,7 +417,7 @@ class NbdConnection(asyncio.BufferedProtocol):
         try:
             if cmd == C.CMD_READ:
                 n = self.inflight
-                self.reads.read(out, flags, cookie, off, length)
+                self.reads.read(out, flags, cookie, off, length, t0)
                 if self.inflight == n and self.reads.stream is None:
                     st.took(cmd, perf_counter() - t0)     # answered here
                 return

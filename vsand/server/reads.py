@@ -43,11 +43,11 @@ class Stream:
 
     __slots__ = ("cookie", "runs", "sent", "t0")
 
-    def __init__(self, cookie: int, runs: list):
+    def __init__(self, cookie: int, runs: list, t0: float):
         self.cookie = cookie
         self.runs = runs
         self.sent = 0
-        self.t0 = perf_counter()
+        self.t0 = t0                # when the READ was taken (perf_counter)
 
 
 class Reads:
@@ -68,7 +68,8 @@ class Reads:
         self.stream: Stream | None = None
         self.held: list = []        # replies that wait for the end of the stream
 
-    def read(self, out: list, flags: int, cookie: int, off: int, length: int) -> None:
+    def read(self, out: list, flags: int, cookie: int, off: int, length: int,
+             t0: float = 0.0) -> None:
         """Answers a READ the protocol allows: its reply in ``out``, later (a worker
         thread reads it), or as ``stream``, which the connection then lets ``go_on``."""
         if not length:
@@ -77,7 +78,7 @@ class Reads:
         m = self.mem
         # What the floor and the grant do not cover goes in pieces that fit.
         if length > READ_PIECE or m.used + length > m.limit and self._room(out, length) < length:
-            self._start_stream(flags, cookie, off, length)
+            self._start_stream(flags, cookie, off, length, t0)
             return
         m.used += length
         dev = self.dev
@@ -156,7 +157,7 @@ class Reads:
                 return
             reply.extend(self._reply(cookie, off, data))
 
-    def _start_stream(self, flags, cookie, off, length) -> None:
+    def _start_stream(self, flags, cookie, off, length, t0: float) -> None:
         if not self.structured or flags & C.CMD_FLAG_DF:
             runs = [[off, off + length, True]]
         else:
@@ -164,7 +165,7 @@ class Reads:
             for n, alloc in self.dev.extents(off, length):
                 runs.append([pos, pos + n, alloc])
                 pos += n
-        self.stream = Stream(cookie, runs)
+        self.stream = Stream(cookie, runs, t0)
 
     def go_on(self, out: list) -> bool:
         """Sends the stream while the client takes it (call it only while it does);

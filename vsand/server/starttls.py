@@ -5,7 +5,7 @@ queued the ACK on its plain transport. Here the connection stops reading (the
 client's next bytes are its TLS ClientHello, for the TLS layer), asyncio's
 ``start_tls`` runs the TLS handshake on the same socket, and the connection goes
 on over the TLS transport (``_upgrade`` swaps ``conn.transport`` and sets
-``conn.tls`` and ``conn.peer_names``): option negotiation starts over and, after
+``conn.peer_names``; the handshake's ``tls_active`` says TLS is up): option negotiation starts over and, after
 GO, requests run through the same code as in plain text.
 
 A TLS handshake that fails (no TLS at all, a certificate the server rejects, a
@@ -75,7 +75,7 @@ async def _upgrade(conn, transport) -> None:
         # the socket closed during the handshake (asyncio then returns no transport)
         _failed(conn, "TLS handshake failed: the connection closed during it")
         return
-    conn.transport, conn.tls = tls, True
+    conn.transport = tls
     # Not the plain transport's 0/0 (NbdConnection.connection_made): the TLS layer
     # can hold bytes of its own (uvloop keeps TLS 1.3 session tickets queued
     # until the next read or write), and a connection paused at the first such
