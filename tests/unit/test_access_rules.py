@@ -208,9 +208,9 @@ def test_unreadable_rules_refuse_never_serve(caplog):
 
 def test_server_refusal_names_the_address():
     srv = NbdServer(FakeExports({}), io_threads=0, allow=Allowlist(["127.0.0.2/32"]))
-    assert srv.refusal(Client(V4)) == "address 127.0.0.1 is not allowed on this listener (nbd_allow)"
-    assert srv.refusal(Client(V4B)) is None and srv.refusal(UNIX) is None
-    assert NbdServer(FakeExports({}), io_threads=0).refusal(Client(V6)) is None
+    assert srv.excluded(Client(V4)) == "address 127.0.0.1 is not allowed on this listener (nbd_allow)"
+    assert srv.excluded(Client(V4B)) is None and srv.excluded(UNIX) is None
+    assert NbdServer(FakeExports({}), io_threads=0).excluded(Client(V6)) is None
 
 
 class FakeChain(FakeExports):

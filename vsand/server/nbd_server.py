@@ -88,11 +88,7 @@ class NbdServer:
     def access(self, exp: Export, client: Client) -> Export | str:
         """Export ``exp`` as ``client`` may use it, or why it may not (access.py).
         Rules are read now, so a change applies to the next decision."""
-        try:
-            why, read_only = self.exports.rules(exp.name).check(client)
-        except ValueError as e:          # a rule the daemon cannot read refuses, never serves
-            log.error("export %s: unreadable access rules: %s", exp.name, e)
-            return "the export's access rules cannot be read"
+        why, read_only = self._verdict(exp.name, client)
         if why is not None:
             if not client.names - {""} and self.tls is not None and self.tls.verify_peer:
                 return NeedsTLS(why)      # a client certificate may open it (handshake.py)
@@ -112,11 +108,15 @@ class NbdServer:
         return [c for c in offered if (ld := contexts.subject(c)) is None or self._admits(ld, client)]
 
     def _admits(self, ld: str, client: Client) -> bool:
+        return self._verdict(ld, client)[0] is None
+
+    def _verdict(self, name: str, client: Client) -> tuple[str | None, bool]:
+        """(why ``client`` may not use LD ``name`` or None, read-only for it)."""
         try:
-            why, _ = self.exports.rules(ld).check(client)
-        except ValueError:               # unreadable rules refuse (see access)
-            return False
-        return why is None
+            return self.exports.rules(name).check(client)
+        except ValueError as e:          # a rule the daemon cannot read refuses, never serves
+            log.error("export %s: unreadable access rules: %s", name, e)
+            return "the export's access rules cannot be read", False
 
     def status(self, name: str, dev, ctx: str) -> contexts.Status:
         return contexts.status(self.exports, name, dev, ctx)
@@ -151,15 +151,6 @@ class NbdServer:
             return f"address {client.address} is not allowed on this listener (nbd_allow)"
         return None
 
-    def refusal(self, client: Client) -> str | None:
-        """Why a new connection is refused, or None."""
-        why = self.excluded(client)
-        if why is not None:
-            return why
-        if len(self.connections) >= self.max_connections:
-            return f"too many connections (the limit is {self.max_connections})"
-        return None
-
     def admit(self, conn, transport) -> bool:
         """Decides a new connection: its address, the set it counts in (``conn.room``),
         its handshake deadline, and why every option is refused (``conn.hs.refused``).
@@ -172,8 +163,8 @@ class NbdServer:
             why = str(e)
         if why is not None:
             conn.room, conn.handshake_timeout = self.outsiders, OUTSIDER_TIMEOUT
-        else:
-            why = self.refusal(Client(conn.address))
+        elif len(self.connections) >= self.max_connections:
+            why = f"too many connections (the limit is {self.max_connections})"
         if why is None:
             return True
         self.stats.refused += 1
