@@ -81,29 +81,31 @@ class Faults:
         return None
 
 
-class FaultDrive(Drive):
+class FaultCalls:
+    """The drive calls that consult ``faults`` first; mixed in before a drive class
+    (``FaultDrive`` below: a local drive; tests/rados/test_rados_model.py: a RADOS one)."""
     faults: Faults
 
     def pread(self, off, n):
         if self.faults.hit("pread", self, off, n):
             raise IOFailure(f"read {self.path}@{off}: injected EIO")
-        return Drive.pread(self, off, n)
+        return super().pread(off, n)
 
     def readinto(self, off, buf):
         if self.faults.hit("pread", self, off, len(buf)):
             raise IOFailure(f"read {self.path}@{off}: injected EIO")
-        Drive.readinto(self, off, buf)
+        super().readinto(off, buf)
 
     def pwrite(self, off, data):
         r = self.faults.hit("pwrite", self, off, len(data), data)
         if r is None:
-            return Drive.pwrite(self, off, data)
+            return super().pwrite(off, data)
         if r.action in ("tear", "tear_tail"):
             mv = memoryview(data).cast("B")
             if r.action == "tear":
-                Drive.pwrite(self, off, mv[:r.keep])
+                super().pwrite(off, mv[:r.keep])
             elif r.keep < len(mv):
-                Drive.pwrite(self, off + r.keep, mv[r.keep:])
+                super().pwrite(off + r.keep, mv[r.keep:])
             self.faults.dead = True
             raise PowerCut(f"power cut inside a write to {self.path}@{off} ({r.action} at {r.keep})")
         raise IOFailure(f"write {self.path}@{off}: injected EIO")
@@ -111,12 +113,16 @@ class FaultDrive(Drive):
     def zero(self, off, n):
         if self.faults.hit("zero", self, off, n):
             raise IOFailure(f"punch {self.path}@{off}: injected EIO")
-        Drive.zero(self, off, n)
+        super().zero(off, n)
 
     def fsync(self):
         if self.faults.hit("fsync", self, 0, 0):
             raise IOFailure(f"fsync {self.path}: injected EIO")
-        Drive.fsync(self)
+        super().fsync()
+
+
+class FaultDrive(FaultCalls, Drive):
+    pass
 
 
 def _check_overrides() -> None:

@@ -177,11 +177,10 @@ class SnapcloneMachine(RuleBasedStateMachine):
         snapclone.QUIESCE_M, snapclone.MAX_SCANS = quiesce, scans
         self.small_log = small_log
         self.tight = tight
-        self.faults = Faults()         # every pool's drives: the commit fault rule arms them
+        self.faults = self._new_faults()   # every pool's drives: the commit fault rule arms them
         self.syncs = SyncWatch()
-        pool, self.paths = new_pool(self.tmp, Units(quorum=8 * MiB, lmap_segments=lmap_segments),
-                                    size=TIGHT_DRIVE if tight else 128 * MiB,
-                                    drive_factory=self.faults.open)
+        pool, self.paths = self._create_pool(Units(quorum=8 * MiB, lmap_segments=lmap_segments),
+                                             TIGHT_DRIVE if tight else 128 * MiB)
         self._set_pool(pool)
         self.model: dict[str, bytearray] = {}
         self.chains: list[list[str]] = []      # chains of 2+ LDs, oldest first
@@ -218,6 +217,14 @@ class SnapcloneMachine(RuleBasedStateMachine):
 
     def _open(self) -> Pool:
         return Pool.open(self.paths, drive_factory=self.faults.open)
+
+    # Where the drives live: image files under self.tmp. tests/rados/test_rados_model.py
+    # overrides these two to run the same machine on objects of a RADOS pool.
+    def _new_faults(self) -> Faults:
+        return Faults()
+
+    def _create_pool(self, units: Units, size: int) -> tuple[Pool, list[str]]:
+        return new_pool(self.tmp, units, size=size, drive_factory=self.faults.open)
 
     def _data(self, n: int) -> bytes:
         self.seed += 1
