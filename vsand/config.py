@@ -47,6 +47,16 @@ class Config:
     tls_ca: str = ""                      # PEM CA certificate(s) that sign client certificates
     tls_verify_peer: bool = False         # require a client certificate signed by tls_ca
     metrics: str = ""                     # HTTP HOST:PORT of /metrics and the status page; "" = off
+    backend: str = "files"                # where the drives live: files (image files, devices) or rados
+    rados_conf: str = ""                  # [rados] conf: the ceph.conf to connect with
+    rados_pool: str = ""                  # [rados] pool
+    rados_namespace: str = ""             # [rados] namespace (one vsand pool per namespace)
+    rados_user: str = "client.admin"      # [rados] user
+    rados_timeout: int = 30               # [rados] timeout: seconds before a RADOS call fails
+    standby: bool = False                 # wait as the standby of the active daemon, then take over
+    heartbeat: str = ""                   # [rados] heartbeat: this daemon's UDP HOST:PORT
+    peer: str = ""                        # [rados] peer: the other daemon's UDP HOST:PORT
+    takeover_after: float = 3.0           # [rados] takeover_after: seconds without heartbeats
 
     def finish(self) -> "Config":
         self.state_dir = os.path.abspath(self.state_dir)
@@ -58,6 +68,12 @@ class Config:
 
     def tcp(self) -> tuple[str, int] | None:
         return _host_port(self.listen)
+
+    def heartbeat_addr(self) -> tuple[str, int] | None:
+        return _host_port(self.heartbeat)
+
+    def peer_addr(self) -> tuple[str, int] | None:
+        return _host_port(self.peer)
 
     def metrics_addr(self) -> tuple[str, int] | None:
         """Where the HTTP listener (/metrics) binds, or None: off."""
@@ -73,7 +89,10 @@ def _host_port(text: str) -> tuple[str, int] | None:
 
 
 # TOML tables: [section] key -> Config field (the flat keys are everything else)
-SECTIONS = {"tasks": {"rate_mib": "task_rate_mib", "latency_guard": "task_latency_guard"}}
+SECTIONS = {"tasks": {"rate_mib": "task_rate_mib", "latency_guard": "task_latency_guard"},
+            "rados": {"conf": "rados_conf", "pool": "rados_pool", "namespace": "rados_namespace",
+                      "user": "rados_user", "timeout": "rados_timeout", "heartbeat": "heartbeat",
+                      "peer": "peer", "takeover_after": "takeover_after"}}
 SECTIONED = {f for table in SECTIONS.values() for f in table.values()}
 KEYS = {f.name for f in fields(Config)} - SECTIONED
 FLAGS = {f.name for f in fields(Config)}
@@ -217,6 +236,29 @@ def _metrics(text) -> str:
                                          f"IPv6) or off, not {text!r}") from None
 
 
+BACKENDS = ("files", "rados")
+
+
+def _udp(text) -> str:
+    """HOST:PORT of a heartbeat socket, or ""."""
+    t = _text(text).strip()
+    if t.lower() in ("", "none"):
+        return ""
+    return _listen(t)
+
+
+def _seconds(text) -> float:
+    try:
+        if isinstance(text, bool):
+            raise ValueError
+        r = float(text)
+    except (TypeError, ValueError):
+        r = -1.0
+    if not 0 < r < 3600:
+        raise argparse.ArgumentTypeError(f"expected seconds (0 < s < 3600), not {text!r}")
+    return r
+
+
 def _networks(value) -> list[str]:
     """A list of addresses and networks (access.network), kept as given."""
     if not isinstance(value, list):
@@ -256,7 +298,10 @@ CHECK = {"state_dir": _text, "drives": _positive, "drive_paths": _paths, "nbd_so
          "control_max_connections": _positive,
          "scrub_interval": _duration, "overcommit_warn": _ratio, "metrics": _metrics,
          "tls": _choice(TLS_MODES), "tls_cert": _text, "tls_key": _text, "tls_ca": _text,
-         "tls_verify_peer": _on_off}
+         "tls_verify_peer": _on_off, "backend": _choice(BACKENDS), "rados_conf": _text,
+         "rados_pool": _text, "rados_namespace": _text, "rados_user": _text,
+         "rados_timeout": _positive_duration, "standby": _on_off, "heartbeat": _udp, "peer": _udp,
+         "takeover_after": _seconds}
 
 
 def _flatten(data: dict, where: str) -> dict:
@@ -359,6 +404,21 @@ def load(argv: list[str] | None = None) -> Config:
     ap.add_argument("--tls-ca", metavar="PEM", help="CA certificate(s) that sign client certificates")
     ap.add_argument("--tls-verify-peer", type=_on_off, metavar="on|off",
                     help="on: a client must present a certificate signed by --tls-ca (default off)")
+    ap.add_argument("--backend", type=_choice(BACKENDS), metavar="files|rados",
+                    help="where the drives live: files (image files or block devices, the "
+                         "default) or rados (objects of a Ceph RADOS pool: the [rados] table)")
+    ap.add_argument("--rados-conf", metavar="PATH", help="ceph.conf of the RADOS cluster")
+    ap.add_argument("--rados-pool", metavar="POOL", help="RADOS pool of the PSEG and metadata objects")
+    ap.add_argument("--rados-namespace", metavar="NS", help="RADOS namespace (default: none)")
+    ap.add_argument("--standby", action="store_const", const=True,
+                    help="backend rados: wait as the standby of the daemon holding the pool and "
+                         "take it over when its heartbeats and its watch are gone")
+    ap.add_argument("--heartbeat", type=_udp, metavar="HOST:PORT",
+                    help="UDP address this daemon sends heartbeats from and hears its peer on")
+    ap.add_argument("--peer", type=_udp, metavar="HOST:PORT", help="the other daemon's heartbeat address")
+    ap.add_argument("--takeover-after", type=_seconds, metavar="SECONDS",
+                    help="a standby takes over after this long without heartbeats (default 3) "
+                         "once the owner's watch is gone too")
     args = ap.parse_args(argv)
     cfg = Config()
     if args.config:
@@ -382,4 +442,11 @@ def load(argv: list[str] | None = None) -> Config:
         v = getattr(args, k, None)
         if v is not None:
             setattr(cfg, k, v)
+    if cfg.backend == "rados" and not (cfg.rados_conf and cfg.rados_pool):
+        ap.error("backend rados needs the cluster's ceph.conf and a pool: rados.conf and "
+                 "rados.pool in the config file, or --rados-conf and --rados-pool")
+    if cfg.standby and cfg.backend != "rados":
+        ap.error("--standby needs backend rados: only a shared backend can be taken over")
+    if cfg.standby and not cfg.heartbeat:
+        ap.error("--standby needs rados.heartbeat (--heartbeat HOST:PORT) to hear the active daemon")
     return cfg.finish()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import glob
 import logging
 import os
@@ -11,7 +13,7 @@ import socket
 import sys
 import time
 
-from . import faults
+from . import backends, faults
 from . import tls as tls_settings
 from .access import Allowlist, Rules
 from .config import Config, load
@@ -32,6 +34,7 @@ from .tasks.scrub import LAST as SCRUB_LAST
 from .units import format_size
 
 log = logging.getLogger("vsand")
+EXIT_LOST = 75             # EX_TEMPFAIL: the pool is served on, by another daemon
 
 
 def sd_notify(state: str) -> None:
@@ -62,10 +65,26 @@ def inherited_sockets() -> list[tuple[str, socket.socket]]:
     return out
 
 
-def open_pool(cfg: Config) -> Pool:
+def open_pool(cfg: Config, backend=None) -> Pool:
     """The pool of ``cfg``: opened, or formatted when its drives carry no pool yet.
     Drives whose pool creation never completed (labels, no superblock) held
-    nothing, so they are formatted again."""
+    nothing, so they are formatted again. ``backend``: where the drives live when
+    they are not files (vsand/backends.py), already claimed."""
+    if backend is not None:
+        paths = backend.paths(cfg.drives)
+        specs = [(p, cfg.drive_size, "default") for p in paths]
+        create = functools.partial(Pool.create, specs, units=backend.units,
+                                   drive_factory=backend.open_drive,
+                                   quorum_copies=backend.quorum_copies)
+        if not backend.formatted():
+            log.info("creating pool: %d drives of %s on %s", len(specs), format_size(cfg.drive_size),
+                     backend.where())
+            return create()
+        try:
+            return Pool.open(paths, drive_factory=backend.open_drive, accept_loss=cfg.accept_data_loss)
+        except HalfCreated as e:
+            log.warning("%s: formatting a new pool on them", e.message)
+            return create()
     if cfg.drive_paths:
         specs = [(p, None, "default") for p in cfg.drive_paths]
         if not any(has_label(p) for p in cfg.drive_paths):
@@ -197,19 +216,54 @@ class Daemon:
                     listeners.bind_metrics(cfg.metrics_addr())
                 listeners.bind_unix(cfg.nbd_socket, cfg.control)
                 ring = self._ring()
-                self.pool = open_pool(cfg)
-                fresh.keep()
-                self.pool.detector.limit = cfg.drive_error_limit
-                self.pool.set_drive_timeout(cfg.drive_timeout)
+                backend = await self._claim()
                 try:
-                    return await self._serve(listeners, ring)
+                    self.pool = open_pool(cfg, backend)
+                    fresh.keep()
+                    self.pool.detector.limit = cfg.drive_error_limit
+                    self.pool.set_drive_timeout(cfg.drive_timeout)
+                    try:
+                        async with backend.beacon(cfg) if backend else contextlib.nullcontext():
+                            return await self._serve(listeners, ring)
+                    finally:
+                        self.pool.close()
                 finally:
-                    self.pool.close()
+                    if backend is not None:
+                        backend.close()
             finally:
                 lock.release()
         finally:
             listeners.close()
             fresh.undo()
+
+    async def _claim(self):
+        """The backend of ``backend`` other than files, owned by this daemon: claimed
+        at once, or, as a standby, once the active daemon is gone and taken over."""
+        cfg = self.cfg
+        if cfg.backend == "files":
+            return None
+        backend = backends.load(cfg.backend).from_config(cfg)
+        try:
+            if cfg.standby:
+                log.info("standby for %s: hearing the active daemon on %s", backend.where(), cfg.heartbeat)
+                sd_notify("STATUS=standby")
+                await backend.standby(cfg)
+            else:
+                backend.claim()
+        except BaseException:
+            backend.close(release=False)
+            raise
+        backend.on_lost = self._lost
+        return backend
+
+    def _lost(self, reason: str) -> None:
+        """Another daemon took the pool over: whatever this one has not written stays
+        unwritten (its clients reconnect to the new owner). It stops at once, from
+        whichever thread noticed, without a checkpoint or a clean-stop record."""
+        log.critical("exiting without writing: another daemon owns the pool (%s)", reason)
+        for h in logging.getLogger().handlers:
+            h.flush()
+        os._exit(EXIT_LOST)
 
     def _ring(self) -> Ring | None:
         """The io_uring reads go through (config ``io_engine``), or None: worker

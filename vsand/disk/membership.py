@@ -26,6 +26,7 @@ from ..faults import crashpoint
 from ..mapping.rsd import MAX_PSEGS
 from ..meta import format as fmt
 from ..physical.allocator import DriveSpace
+from ..physical.drive import where
 from ..units import format_size
 from .rebuild import holds, leaving_drives, left_by_drive, survey
 
@@ -41,7 +42,7 @@ def format_drive(d, pool_uuid, index: int, units, path: str, ldad: str) -> dict:
     lab = fmt.Label(uuid.UUID(str(pool_uuid)), uuid.uuid4(), index, units.pseg, units.quorum, d.size)
     d.pwrite(fmt.LABEL_OFF, fmt.pack_label(lab))
     d.fsync()
-    return {"i": index, "uuid": str(lab.drive_uuid), "path": os.path.abspath(path),
+    return {"i": index, "uuid": str(lab.drive_uuid), "path": where(path),
             "size": d.size, "npsegs": min(npsegs, MAX_PSEGS), "ldad": ldad}
 
 
@@ -55,8 +56,8 @@ def add(pool, path: str, size: int | None, ldad: str, opener) -> dict:
         raise InvalidArgument(f"no LDAD named {ldad!r} (known: {', '.join(sorted(pool.allocator.rss))})")
     if len(pool.drive_recs) >= MAX_DRIVES:
         raise InvalidArgument(f"a pool holds at most {MAX_DRIVES} drives")
-    where = os.path.abspath(path)
-    if any(r["path"] == where for r in pool.drive_recs.values()):
+    here = where(path)
+    if any(r["path"] == here for r in pool.drive_recs.values()):
         raise InvalidArgument(f"{path} is a drive of this pool already")
     if size is None and not os.path.exists(path):
         raise InvalidArgument(f"{path} does not exist (give a size to create an image file there)")

@@ -25,7 +25,7 @@ from ..meta import format as fmt
 from ..meta.store import MetaStore
 from ..physical import lock
 from ..physical.allocator import Allocator, DriveSpace, group_rss
-from ..physical.drive import Drive
+from ..physical.drive import Drive, where
 from ..redundancy.rstore import RStoreIO
 from ..redundancy.writejob import StripeLocks
 from ..units import Units, format_size
@@ -99,9 +99,11 @@ class Pool:
     # ---- creation and opening -------------------------------------------------------
     @classmethod
     def create(cls, specs: list[tuple[str, int, str]], units: Units | None = None,
-               drive_factory=None, io: str = "auto") -> "Pool":
+               drive_factory=None, io: str = "auto", quorum_copies: int = QUORUM_COPIES) -> "Pool":
         """Formats a new pool on ``specs`` = [(path, size, ldad)]; image files are created.
         ``io``: how the drives are opened (Drive.open), unless ``drive_factory`` does it.
+        ``quorum_copies``: drives that carry the metadata log (fewer where the drives
+        are replicated already, as on RADOS).
         The superblock is written last: until it is on disk the drives carry labels
         of a pool whose creation never completed (HalfCreated on open), which holds
         nothing and may be formatted again."""
@@ -124,7 +126,7 @@ class Pool:
             salt = MetaStore.new_salt()
             sb = {"ver": fmt.FORMAT_VERSION, "pool": str(pool_uuid), "units": units.to_dict(),
                   "drives": recs, "rss": {k: group_rss(v) for k, v in ldads.items()},
-                  "quorum": sorted(drives)[:QUORUM_COPIES], "ckpt": None, "log_seq": 1,
+                  "quorum": sorted(drives)[:quorum_copies], "ckpt": None, "log_seq": 1,
                   "log_salt": salt}
             pool = cls(units, drives, sb)
             pool.opener = drive_factory
@@ -152,7 +154,7 @@ class Pool:
         # A drive added at run time sits where the pool recorded it, maybe not among
         # the paths configured: look there too (drives given at creation are the
         # caller's to list, so that leaving one out stays possible).
-        given = {os.path.abspath(p) for p in paths}
+        given = {where(p) for p in paths}
         more = [r["path"] for r in asm.sb["drives"] if r.get("added") and r["path"] not in given
                 and os.path.exists(r["path"])]
         if more:

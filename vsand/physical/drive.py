@@ -249,6 +249,12 @@ class Drive:
             self.fd = -1
 
 
+def where(path: str) -> str:
+    """A drive's name as the pool records it: a file or device path made absolute, a
+    backend's drive URL (``scheme://...``) as it is."""
+    return path if "://" in path else os.path.abspath(path)
+
+
 class MissingDrive:
     """Stands in for a drive the pool expects but cannot use (missing, short,
     foreign): always failed; ``why`` says which."""

@@ -1,0 +1,1 @@
+"""vsand plugins: backends and other parts the core finds through entry points."""

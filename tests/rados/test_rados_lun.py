@@ -1,0 +1,144 @@
+"""A vsand daemon whose pool lives on RADOS (plugins/rados/backend.py), through real
+NBD clients: the data path, snapshots, snapclones with BGCOPY, revert and diffs work
+as on local drives; restarts keep everything; a second daemon is refused; a daemon
+whose lock was broken writes no more metadata and exits.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from daemonkit import Daemon, need, run
+from plugins.rados import Cluster, WriteOp
+from plugins.rados.owner import LOCK_NAME, META_OID
+
+MiB = 1 << 20
+
+
+def rados_args(cluster, ns):
+    return ["--backend", "rados", "--rados-conf", cluster.conf, "--rados-pool", cluster.pool,
+            "--rados-namespace", ns, "--scrub-interval", "off"]
+
+
+def start(tmp_path, cluster, ns, name="d", extra=()) -> Daemon:
+    return Daemon(tmp_path / name, drives=4, drive_size="1G",
+                  extra=rados_args(cluster, ns) + list(extra)).start()
+
+
+def qemu_io(uri, *cmds, check=True):
+    argv = ["qemu-io", "-f", "raw"]
+    for c in cmds:
+        argv += ["-c", c]
+    return run(argv + [uri], check=check)
+
+
+def objects(cluster, ns) -> list[str]:
+    p = run(["rados", "-c", cluster.conf, "-p", cluster.pool, "-N", ns, "ls"])
+    return sorted(p.stdout.split())
+
+
+def test_lun_on_rados_survives_restarts(tmp_path, rados_cluster, rados_ns):
+    need("qemu-io", "nbdinfo")
+    d = start(tmp_path, rados_cluster, rados_ns)
+    try:
+        d.ctl("lun.create", name="vol", size=64 * MiB, raid=0)
+        qemu_io(d.uri("vol"), "write -P 0xab 0 3M", "write -P 0xcd 40M 1M", "flush")
+        # PSEG objects exist only where data was written: 4 MiB lands in at most 4 of
+        # the 4 drives' first PSEG objects (RAID0 over 4 virtual drives, 2 MiB PSEGs)
+        psegs = [o for o in objects(rados_cluster, rados_ns) if o != META_OID]
+        assert 1 <= len(psegs) <= 8, psegs
+        assert d.stop() == 0
+        d.start()
+        qemu_io(d.uri("vol"), "read -P 0xab 0 3M", "read -P 0xcd 40M 1M", "read -P 0 3M 37M")
+        qemu_io(d.uri("vol"), "write -P 0x11 8M 1M", "flush")
+        d.stop(sig=9)
+        # a kill -9 leaves the lock to the dead client: the restarted daemon is a standby
+        # that takes the pool over once the dead one's watch is gone
+        d.args += ["--standby", "--heartbeat", "127.0.0.1:0"]
+        d.start()
+        qemu_io(d.uri("vol"), "read -P 0xab 0 3M", "read -P 0x11 8M 1M", "read -P 0xcd 40M 1M")
+        assert "took over" in d.read_log()
+    finally:
+        d.stop()
+
+
+def test_snapshots_snapclones_revert_and_diffs_on_rados(tmp_path, rados_cluster, rados_ns):
+    need("qemu-io")
+    d = start(tmp_path, rados_cluster, rados_ns)
+    try:
+        d.ctl("lun.create", name="db", size=32 * MiB, raid=0)
+        qemu_io(d.uri("db"), "write -P 0x01 0 8M", "flush")
+        d.ctl("snapshot.create", source="db", name="mon")
+        qemu_io(d.uri("db"), "write -P 0x02 4M 2M", "flush")
+        # the snapshot reads the old bytes, the LUN the new ones
+        qemu_io(d.uri("mon"), "read -P 0x01 0 8M")
+        qemu_io(d.uri("db"), "read -P 0x01 0 4M", "read -P 0x02 4M 2M", "read -P 0x01 6M 2M")
+        diff = d.ctl("diff", name="db", since="mon")
+        assert diff["changed"] >= 2 * MiB and all(4 * MiB - 1 * MiB <= o < 6 * MiB + MiB
+                                                  for o, _ in diff["extents"]), diff
+        # a snapclone copied by BGCOPY becomes an independent LUN with the old bytes
+        t = d.ctl("snapclone.create", source="mon", name="copy")
+        deadline = time.monotonic() + 120
+        while d.ctl("task.show", id=t["task"])["state"] != "done":
+            assert time.monotonic() < deadline, d.ctl("task.show", id=t["task"])
+            assert d.ctl("task.show", id=t["task"])["state"] in ("running", "queued", "done")
+            time.sleep(0.1)
+        qemu_io(d.uri("copy"), "read -P 0x01 0 8M")
+        # revert: db reads as at the snapshot; the newer bytes are kept aside
+        d.ctl("lun.revert", name="db", to="mon", keep="oops", force=True)
+        qemu_io(d.uri("db"), "read -P 0x01 0 8M")
+        qemu_io(d.uri("oops"), "read -P 0x02 4M 2M")
+        assert d.stop() == 0
+        d.start()
+        qemu_io(d.uri("db"), "read -P 0x01 0 8M")
+        qemu_io(d.uri("copy"), "read -P 0x01 0 8M")
+        qemu_io(d.uri("oops"), "read -P 0x02 4M 2M")
+        d.ctl("lun.delete", name="oops", force=True)
+        d.ctl("lun.delete", name="copy", force=True)
+    finally:
+        d.stop()
+
+
+def test_second_daemon_is_refused(tmp_path, rados_cluster, rados_ns):
+    need("qemu-io")
+    d = start(tmp_path, rados_cluster, rados_ns)
+    try:
+        d.ctl("lun.create", name="one", size=16 * MiB, raid=0)
+        qemu_io(d.uri("one"), "write -P 0x5a 0 1M", "flush")
+        other = Daemon(tmp_path / "other", drives=4, drive_size="1G",
+                       extra=rados_args(rados_cluster, rados_ns))
+        with pytest.raises(RuntimeError) as ei:
+            other.start()
+        assert "owned by another daemon" in str(ei.value) and "--standby" in str(ei.value)
+        qemu_io(d.uri("one"), "read -P 0x5a 0 1M")
+    finally:
+        d.stop()
+
+
+def test_a_daemon_whose_lock_was_broken_writes_nothing_and_exits(tmp_path, rados_cluster, rados_ns):
+    """The guard: once the lock is someone else's, the daemon's next metadata write
+    (the commit of a flushed write) fails EBUSY inside RADOS; the daemon logs it and
+    exits 75 without writing, and the FLUSH is answered with an error, never OK."""
+    need("qemu-io")
+    d = start(tmp_path, rados_cluster, rados_ns)
+    d.ctl("lun.create", name="vol", size=16 * MiB, raid=0)
+    qemu_io(d.uri("vol"), "write -P 0x33 0 1M", "flush")
+    with Cluster(rados_cluster.conf, timeout=10) as c, c.open_ioctx(rados_cluster.pool, rados_ns) as io:
+        lk = io.list_lockers(META_OID, LOCK_NAME).lockers[0]
+        io.break_lock(META_OID, LOCK_NAME, lk.client, lk.cookie)
+        keys_before = io.omap_get(META_OID)
+        # a new LD needs a commit: refused by the guard
+        with pytest.raises(Exception):
+            d.ctl("lun.create", name="late", size=16 * MiB, raid=0)
+        deadline = time.monotonic() + 30
+        while d.proc.poll() is None:
+            assert time.monotonic() < deadline, d.read_log()
+            time.sleep(0.05)
+        assert d.proc.returncode == 75, d.read_log()
+        assert "lost the pool" in d.read_log()
+        assert io.omap_get(META_OID) == keys_before
+        io.operate(META_OID, WriteOp().omap_set({"probe": b"1"}))   # the cluster itself is fine
+    os.unlink(d.control) if os.path.exists(d.control) else None
