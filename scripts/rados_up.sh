@@ -128,6 +128,8 @@ mon osd down out interval = 60
 # 2 reporters from distinct hosts, left a killed OSD "up" until the 20 s report timeout)
 mon osd reporter subtree level = osd
 mon osd min down reporters = 1
+# PG states reach the mgr every second, not every 5 s: waits for active+clean end sooner
+mgr stats period = 1
 
 [client]
 # one admin socket per client process (several test clients at once)
