@@ -203,7 +203,7 @@ def progress(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def report(res: dict, names: list[str]) -> str:
+def report(res: dict, names: list[str], base_name: str = BASE) -> str:
     out = []
     cells = res["results"]
     for skip in res["skipped"]:
@@ -213,11 +213,11 @@ def report(res: dict, names: list[str]) -> str:
         rows = []
         for mode, jobs in cells.items():
             for job, per in jobs.items():
-                base = per.get(BASE)    # None: nbdkit-file not selected
-                rows.append([mode, job, *(fmt_cell(per[n], None if n == BASE else base)
+                base = per.get(base_name)    # None: the base target not selected
+                rows.append([mode, job, *(fmt_cell(per[n], None if n == base_name else base)
                                           for n in names)])
-        out += [f"cell: IOPS / MiB/s / p99 completion latency (ratio to {BASE}, same mode and job)"
-                if BASE in names else "cell: IOPS / MiB/s / p99 completion latency", "",
+        out += [f"cell: IOPS / MiB/s / p99 completion latency (ratio to {base_name}, same mode and job)"
+                if base_name in names else "cell: IOPS / MiB/s / p99 completion latency", "",
                 md_table(header, rows)]
     ceil = cells.get("cold", {}).get(CEILING_JOB, {}).get(CEILING)
     if ceil:

@@ -1,0 +1,269 @@
+#!/usr/bin/env python3
+"""RADOS LUN benchmark (issue 15, item 5): a vsand LUN whose pool lives on Ceph RADOS
+against an RBD image of the same cluster served by qemu-nbd, in one run, with the fio set
+of scripts/bench_datapath.py.
+
+Targets:  vsand-rados  (fio nbd engine over vsand's UNIX socket; vsand started with
+                        backend rados on the cluster's PSEG pool, a RAID0 LUN: redundancy
+                        is the RADOS pool's),
+          qemu-nbd-rbd (fio nbd engine; qemu-nbd's rbd block driver on an RBD image in a
+                        pool with the same PG count and replica count; --qemu-cache, default
+                        writeback, which turns librbd's cache on as qemu does),
+          rbd-nbd      (the kernel's NBD client on librbd: needs the nbd kernel module and
+                        /dev/nbd*; reported as not run when they are missing).
+Jobs:     as bench_datapath.py: 4K random read and write at QD1 and QD32; 1 MiB sequential
+          read and write at QD1, QD8 and QD32; "flush": a 4K random reader at QD1 alone,
+          then beside a client that FLUSHes after every 4K write.
+Mode:     warm only. The OSDs read their block files with O_DIRECT and cache in their own
+          memory, so dropping the host's page cache makes nothing cold.
+Each cell: IOPS / MiB/s / p99 completion latency and the ratio to qemu-nbd-rbd; with
+--rounds N a cell is the median of N runs.
+
+The cluster: by default a throw-away one from scripts/rados_up.sh (--osds N bluestore OSDs,
+pool size N, min_size N-1; free mon ports; removed at the end), its start time and its
+daemons' memory printed; or an existing one (--conf, --pool), where the bench creates an
+RBD pool (--rbd-pool) if missing and removes its image and its vsand namespace at the end.
+Root is needed for the cluster's daemons.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, REPO)
+from bench_datapath import (FLUSH, JOBS, Target, machine, measure, progress,  # noqa: E402
+                            report)
+from benchlib import Servers, tree_state  # noqa: E402
+from vsand.control.client import ControlError  # noqa: E402
+from vsand.units import GiB, MiB, format_size, parse_size  # noqa: E402
+
+SCRIPT = os.path.join(REPO, "scripts", "rados_up.sh")
+TARGETS = ("vsand-rados", "qemu-nbd-rbd", "rbd-nbd")
+BASE = "qemu-nbd-rbd"
+DRIVES = 8
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Ceph:
+    """The cluster the targets share: started here (``up``) or given (``conf``, ``pool``)."""
+
+    def __init__(self, conf: str | None, pool: str, rbd_pool: str, pg_num: int):
+        self.conf, self.pool, self.rbd_pool, self.pg_num = conf, pool, rbd_pool, pg_num
+        self.ceph_dir: str | None = None    # set when this run started the cluster
+        self.up_seconds: float | None = None
+
+    def up(self, work: str, osds: int, osd_size_gb: int) -> None:
+        self.ceph_dir = os.path.join(work, "ceph")
+        env = dict(os.environ, CEPH_DIR=self.ceph_dir, N_OSDS=str(osds), POOL=self.pool,
+                   PG_NUM=str(self.pg_num), POOL_SIZE=str(osds),
+                   POOL_MIN_SIZE=str(max(1, osds - 1)), OSD_SIZE_GB=str(osd_size_gb),
+                   MGR="0", WAIT="io", MON_PORT_V2=str(free_port()), MON_PORT_V1=str(free_port()))
+        t0 = time.monotonic()
+        p = subprocess.run(["bash", SCRIPT, "up"], env=env, capture_output=True, text=True)
+        if p.returncode:
+            raise RuntimeError("rados_up.sh up failed: " + (p.stdout + p.stderr)[-1500:])
+        self.up_seconds = time.monotonic() - t0
+        self.conf = os.path.join(self.ceph_dir, "ceph.conf")
+
+    def purge(self) -> None:
+        if self.ceph_dir:
+            subprocess.run(["bash", SCRIPT, "purge"], env=dict(os.environ, CEPH_DIR=self.ceph_dir),
+                           capture_output=True)
+
+    def run(self, *argv: str) -> str:
+        p = subprocess.run([argv[0], "-c", self.conf, *argv[1:]], capture_output=True, text=True)
+        if p.returncode:
+            raise RuntimeError(f"{' '.join(argv)}: {p.stderr.strip()[-800:]}")
+        return p.stdout
+
+    def rbd_image(self, name: str, size: int) -> str:
+        """An RBD image of ``size`` in the RBD pool (made like the PSEG pool); returns its
+        qemu block filename."""
+        self.run("ceph", "osd", "pool", "create", self.rbd_pool, str(self.pg_num),
+                 str(self.pg_num), "replicated")
+        self.run("ceph", "osd", "pool", "application", "enable", self.rbd_pool, "rbd")
+        self.run("rbd", "pool", "init", self.rbd_pool)
+        self.run("rbd", "create", "--size", f"{size // MiB}M", f"{self.rbd_pool}/{name}")
+        return f"rbd:{self.rbd_pool}/{name}:conf={self.conf}"
+
+    def rss_mib(self) -> dict[str, float]:
+        out = {}
+        for f in sorted(glob.glob(os.path.join(self.ceph_dir or "", "run", "*.pid"))):
+            try:
+                with open(f) as pf, open(f"/proc/{int(pf.read())}/status") as st:
+                    kb = next(int(x.split()[1]) for x in st if x.startswith("VmRSS:"))
+                out[os.path.basename(f)[:-4]] = round(kb / 1024)
+            except (FileNotFoundError, ValueError, StopIteration):
+                continue
+        return out
+
+    def cleanup(self, image: str | None, namespace: str | None) -> None:
+        """On a cluster this run did not start: remove what the run wrote."""
+        if self.ceph_dir:
+            return
+        if image:
+            subprocess.run(["rbd", "-c", self.conf, "rm", f"{self.rbd_pool}/{image}"],
+                           capture_output=True)
+        if namespace:
+            from plugins.rados import Cluster, ObjectNotFound
+            names = self.run("rados", "-p", self.pool, "-N", namespace, "ls").split()
+            with Cluster(self.conf) as c, c.open_ioctx(self.pool, namespace) as io:
+                for oid in names:
+                    try:
+                        io.remove(oid)
+                    except ObjectNotFound:
+                        pass
+
+
+def rbd_nbd_unavailable() -> str | None:
+    """Why rbd-nbd cannot run here (it maps the image as a kernel /dev/nbdN)."""
+    why = []
+    if not os.path.isdir("/sys/module/nbd") and not glob.glob("/dev/nbd[0-9]*"):
+        why.append("no nbd kernel module on this machine (/sys/module/nbd and /dev/nbd* missing)")
+    if not shutil.which("rbd-nbd"):
+        why.append("rbd-nbd is not installed (Debian package rbd-nbd)")
+    # with both present, mapping (rbd-nbd map) and fio on /dev/nbdN is still to be written
+    return "; ".join(why) or "this benchmark does not map rbd-nbd devices yet"
+
+
+def measure_takeover(ceph: Ceph, work: str) -> dict | None:
+    """HOOK for the takeover time (issue 15, item 5: kill -9 of the active daemon under
+    load to the first read the standby serves). The active/standby measurement plugs in
+    here: return {"seconds": ..., ...}; report_takeover prints it. Until then: None, and
+    the report says it was not measured."""
+    return None
+
+
+def report_takeover(t: dict | None) -> str:
+    if t is None:
+        return "takeover (kill -9 of the active daemon to the first read served): not measured"
+    return "takeover (kill -9 of the active daemon to the first read served): " + \
+        ", ".join(f"{k} {v}" for k, v in t.items())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runtime", type=int, default=5, help="seconds per fio job (5)")
+    ap.add_argument("--size", default="1G", help="data set per target (1G)")
+    ap.add_argument("--targets", default=",".join(TARGETS), help=f"subset of {','.join(TARGETS)}")
+    ap.add_argument("--jobs", default=",".join([*JOBS, FLUSH]),
+                    help=f"subset of {','.join([*JOBS, FLUSH])}")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="runs of every job over all targets in turn; a cell is the median (1)")
+    ap.add_argument("--osds", type=int, default=1, choices=(1, 2, 3),
+                    help="OSDs of the throw-away cluster; pool size = this (1)")
+    ap.add_argument("--conf", help="ceph.conf of an existing cluster instead of a throw-away one")
+    ap.add_argument("--pool", default="psegs", help="pool of vsand's PSEG objects (psegs)")
+    ap.add_argument("--rbd-pool", default="rbd", help="pool of the RBD image, created if missing (rbd)")
+    ap.add_argument("--pg-num", type=int, default=32, help="PGs of each pool the bench creates (32)")
+    ap.add_argument("--qemu-cache", default="writeback",
+                    help="qemu-nbd --cache (writeback: librbd's cache on, as qemu sets it)")
+    ap.add_argument("--json", metavar="PATH", help="also save the results as JSON")
+    ap.add_argument("--dir", default=os.environ.get("TMPDIR", "/var/tmp"),
+                    help="where the cluster and vsand's state go (the OSD files grow by "
+                         "size x targets x replicas)")
+    args = ap.parse_args()
+    names = [t for t in args.targets.split(",") if t]
+    jobs = [j for j in args.jobs.split(",") if j]
+    for kind, got, known in (("target", names, TARGETS), ("job", jobs, [*JOBS, FLUSH])):
+        bad = [g for g in got if g not in known]
+        if bad:
+            ap.error(f"unknown {kind} {', '.join(bad)}; known: {', '.join(known)}")
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
+    size = parse_size(args.size)
+    if size % MiB:
+        ap.error("--size must be a multiple of 1 MiB (a LUN size)")
+    tools = ["fio", "rados", "ceph"] + (["rbd", "qemu-nbd"] if BASE in names else [])
+    if not args.conf:
+        tools += ["ceph-mon", "ceph-osd"]
+    missing = [t for t in tools if not shutil.which(t)]
+    if missing:
+        print(f"{', '.join(missing)} missing (`make deps` installs them as root)", file=sys.stderr)
+        return 2
+    if not args.conf and os.geteuid() != 0:
+        print("the throw-away cluster's daemons run as root (or give --conf)", file=sys.stderr)
+        return 2
+
+    res: dict = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine(),
+                 "args": vars(args), "size": size, "vsand": tree_state(REPO),
+                 "load_before": os.getloadavg(), "skipped": [], "results": {}, "flush": {}}
+    if "rbd-nbd" in names:
+        names.remove("rbd-nbd")
+        why = rbd_nbd_unavailable()
+        res["skipped"].append(f"rbd-nbd: {why}")
+        progress(f"rbd-nbd not run: {why}")
+    flush = FLUSH in jobs
+    jobs = [j for j in jobs if j != FLUSH]
+    progress(f"{res['machine']}; {format_size(size)} per target, {args.runtime} s per job")
+    t0 = time.monotonic()
+    work = tempfile.mkdtemp(prefix="bench-rados-lun-", dir=args.dir)
+    ceph = Ceph(args.conf, args.pool, args.rbd_pool, args.pg_num)
+    image, namespace = f"bench-{uuid.uuid4().hex[:8]}", f"bench-{uuid.uuid4().hex[:8]}"
+    try:
+        if not args.conf:
+            # room for every target's data set on every replica, twice over, at least 10 GiB
+            ceph.up(work, args.osds, max(10, -(-2 * size * len(names) // GiB)))
+            res["cluster_up_s"] = ceph.up_seconds
+            progress(f"cluster: {args.osds} OSD(s) up in {ceph.up_seconds:.1f} s")
+        with Servers() as srv:
+            targets: dict[str, Target] = {}
+            if "vsand-rados" in names:
+                v = srv.vsand(os.path.join(work, "vsand"), max(size, GiB), drives=DRIVES, extra=[
+                    "--backend", "rados", "--rados-conf", ceph.conf, "--rados-pool", ceph.pool,
+                    "--rados-namespace", namespace, "--scrub-interval", "off"])
+                v.call("lun.create", name="r", size=size, raid=0)
+                targets["vsand-rados"] = Target("vsand-rados", "vsand", uri=v.uri("r"))
+            if BASE in names:
+                uri = srv.qemu_nbd(ceph.rbd_image(image, size), os.path.join(work, "qemu.sock"),
+                                   args.qemu_cache)
+                targets[BASE] = Target(BASE, "rbd", uri=uri)
+            measure(targets, res, jobs, ["warm"] if jobs else [], flush, size, args.runtime,
+                    args.rounds)
+            res["takeover"] = measure_takeover(ceph, work)
+            res["cluster_rss_mib"] = ceph.rss_mib()
+    except (RuntimeError, ControlError) as e:
+        print(f"benchmark failed: {e}", file=sys.stderr)
+        return 1
+    finally:
+        try:
+            ceph.cleanup(image, namespace)
+        finally:
+            ceph.purge()
+            shutil.rmtree(work, ignore_errors=True)
+    res["elapsed_s"] = time.monotonic() - t0
+    res["load_after"] = os.getloadavg()
+    print(f"\n{res['date']}; {res['machine']}; vsand {res['vsand']}")
+    where = (f"throw-away cluster: {args.osds} bluestore OSD(s), pool size {args.osds}, "
+             f"up in {res['cluster_up_s']:.1f} s" if not args.conf else f"cluster {args.conf}")
+    print(f"{where}; {format_size(size)} per target, {args.runtime} s per job, {args.rounds} "
+          f"round(s), {res['elapsed_s']:.0f} s in all; load average before/after: "
+          + " / ".join(f"{res[k][0]:.2f}" for k in ("load_before", "load_after")))
+    if res["cluster_rss_mib"]:
+        print("cluster RSS at the end (MiB): " + ", ".join(f"{k} {v}" for k, v in res["cluster_rss_mib"].items()))
+    print(report(res, list(targets), BASE))
+    print(report_takeover(res["takeover"]))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
