@@ -77,8 +77,7 @@ def test_snapshots_snapclones_revert_and_diffs_on_rados(tmp_path, rados_cluster,
         qemu_io(d.uri("mon"), "read -P 0x01 0 8M")
         qemu_io(d.uri("db"), "read -P 0x01 0 4M", "read -P 0x02 4M 2M", "read -P 0x01 6M 2M")
         diff = d.ctl("diff", name="db", since="mon")
-        assert diff["changed"] >= 2 * MiB and all(4 * MiB - 1 * MiB <= o < 6 * MiB + MiB
-                                                  for o, _ in diff["extents"]), diff
+        assert diff["extents"] == [[4 * MiB, 2 * MiB]], diff    # whole 1 MiB segments
         # a snapclone copied by BGCOPY becomes an independent LUN with the old bytes
         t = d.ctl("snapclone.create", source="mon", name="copy")
         deadline = time.monotonic() + 120
