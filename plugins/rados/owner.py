@@ -24,7 +24,7 @@ import uuid
 from typing import Callable
 
 from .client import Cluster, IoCtx, WriteOp
-from .errors import Busy, ObjectNotFound
+from .errors import Busy, ObjectNotFound, RadosError
 from .locks import Locker, Watch
 
 LOCK_NAME = "vsand"
@@ -107,6 +107,16 @@ class Owner:
             cb = on_lost
         self._watch = self.io.watch(self.oid, on_error=cb, timeout=max(1, int(timeout)))
         return self._watch
+
+    def rewatch(self, on_lost: Callable[[int], None], timeout: int = 5) -> Watch:
+        """A new watch in place of one that broke (its pings lapsed, an OSD restarted)."""
+        w, self._watch = self._watch, None
+        if w is not None:
+            try:
+                w.close()
+            except RadosError:
+                pass                # a broken watch may refuse its unwatch
+        return self.watch(on_lost, timeout)
 
     def holder_alive(self, locker: Locker) -> bool:
         """Whether ``locker`` still watches the metadata object. Matched by client id (the
