@@ -258,7 +258,7 @@ def main() -> int:
     if res["cluster_rss_mib"]:
         print("cluster RSS at the end (MiB): " + ", ".join(f"{k} {v}" for k, v in res["cluster_rss_mib"].items()))
     print(report(res, list(targets), BASE))
-    print(report_takeover(res["takeover"]))
+    print("\n" + report_takeover(res["takeover"]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1)
