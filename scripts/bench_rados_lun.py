@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import os
 import shutil
 import socket
@@ -42,16 +41,23 @@ import uuid
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, REPO)
-from bench_datapath import (FLUSH, JOBS, Target, machine, measure, progress,  # noqa: E402
-                            report)
-from benchlib import Servers, tree_state  # noqa: E402
+from bench_datapath import (FLUSH, JOBS, Target, measure, new_run, print_results,  # noqa: E402
+                            progress)
+from benchlib import Servers  # noqa: E402
 from vsand.control.client import ControlError  # noqa: E402
-from vsand.units import GiB, MiB, format_size, parse_size  # noqa: E402
+from vsand.units import GiB, MiB, parse_size  # noqa: E402
 
 SCRIPT = os.path.join(REPO, "scripts", "rados_up.sh")
 TARGETS = ("vsand-rados", "qemu-nbd-rbd", "rbd-nbd")
 BASE = "qemu-nbd-rbd"
 DRIVES = 8
+
+
+def rss_mib(ceph_dir: str) -> dict[str, float]:
+    """Resident memory (MiB) of each daemon of the cluster in ``ceph_dir``."""
+    p = subprocess.run(["bash", SCRIPT, "rss"], env=dict(os.environ, CEPH_DIR=ceph_dir),
+                       capture_output=True, text=True)
+    return {name: float(mib) for name, mib in (line.split() for line in p.stdout.splitlines())}
 
 
 def free_port() -> int:
@@ -103,15 +109,7 @@ class Ceph:
         return f"rbd:{self.rbd_pool}/{name}:conf={self.conf}"
 
     def rss_mib(self) -> dict[str, float]:
-        out = {}
-        for f in sorted(glob.glob(os.path.join(self.ceph_dir or "", "run", "*.pid"))):
-            try:
-                with open(f) as pf, open(f"/proc/{int(pf.read())}/status") as st:
-                    kb = next(int(x.split()[1]) for x in st if x.startswith("VmRSS:"))
-                out[os.path.basename(f)[:-4]] = round(kb / 1024)
-            except (FileNotFoundError, ValueError, StopIteration):
-                continue
-        return out
+        return rss_mib(self.ceph_dir) if self.ceph_dir else {}
 
     def cleanup(self, image: str | None, namespace: str | None) -> None:
         """On a cluster this run did not start: remove what the run wrote."""
@@ -201,17 +199,12 @@ def main() -> int:
         print("the throw-away cluster's daemons run as root (or give --conf)", file=sys.stderr)
         return 2
 
-    res: dict = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine(),
-                 "args": vars(args), "size": size, "vsand": tree_state(REPO),
-                 "load_before": os.getloadavg(), "skipped": [], "results": {}, "flush": {}}
+    res, jobs, flush = new_run(args, size, jobs)
     if "rbd-nbd" in names:
         names.remove("rbd-nbd")
         why = rbd_nbd_unavailable()
         res["skipped"].append(f"rbd-nbd: {why}")
         progress(f"rbd-nbd not run: {why}")
-    flush = FLUSH in jobs
-    jobs = [j for j in jobs if j != FLUSH]
-    progress(f"{res['machine']}; {format_size(size)} per target, {args.runtime} s per job")
     t0 = time.monotonic()
     work = tempfile.mkdtemp(prefix="bench-rados-lun-", dir=args.dir)
     ceph = Ceph(args.conf, args.pool, args.rbd_pool, args.pg_num)
@@ -248,20 +241,12 @@ def main() -> int:
             ceph.purge()
             shutil.rmtree(work, ignore_errors=True)
     res["elapsed_s"] = time.monotonic() - t0
-    res["load_after"] = os.getloadavg()
-    print(f"\n{res['date']}; {res['machine']}; vsand {res['vsand']}")
-    where = (f"throw-away cluster: {args.osds} bluestore OSD(s), pool size {args.osds}, "
-             f"up in {res['cluster_up_s']:.1f} s" if not args.conf else f"cluster {args.conf}")
-    print(f"{where}; {format_size(size)} per target, {args.runtime} s per job, {args.rounds} "
-          f"round(s), {res['elapsed_s']:.0f} s in all; load average before/after: "
-          + " / ".join(f"{res[k][0]:.2f}" for k in ("load_before", "load_after")))
-    if res["cluster_rss_mib"]:
-        print("cluster RSS at the end (MiB): " + ", ".join(f"{k} {v}" for k, v in res["cluster_rss_mib"].items()))
-    print(report(res, list(targets), BASE))
+    where = (f"throw-away cluster: {args.osds} bluestore OSD(s), pool size {args.osds}, up in "
+             f"{res['cluster_up_s']:.1f} s; " if not args.conf else f"cluster {args.conf}; ")
+    rss = ", ".join(f"{k} {v}" for k, v in res["cluster_rss_mib"].items())
+    print_results(res, args, list(targets), where,
+                  [f"cluster RSS at the end (MiB): {rss}"] if rss else [], BASE)
     print("\n" + report_takeover(res["takeover"]))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=1)
     return 0
 
 

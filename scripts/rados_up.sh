@@ -13,6 +13,7 @@
 #   rados_up.sh env              # print `export CEPH_CONF=...` for your shell / tests
 #   rados_up.sh start            # start a stopped cluster again (after `down`; data kept)
 #   rados_up.sh start-osd ID     # (re)start one OSD, e.g. after a test killed it
+#   rados_up.sh rss              # resident memory of each running daemon: "osd.0 93.2" (MiB)
 #   rados_up.sh down             # stop the daemons this script started (by PID file)
 #   rados_up.sh purge            # down + rm -rf $CEPH_DIR
 #
@@ -270,6 +271,16 @@ cmd_start_osd() { # restart one OSD after `kill` (used by failover tests)
     LD_PRELOAD=$OSD_PRELOAD ceph-osd -c "$CONF" -i "$1"
 }
 
+cmd_rss() {
+    local f rss
+    for f in "$CEPH_DIR"/run/*.pid; do
+        [ -e "$f" ] || continue
+        rss=$(awk '/^VmRSS:/ {printf "%.1f", $2 / 1024}' "/proc/$(cat "$f")/status" 2>/dev/null) || continue
+        [ -n "$rss" ] && echo "$(basename "$f" .pid) $rss"
+    done
+    return 0
+}
+
 cmd_down() {
     local f pid
     for f in "$CEPH_DIR"/run/osd.*.pid "$CEPH_DIR"/run/mgr.*.pid "$CEPH_DIR"/run/mon.*.pid; do
@@ -291,8 +302,9 @@ case "${1:-up}" in
     status)  C -s ;;
     env)     echo "export CEPH_CONF=$CONF" ;;
     start)   cmd_start ;;
+    rss)     cmd_rss ;;
     down)    cmd_down ;;
     start-osd) cmd_start_osd "${2:?osd id}" ;;
     purge)   cmd_down; rm -rf "$CEPH_DIR" ;;
-    *) echo "usage: $0 install|up|status|env|start|start-osd ID|down|purge" >&2; exit 2 ;;
+    *) echo "usage: $0 install|up|status|env|start|start-osd ID|rss|down|purge" >&2; exit 2 ;;
 esac

@@ -122,15 +122,9 @@ class RadosCluster:
 
     def rss_mib(self) -> dict[str, float]:
         """Resident memory of each daemon (mon.a, mgr.x, osd.N), MiB."""
-        out = {}
-        for f in sorted(glob.glob(os.path.join(self.ceph_dir, "run", "*.pid"))):
-            try:
-                with open(f) as pf, open(f"/proc/{int(pf.read())}/status") as st:
-                    kb = next(int(x.split()[1]) for x in st if x.startswith("VmRSS:"))
-                out[os.path.basename(f)[:-4]] = round(kb / 1024, 1)
-            except (FileNotFoundError, ValueError, StopIteration):
-                continue
-        return out
+        p = subprocess.run(["bash", SCRIPT, "rss"], env=self._script_env(), capture_output=True,
+                           text=True, timeout=30)
+        return {name: float(mib) for name, mib in (line.split() for line in p.stdout.splitlines())}
 
     def _script_env(self) -> dict:
         return dict(os.environ, CEPH_DIR=self.ceph_dir, **self.env)
