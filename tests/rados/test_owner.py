@@ -121,22 +121,37 @@ def test_take_over_fences_a_live_handle(sides):
 
 
 CHILD = """
-import sys, time
-from plugins.rados import Cluster
-from plugins.rados.owner import Owner
+import sys, threading
+from plugins.rados import Cluster, RadosError, WriteOp
+from plugins.rados.owner import META_OID, Owner
 c = Cluster(sys.argv[1], timeout=10)
-o = Owner(c, c.open_ioctx(sys.argv[2], sys.argv[3]))
+io = c.open_ioctx(sys.argv[2], sys.argv[3])
+o = Owner(c, io)
 epoch = o.acquire()
-o.watch(lambda err: None, timeout=5)
+lost = threading.Event()
+errs = []
+o.watch(lambda err: (errs.append(err), lost.set()), timeout=5)
 print("ready", epoch, o.cookie, flush=True)
-time.sleep(600)
+n = 0
+while True:                    # an owner busy updating its metadata, as a daemon is
+    n += 1
+    try:
+        io.operate(META_OID, o.guard(WriteOp()).omap_set({"x": b"%d" % n}))
+    except RadosError as e:
+        lost.wait(30)
+        print("fenced", e.errno, errs[0] if errs else 0, flush=True)
+        break
+    lost.wait(0.02)
 """
 
 
-def test_standby_takes_over_from_a_killed_owner(rados_cluster, rados_ns, sides):
-    """A daemon that acquires, watches (timeout 5 s) and is kill -9'd: with no heartbeat
-    ever heard, the standby looks at the holder, finds it alive while it is, and takes
-    over once the OSD has dropped the dead watch."""
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSTOP], ids=["kill", "stop"])
+def test_standby_takes_over_from_a_dead_owner(rados_cluster, rados_ns, sides, sig):
+    """A daemon that acquires, watches (timeout 5 s) and keeps updating its metadata is
+    kill -9'd or SIGSTOPped: with no heartbeat ever heard, the standby finds the holder
+    alive while it is, and takes over once the OSD has dropped the dead watch. A stopped
+    owner that is resumed afterwards finds itself fenced (ESHUTDOWN, and its watch reports
+    ENOTCONN), and nothing of it lands."""
     child = subprocess.Popen([sys.executable, "-c", CHILD, rados_cluster.conf, rados_cluster.pool,
                               rados_ns], stdout=subprocess.PIPE, text=True,
                              env=dict(os.environ, PYTHONPATH=ROOT))
@@ -151,15 +166,24 @@ def test_standby_takes_over_from_a_killed_owner(rados_cluster, rados_ns, sides):
                 await async_until(lambda: sb.decisions["holder alive"] >= 2 or task.done(),
                                   "the standby to see the holder alive")
                 assert not task.done()
-                child.send_signal(signal.SIGKILL)
+                child.send_signal(sig)
                 return await asyncio.wait_for(task, DEADLINE), sb.decisions
         new_epoch, decisions = asyncio.run(main())
         assert new_epoch == int(epoch) + 1
         assert decisions["holder gone"] == 1
         assert b.owner.holds() and b.owner.holder().cookie != cookie
+        last = b.io.omap_get(META_OID, prefix="x")["x"]
+        assert int(last) > 0
+        if sig == signal.SIGSTOP:
+            child.send_signal(signal.SIGCONT)
+            out = child.stdout.readline().split()
+            assert out == ["fenced", str(errno.ESHUTDOWN), str(errno.ENOTCONN)]
+            assert b.io.omap_get(META_OID, prefix="x")["x"] == last
         meta_write(b, b"b")
     finally:
-        child.kill()
+        if child.poll() is None:
+            child.send_signal(signal.SIGCONT)
+            child.kill()
         child.wait()
 
 
