@@ -199,18 +199,17 @@ def test_heartbeats_hold_off_a_standby_until_they_stop(rados_cluster, sides):
         async with Standby(LOOP, pool, check_every=0.05) as sb:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                 for junk in (b"\xc1 not msgpack", encode({"junk": 1}),
+                             encode({"role": "active", "epoch": 1, "pool": [1], "seq": 1}),
                              encode({"role": "active", "epoch": 99, "pool": "other", "seq": 1}),
                              encode({"role": "active", "epoch": epoch, "pool": pool, "seq": 1})):
                     s.sendto(junk, sb.addr)
                 await async_until(lambda: sb.heard, "the one real heartbeat")
             assert sb.heard == 1 and sb.active_epoch == epoch
-            beacon = Beacon(LOOP, sb.addr, pool, epoch, interval=0.05)
-            await beacon.start()
-            task = asyncio.create_task(sb.wait_for_takeover(b.owner, takeover_after=2.0))
-            await async_until(lambda: beacon.standby_heard >= 20 or task.done(),
-                              "20 heartbeats answered")
-            assert not task.done() and sum(sb.decisions.values()) == 0
-            await beacon.stop()
+            async with Beacon(LOOP, sb.addr, pool, epoch, interval=0.05) as beacon:
+                task = asyncio.create_task(sb.wait_for_takeover(b.owner, takeover_after=2.0))
+                await async_until(lambda: beacon.standby_heard >= 20 or task.done(),
+                                  "20 heartbeats answered")
+                assert not task.done() and sum(sb.decisions.values()) == 0
             return await asyncio.wait_for(task, DEADLINE), sb.decisions
     new_epoch, decisions = asyncio.run(main())
     assert new_epoch == epoch + 1 and b.owner.holds()
@@ -230,11 +229,9 @@ def test_no_takeover_while_the_holders_watch_lives(rados_cluster, sides):
 
     async def main():
         async with Standby(LOOP, pool, check_every=0.05) as sb:
-            beacon = Beacon(LOOP, sb.addr, pool, epoch, interval=0.05)
-            await beacon.start()
-            task = asyncio.create_task(sb.wait_for_takeover(b.owner, takeover_after=0.3))
-            await async_until(lambda: sb.heard >= 5, "5 heartbeats")
-            await beacon.stop()
+            async with Beacon(LOOP, sb.addr, pool, epoch, interval=0.05):
+                task = asyncio.create_task(sb.wait_for_takeover(b.owner, takeover_after=0.3))
+                await async_until(lambda: sb.heard >= 5, "5 heartbeats")
             await async_until(lambda: sb.decisions["holder alive"] >= 8 or task.done(),
                               "8 looks at the live holder")
             assert not task.done()
@@ -258,15 +255,11 @@ def test_beacon_hears_a_newer_active_and_gives_up():
         def on_lost(e):
             got.append(e)
             lost.set()
-        old = Beacon(LOOP, ("127.0.0.1", 9), "p", 4, on_lost=on_lost, interval=0.05)
-        new = Beacon(LOOP, ("127.0.0.1", 9), "p", 5, on_lost=on_lost, interval=0.05)
-        await old.start()
-        await new.start()
-        old.peer, new.peer = new.addr, old.addr
-        await asyncio.wait_for(lost.wait(), DEADLINE)
-        await async_until(lambda: new.active_heard >= 5 and old.active_heard >= 5,
-                          "5 heartbeats each way")
-        await old.stop()
-        await new.stop()
+        async with Beacon(LOOP, ("127.0.0.1", 9), "p", 4, on_lost=on_lost, interval=0.05) as old, \
+                Beacon(LOOP, ("127.0.0.1", 9), "p", 5, on_lost=on_lost, interval=0.05) as new:
+            old.peer, new.peer = new.addr, old.addr
+            await asyncio.wait_for(lost.wait(), DEADLINE)
+            await async_until(lambda: new.active_heard >= 5 and old.active_heard >= 5,
+                              "5 heartbeats each way")
         return got, old.lost_to, new.lost_to
     assert asyncio.run(main()) == ([5], 5, None)
