@@ -125,6 +125,15 @@ class RadosBackend:
                           META_OID, err, e.strerror)
                 time.sleep(1.0)
 
+    def lost(self, reason: str) -> None:
+        """Another daemon owns the pool now: nothing more may be written. Said once."""
+        if self._lost:
+            return
+        self._lost = True
+        log.error("this daemon lost the pool %s/%s: %s", self.pool_name, self.namespace, reason)
+        if self.on_lost is not None:
+            self.on_lost(reason)
+
     @contextlib.asynccontextmanager
     async def beacon(self, cfg):
         """The active daemon's heartbeats to its standby (``peer``), while it serves."""

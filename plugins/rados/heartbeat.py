@@ -187,6 +187,9 @@ class Standby(_Endpoint):
         self.last_heard = asyncio.get_running_loop().time()
         if isinstance(msg.get("epoch"), int):
             self.active_epoch = msg["epoch"]
+        if self.heard == 1:
+            log.info("standby: hearing the active daemon at %s:%s (epoch %s)", sender[0], sender[1],
+                     self.active_epoch)
         await self._send({"role": "standby", "pool": self.pool, "seq": msg.get("seq")}, sender)
 
     def silence(self) -> float:
