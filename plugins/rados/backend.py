@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 
 from vsand.errors import Busy as VsanBusy, InvalidArgument, IOFailure
 from vsand.meta import format as fmt
@@ -105,19 +106,24 @@ class RadosBackend:
         threading.Thread(target=self._rewatch, args=(err,), name="vsand-rewatch", daemon=True).start()
 
     def _rewatch(self, err: int) -> None:
-        try:
-            if not self.owner.holds():
-                return self.lost(f"the watch on {META_OID} broke (errno {err}) and the lock "
-                                 f"is no longer ours")
-            self.owner.rewatch(self._watch_failed, timeout=self.watch_timeout)
-            log.warning("the watch on %s broke (errno %d); the lock is still ours: watching again",
-                        META_OID, err)
-        except Blocklisted:
-            self.lost(f"this client was blocklisted (the watch on {META_OID} broke, errno {err})")
-        except RadosError as e:
-            # the cluster cannot say: the guard still refuses our metadata if we lost it
-            log.error("the watch on %s broke (errno %d) and cannot be renewed: %s",
-                      META_OID, err, e.strerror)
+        """Until the watch is back or the pool is lost: an unreachable cluster cannot
+        say which, and the guard refuses our metadata meanwhile if we lost it."""
+        while not self._lost:
+            try:
+                if not self.owner.holds():
+                    return self.lost(f"the watch on {META_OID} broke (errno {err}) and the "
+                                     f"lock is no longer ours")
+                self.owner.rewatch(self._watch_failed, timeout=self.watch_timeout)
+                log.warning("the watch on %s broke (errno %d); the lock is still ours: "
+                            "watching again", META_OID, err)
+                return
+            except Blocklisted:
+                return self.lost(f"this client was blocklisted (the watch on {META_OID} broke, "
+                                 f"errno {err})")
+            except RadosError as e:
+                log.error("the watch on %s broke (errno %d) and cannot be renewed yet: %s",
+                          META_OID, err, e.strerror)
+                time.sleep(1.0)
 
     def lost(self, reason: str) -> None:
         """Another daemon owns the pool now: nothing more may be written. Said once."""

@@ -43,8 +43,8 @@ def decode(data: bytes) -> dict | None:
         msg = msgpack.unpackb(data, raw=False)
     except Exception:                   # msgpack raises several types for garbage
         return None
-    if not isinstance(msg, dict) or msg.get("v") != VERSION or msg.get("role") not in (
-            "active", "standby"):
+    if (not isinstance(msg, dict) or msg.get("v") != VERSION
+            or msg.get("role") not in ("active", "standby") or not isinstance(msg.get("pool"), str)):
         return None
     return msg
 
@@ -56,6 +56,7 @@ class _Endpoint:
         self.bind, self.pool = bind, pool
         self._stream: asyncio_dgram.aio.DatagramServer | None = None
         self._tasks: list[asyncio.Task] = []
+        self._strangers: set[tuple] = set()         # (sender, pool) warned about
 
     @property
     def addr(self) -> Addr:
@@ -103,8 +104,10 @@ class _Endpoint:
             if msg is None:
                 continue
             if msg.get("pool") != self.pool:
-                log.warning("heartbeat from %s:%s for pool %r ignored (ours is %r)",
-                            sender[0], sender[1], msg.get("pool"), self.pool)
+                if (sender, msg["pool"]) not in self._strangers:   # once, not 4 times a second
+                    self._strangers.add((sender, msg["pool"]))
+                    log.warning("heartbeat from %s:%s for pool %r ignored (ours is %r)",
+                                sender[0], sender[1], msg["pool"], self.pool)
                 continue
             await self._handle(msg, sender[:2])
 
@@ -184,6 +187,9 @@ class Standby(_Endpoint):
         self.last_heard = asyncio.get_running_loop().time()
         if isinstance(msg.get("epoch"), int):
             self.active_epoch = msg["epoch"]
+        if self.heard == 1:
+            log.info("standby: hearing the active daemon at %s:%s (epoch %s)", sender[0], sender[1],
+                     self.active_epoch)
         await self._send({"role": "standby", "pool": self.pool, "seq": msg.get("seq")}, sender)
 
     def silence(self) -> float:

@@ -121,22 +121,37 @@ def test_take_over_fences_a_live_handle(sides):
 
 
 CHILD = """
-import sys, time
-from plugins.rados import Cluster
-from plugins.rados.owner import Owner
+import sys, threading
+from plugins.rados import Cluster, RadosError, WriteOp
+from plugins.rados.owner import META_OID, Owner
 c = Cluster(sys.argv[1], timeout=10)
-o = Owner(c, c.open_ioctx(sys.argv[2], sys.argv[3]))
+io = c.open_ioctx(sys.argv[2], sys.argv[3])
+o = Owner(c, io)
 epoch = o.acquire()
-o.watch(lambda err: None, timeout=5)
+lost = threading.Event()
+errs = []
+o.watch(lambda err: (errs.append(err), lost.set()), timeout=5)
 print("ready", epoch, o.cookie, flush=True)
-time.sleep(600)
+n = 0
+while True:                    # an owner busy updating its metadata, as a daemon is
+    n += 1
+    try:
+        io.operate(META_OID, o.guard(WriteOp()).omap_set({"x": b"%d" % n}))
+    except RadosError as e:
+        lost.wait(30)
+        print("fenced", e.errno, errs[0] if errs else 0, flush=True)
+        break
+    lost.wait(0.02)
 """
 
 
-def test_standby_takes_over_from_a_killed_owner(rados_cluster, rados_ns, sides):
-    """A daemon that acquires, watches (timeout 5 s) and is kill -9'd: with no heartbeat
-    ever heard, the standby looks at the holder, finds it alive while it is, and takes
-    over once the OSD has dropped the dead watch."""
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSTOP], ids=["kill", "stop"])
+def test_standby_takes_over_from_a_dead_owner(rados_cluster, rados_ns, sides, sig):
+    """A daemon that acquires, watches (timeout 5 s) and keeps updating its metadata is
+    kill -9'd or SIGSTOPped: with no heartbeat ever heard, the standby finds the holder
+    alive while it is, and takes over once the OSD has dropped the dead watch. A stopped
+    owner that is resumed afterwards finds itself fenced (ESHUTDOWN, and its watch reports
+    ENOTCONN), and nothing of it lands."""
     child = subprocess.Popen([sys.executable, "-c", CHILD, rados_cluster.conf, rados_cluster.pool,
                               rados_ns], stdout=subprocess.PIPE, text=True,
                              env=dict(os.environ, PYTHONPATH=ROOT))
@@ -151,15 +166,24 @@ def test_standby_takes_over_from_a_killed_owner(rados_cluster, rados_ns, sides):
                 await async_until(lambda: sb.decisions["holder alive"] >= 2 or task.done(),
                                   "the standby to see the holder alive")
                 assert not task.done()
-                child.send_signal(signal.SIGKILL)
+                child.send_signal(sig)
                 return await asyncio.wait_for(task, DEADLINE), sb.decisions
         new_epoch, decisions = asyncio.run(main())
         assert new_epoch == int(epoch) + 1
         assert decisions["holder gone"] == 1
         assert b.owner.holds() and b.owner.holder().cookie != cookie
+        last = b.io.omap_get(META_OID, prefix="x")["x"]
+        assert int(last) > 0
+        if sig == signal.SIGSTOP:
+            child.send_signal(signal.SIGCONT)
+            out = child.stdout.readline().split()
+            assert out == ["fenced", str(errno.ESHUTDOWN), str(errno.ENOTCONN)]
+            assert b.io.omap_get(META_OID, prefix="x")["x"] == last
         meta_write(b, b"b")
     finally:
-        child.kill()
+        if child.poll() is None:
+            child.send_signal(signal.SIGCONT)
+            child.kill()
         child.wait()
 
 
@@ -175,18 +199,17 @@ def test_heartbeats_hold_off_a_standby_until_they_stop(rados_cluster, sides):
         async with Standby(LOOP, pool, check_every=0.05) as sb:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                 for junk in (b"\xc1 not msgpack", encode({"junk": 1}),
+                             encode({"role": "active", "epoch": 1, "pool": [1], "seq": 1}),
                              encode({"role": "active", "epoch": 99, "pool": "other", "seq": 1}),
                              encode({"role": "active", "epoch": epoch, "pool": pool, "seq": 1})):
                     s.sendto(junk, sb.addr)
                 await async_until(lambda: sb.heard, "the one real heartbeat")
             assert sb.heard == 1 and sb.active_epoch == epoch
-            beacon = Beacon(LOOP, sb.addr, pool, epoch, interval=0.05)
-            await beacon.start()
-            task = asyncio.create_task(sb.wait_for_takeover(b.owner, takeover_after=2.0))
-            await async_until(lambda: beacon.standby_heard >= 20 or task.done(),
-                              "20 heartbeats answered")
-            assert not task.done() and sum(sb.decisions.values()) == 0
-            await beacon.stop()
+            async with Beacon(LOOP, sb.addr, pool, epoch, interval=0.05) as beacon:
+                task = asyncio.create_task(sb.wait_for_takeover(b.owner, takeover_after=2.0))
+                await async_until(lambda: beacon.standby_heard >= 20 or task.done(),
+                                  "20 heartbeats answered")
+                assert not task.done() and sum(sb.decisions.values()) == 0
             return await asyncio.wait_for(task, DEADLINE), sb.decisions
     new_epoch, decisions = asyncio.run(main())
     assert new_epoch == epoch + 1 and b.owner.holds()
@@ -206,11 +229,9 @@ def test_no_takeover_while_the_holders_watch_lives(rados_cluster, sides):
 
     async def main():
         async with Standby(LOOP, pool, check_every=0.05) as sb:
-            beacon = Beacon(LOOP, sb.addr, pool, epoch, interval=0.05)
-            await beacon.start()
-            task = asyncio.create_task(sb.wait_for_takeover(b.owner, takeover_after=0.3))
-            await async_until(lambda: sb.heard >= 5, "5 heartbeats")
-            await beacon.stop()
+            async with Beacon(LOOP, sb.addr, pool, epoch, interval=0.05):
+                task = asyncio.create_task(sb.wait_for_takeover(b.owner, takeover_after=0.3))
+                await async_until(lambda: sb.heard >= 5, "5 heartbeats")
             await async_until(lambda: sb.decisions["holder alive"] >= 8 or task.done(),
                               "8 looks at the live holder")
             assert not task.done()
@@ -224,9 +245,22 @@ def test_no_takeover_while_the_holders_watch_lives(rados_cluster, sides):
         meta_write(a, b"stale")
 
 
-def test_beacon_hears_a_newer_active_and_gives_up():
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_beacon_hears_a_newer_active_and_gives_up(host):
     """Two actives heartbeating each other: the one with the lower epoch calls on_lost
     with the newer epoch; the newer one hears the stale one and carries on."""
+    if host == "::1" and not ipv6_loopback():
+        pytest.skip("no IPv6 loopback here")
+
     async def main():
         lost = asyncio.Event()
         got = []
@@ -234,15 +268,12 @@ def test_beacon_hears_a_newer_active_and_gives_up():
         def on_lost(e):
             got.append(e)
             lost.set()
-        old = Beacon(LOOP, ("127.0.0.1", 9), "p", 4, on_lost=on_lost, interval=0.05)
-        new = Beacon(LOOP, ("127.0.0.1", 9), "p", 5, on_lost=on_lost, interval=0.05)
-        await old.start()
-        await new.start()
-        old.peer, new.peer = new.addr, old.addr
-        await asyncio.wait_for(lost.wait(), DEADLINE)
-        await async_until(lambda: new.active_heard >= 5 and old.active_heard >= 5,
-                          "5 heartbeats each way")
-        await old.stop()
-        await new.stop()
+        nowhere = (host, 9)                 # the discard port, until each knows the other's
+        async with Beacon((host, 0), nowhere, "p", 4, on_lost=on_lost, interval=0.05) as old, \
+                Beacon((host, 0), nowhere, "p", 5, on_lost=on_lost, interval=0.05) as new:
+            old.peer, new.peer = new.addr, old.addr
+            await asyncio.wait_for(lost.wait(), DEADLINE)
+            await async_until(lambda: new.active_heard >= 5 and old.active_heard >= 5,
+                              "5 heartbeats each way")
         return got, old.lost_to, new.lost_to
     assert asyncio.run(main()) == ([5], 5, None)

@@ -148,3 +148,31 @@ def test_a_daemon_whose_lock_was_broken_writes_nothing_and_exits(tmp_path, rados
         assert io.omap_get(META_OID) == keys_before
         io.operate(META_OID, WriteOp().omap_set({"probe": b"1"}))   # the cluster itself is fine
     os.unlink(d.control) if os.path.exists(d.control) else None
+
+
+@pytest.mark.rados_exclusive
+def test_a_stalled_cluster_fails_requests_not_the_lun(tmp_path, rados_cluster, rados_ns):
+    """The OSD stopped for longer than the RADOS timeout: requests get EIO after the
+    timeout (never a hang), the daemon lives on, no drive is failed, and once the OSD
+    is back the LUN reads and writes again, with what was flushed before."""
+    import radoskit
+    need("qemu-io")
+    d = start(tmp_path, rados_cluster, rados_ns, extra=["--rados-timeout", "2s",
+                                                        "--drive-error-limit", "2"])
+    try:
+        d.ctl("lun.create", name="vol", size=16 * MiB, raid=0)
+        qemu_io(d.uri("vol"), "write -P 0x42 0 2M", "flush")
+        with radoskit.osd_stopped(rados_cluster):
+            for k in range(3):      # more errors on drive 0 than drive_error_limit
+                r = qemu_io(d.uri("vol"), f"read {k * 64}k 64k", check=False)
+                assert r.returncode != 0 or "error" in (r.stdout + r.stderr).lower(), r
+            assert d.proc.poll() is None
+        deadline = time.monotonic() + 60
+        while qemu_io(d.uri("vol"), "read -P 0x42 0 2M", check=False).returncode != 0:
+            assert time.monotonic() < deadline, d.read_log()
+            time.sleep(0.2)
+        assert not any(x["failed"] for x in d.ctl("drive.list")), d.ctl("drive.list")
+        qemu_io(d.uri("vol"), "write -P 0x43 4M 1M", "flush", "read -P 0x43 4M 1M")
+        assert "not failed: its backend keeps its own redundancy" in d.read_log()
+    finally:
+        d.stop()

@@ -70,7 +70,8 @@ class Pair:
         b.proc = subprocess.Popen(b.args, stdout=open(b.log, "ab"), stderr=subprocess.STDOUT,
                                   env=dict(os.environ, PYTHONUNBUFFERED="1"))
         # the standby hears the active: it answers its heartbeats and does not take over
-        wait_for(lambda: "standby for" in b.read_log(), "the standby to start", proc=b.proc)
+        wait_for(lambda: "standby: hearing the active daemon" in b.read_log(),
+                 "the standby to hear the active", proc=b.proc)
         return self
 
     def stop(self):
