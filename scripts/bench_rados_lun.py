@@ -43,7 +43,7 @@ REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, REPO)
 from bench_datapath import (FLUSH, JOBS, Target, measure, new_run, print_results,  # noqa: E402
                             progress)
-from benchlib import Servers  # noqa: E402
+from benchlib import Servers, Vsand  # noqa: E402
 from vsand.control.client import ControlError  # noqa: E402
 from vsand.units import GiB, MiB, parse_size  # noqa: E402
 
@@ -140,12 +140,82 @@ def rbd_nbd_unavailable() -> str | None:
     return "; ".join(why) or "this benchmark does not map rbd-nbd devices yet"
 
 
-def measure_takeover(ceph: Ceph, work: str) -> dict | None:
-    """HOOK for the takeover time (issue 15, item 5: kill -9 of the active daemon under
-    load to the first read the standby serves). The active/standby measurement plugs in
-    here: return {"seconds": ..., ...}; report_takeover prints it. Until then: None, and
-    the report says it was not measured."""
-    return None
+def udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_log(path: str, text: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    end = time.monotonic() + timeout
+    while True:
+        with open(path, errors="replace") as f:
+            if text in f.read():
+                return
+        if proc.poll() is not None or time.monotonic() > end:
+            raise RuntimeError(f"vsand ({path}) never logged {text!r}")
+        time.sleep(0.02)
+
+
+def _reads(uri: str) -> bool:
+    return subprocess.run(["qemu-io", "-f", "raw", "-c", "read 0 4k", uri],
+                          capture_output=True).returncode == 0
+
+
+def _takeover_once(ceph: Ceph, work: str, k: int) -> float:
+    """One active/standby pair on its own namespace: the active serves a RAID0 LUN to a
+    fio randwrite client with FLUSHes, is killed -9, and the time until the standby
+    serves a read is returned."""
+    ns = f"takeover-{uuid.uuid4().hex[:8]}"
+    ha, hb = udp_port(), udp_port()
+    procs: list[subprocess.Popen] = []
+    try:
+        def daemon(name: str, *extra: str) -> tuple[subprocess.Popen, str, str]:
+            state = os.path.join(work, f"takeover{k}-{name}")
+            os.makedirs(state)
+            port = free_port()
+            logf = os.path.join(state, "log")
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "vsand", "--state-dir", state, "--drives", "4",
+                 "--drive-size", "1G", "--listen", f"127.0.0.1:{port}", "--scrub-interval", "off",
+                 "--backend", "rados", "--rados-conf", ceph.conf, "--rados-pool", ceph.pool,
+                 "--rados-namespace", ns, *extra], stdout=open(logf, "ab"), stderr=subprocess.STDOUT))
+            return procs[-1], logf, f"nbd://127.0.0.1:{port}/r"
+        a, alog, auri = daemon("a", "--heartbeat", f"127.0.0.1:{ha}", "--peer", f"127.0.0.1:{hb}")
+        _wait_log(alog, "serving", a)
+        Vsand(os.path.dirname(alog)).call("lun.create", name="r", size=256 * MiB, raid=0)
+        b, blog, buri = daemon("b", "--standby", "--heartbeat", f"127.0.0.1:{hb}",
+                               "--peer", f"127.0.0.1:{ha}")
+        _wait_log(blog, "hearing the active daemon", b)
+        procs.append(subprocess.Popen(
+            ["fio", "--name=load", "--ioengine=nbd", f"--uri={auri}", "--rw=randwrite", "--bs=16k",
+             "--size=64M", "--iodepth=8", "--fsync=16", "--time_based", "--runtime=60"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        time.sleep(2)                       # under load
+        a.kill()
+        t0 = time.monotonic()
+        while not _reads(buri):
+            if b.poll() is not None or time.monotonic() - t0 > 120:
+                raise RuntimeError(f"the standby did not take over ({blog})")
+            time.sleep(0.02)
+        return time.monotonic() - t0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+        ceph.cleanup(None, ns)
+
+
+def measure_takeover(ceph: Ceph, work: str, rounds: int = 3) -> dict | None:
+    """kill -9 of the active daemon under fio load to the first read the standby serves,
+    ``rounds`` times (a new pair each time)."""
+    if not shutil.which("qemu-io"):
+        return None
+    times = sorted(_takeover_once(ceph, work, k) for k in range(rounds))
+    progress("takeover: " + ", ".join(f"{t:.2f} s" for t in times))
+    return {"median_s": round(times[len(times) // 2], 2), "min_s": round(times[0], 2),
+            "max_s": round(times[-1], 2), "rounds": rounds}
 
 
 def report_takeover(t: dict | None) -> str:

@@ -55,9 +55,11 @@ class RadosBackend:
         self.epoch = 0                  # this daemon's term as the owner (owner.py)
         try:
             # librados pings a watch once per objecter tick (5 s by default): with a
-            # watch timeout of 5 s the OSD would drop a live watch between pings
+            # watch timeout of 5 s the OSD would drop a live watch between pings. An op
+            # dropped while a restarted OSD takes its PGs back is resent only once it
+            # counts as laggy (objecter_timeout, 10 s by default): a 10 s stall for clients
             self.cluster = Cluster(conf, name=user, timeout=timeout,
-                                   options={"objecter_tick_interval": "1"})
+                                   options={"objecter_tick_interval": "1", "objecter_timeout": "2"})
             self.io = self.cluster.open_ioctx(pool, namespace)
         except RadosError as e:
             raise IOFailure(f"RADOS pool {pool!r} (conf {conf}): {e.strerror}") from None
