@@ -203,7 +203,7 @@ def progress(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def report(res: dict, names: list[str]) -> str:
+def report(res: dict, names: list[str], base_name: str = BASE) -> str:
     out = []
     cells = res["results"]
     for skip in res["skipped"]:
@@ -213,11 +213,11 @@ def report(res: dict, names: list[str]) -> str:
         rows = []
         for mode, jobs in cells.items():
             for job, per in jobs.items():
-                base = per.get(BASE)    # None: nbdkit-file not selected
-                rows.append([mode, job, *(fmt_cell(per[n], None if n == BASE else base)
+                base = per.get(base_name)    # None: the base target not selected
+                rows.append([mode, job, *(fmt_cell(per[n], None if n == base_name else base)
                                           for n in names)])
-        out += [f"cell: IOPS / MiB/s / p99 completion latency (ratio to {BASE}, same mode and job)"
-                if BASE in names else "cell: IOPS / MiB/s / p99 completion latency", "",
+        out += [f"cell: IOPS / MiB/s / p99 completion latency (ratio to {base_name}, same mode and job)"
+                if base_name in names else "cell: IOPS / MiB/s / p99 completion latency", "",
                 md_table(header, rows)]
     ceil = cells.get("cold", {}).get(CEILING_JOB, {}).get(CEILING)
     if ceil:
@@ -271,16 +271,11 @@ def main() -> int:
     if size % MiB:
         ap.error("--size must be a multiple of 1 MiB (a LUN size)")
 
-    res: dict = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine(),
-                 "args": vars(args), "size": size, "vsand": tree_state(REPO),
-                 "load_before": os.getloadavg(), "skipped": [], "results": {}, "flush": {}}
+    res, jobs, flush = new_run(args, size, jobs)
     if "cold" in modes and (why := cold_unavailable()):
         res["skipped"].append(f"cold runs: {why}")
         modes.remove("cold")
         progress(f"skipping cold runs: {why}")
-    flush = FLUSH in jobs
-    jobs = [j for j in jobs if j != FLUSH]
-    progress(f"{res['machine']}; {format_size(size)} per target, {args.runtime} s per job")
     t0 = time.monotonic()
     work = tempfile.mkdtemp(prefix="bench-datapath-", dir=args.dir)
     try:
@@ -298,16 +293,34 @@ def main() -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     res["elapsed_s"] = time.monotonic() - t0
+    print_results(res, args, list(targets))
+    return 0
+
+
+def new_run(args, size: int, jobs: list[str]) -> tuple[dict, list[str], bool]:
+    """The results of a run before its measurements (when, where, what was asked for),
+    the fio jobs, and whether the flush measurement was asked for."""
+    res = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine(),
+           "args": vars(args), "size": size, "vsand": tree_state(REPO),
+           "load_before": os.getloadavg(), "skipped": [], "results": {}, "flush": {}}
+    progress(f"{res['machine']}; {format_size(size)} per target, {args.runtime} s per job")
+    return res, [j for j in jobs if j != FLUSH], FLUSH in jobs
+
+
+def print_results(res: dict, args, names: list[str], where: str = "", extra: list[str] = (),
+                  base_name: str = BASE) -> None:
+    """The run's header, ``extra`` lines and the tables; the JSON file if asked for."""
     res["load_after"] = os.getloadavg()
     print(f"\n{res['date']}; {res['machine']}; vsand {res['vsand']}")
-    print(f"{format_size(size)} per target, {args.runtime} s per job, {args.rounds} round(s), "
-          f"{res['elapsed_s']:.0f} s in all; "
-          "load average before/after: " + " / ".join(f"{res[k][0]:.2f}" for k in ("load_before", "load_after")))
-    print(report(res, list(targets)))
+    print(f"{where}{format_size(res['size'])} per target, {args.runtime} s per job, "
+          f"{args.rounds} round(s), {res['elapsed_s']:.0f} s in all; load average before/after: "
+          + " / ".join(f"{res[k][0]:.2f}" for k in ("load_before", "load_after")))
+    for line in extra:
+        print(line)
+    print(report(res, names, base_name))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1)
-    return 0
 
 
 if __name__ == "__main__":

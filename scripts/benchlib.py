@@ -103,20 +103,30 @@ class Servers:
         self.spawn(["nbdkit", "-f", "-U", sock, "file", image], sock)
         return f"nbd+unix:///?socket={sock}"
 
-    def vsand(self, state: str, drive_size: int, drives: int = 8, src: str | None = None) -> "Vsand":
+    def vsand(self, state: str, drive_size: int, drives: int = 8, src: str | None = None,
+              extra: list[str] | None = None) -> "Vsand":
         """Starts vsand on ``drives`` sparse image files under ``state``, UNIX sockets only;
-        ``src``: a directory holding another ``vsand`` package to run instead of this one."""
+        ``src``: a directory holding another ``vsand`` package to run instead of this one;
+        ``extra``: more flags (e.g. another backend's)."""
         v = Vsand(state)
         env = None
         if src:     # PYTHONPATH comes before the editable install's finder
             env = {**os.environ, "PYTHONPATH": os.pathsep.join(
                 p for p in (os.path.abspath(src), os.environ.get("PYTHONPATH")) if p)}
         self.spawn([sys.executable, "-m", "vsand", "--state-dir", state, "--drives", str(drives),
-                    "--drive-size", str(drive_size), "--listen", "none", "--log-level", "warning"],
-                   v.control, env=env)
+                    "--drive-size", str(drive_size), "--listen", "none", "--log-level", "warning",
+                    *(extra or [])], v.control, env=env)
         # the control socket appears a moment before the daemon answers on it
         time.sleep(0.2)
         return v
+
+
+    def qemu_nbd(self, filename: str, sock: str, cache: str = "writeback") -> str:
+        """Serves ``filename`` (any qemu block filename, e.g. ``rbd:pool/image:conf=...``) with
+        qemu-nbd on UNIX socket ``sock``, up to 4 clients at once; returns the URI."""
+        self.spawn(["qemu-nbd", "--format=raw", f"--socket={sock}", "--persistent", "--shared=4",
+                    f"--cache={cache}", filename], sock)
+        return f"nbd+unix:///?socket={sock}"
 
 
 class Vsand:

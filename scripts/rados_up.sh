@@ -13,6 +13,7 @@
 #   rados_up.sh env              # print `export CEPH_CONF=...` for your shell / tests
 #   rados_up.sh start            # start a stopped cluster again (after `down`; data kept)
 #   rados_up.sh start-osd ID     # (re)start one OSD, e.g. after a test killed it
+#   rados_up.sh rss              # resident memory of each running daemon: "osd.0 93.2" (MiB)
 #   rados_up.sh down             # stop the daemons this script started (by PID file)
 #   rados_up.sh purge            # down + rm -rf $CEPH_DIR
 #
@@ -24,6 +25,8 @@
 #                                keep host free space >= this); memstore: RAM cap per OSD
 #   OSD_MEMORY_TARGET_MB=1024    bluestore cache autotuning target (default upstream is 4096)
 #   POOL=psegs  PG_NUM=32        pool that is created (application 'rados' enabled)
+#   POOL_SIZE=1 POOL_MIN_SIZE=1  its replica count and the replicas a PG needs to serve I/O
+#                                (3 and 2 with N_OSDS=3: one OSD may die without a client error)
 #   MON_PORT_V2=3300 MON_PORT_V1=6789   (change both to run two clusters side by side)
 #   OSD_PORT_MIN=6800 OSD_PORT_MAX=7300
 #   AUTH=cephx                   cephx | none
@@ -46,6 +49,8 @@ OSD_SIZE_GB=${OSD_SIZE_GB:-20}
 OSD_MEMORY_TARGET_MB=${OSD_MEMORY_TARGET_MB:-1024}
 POOL=${POOL:-psegs}
 PG_NUM=${PG_NUM:-32}
+POOL_SIZE=${POOL_SIZE:-1}
+POOL_MIN_SIZE=${POOL_MIN_SIZE:-1}
 MON_PORT_V2=${MON_PORT_V2:-3300}
 MON_PORT_V1=${MON_PORT_V1:-6789}
 OSD_PORT_MIN=${OSD_PORT_MIN:-6800}
@@ -96,9 +101,9 @@ admin socket = $CEPH_DIR/run/\$cluster-\$name.asok
 pid file = $CEPH_DIR/run/\$name.pid
 log file = $CEPH_DIR/log/\$name.log
 crash dir = $CEPH_DIR/crash
-# single host, replica count 1: no HEALTH_WARN for that
-osd pool default size = 1
-osd pool default min size = 1
+# single host, replica count 1 by default: no HEALTH_WARN for that
+osd pool default size = $POOL_SIZE
+osd pool default min size = $POOL_MIN_SIZE
 osd pool default pg autoscale mode = off
 osd crush chooseleaf type = 0
 mon allow pool size one = true
@@ -120,6 +125,12 @@ mon memory target = 268435456
 osd beacon report interval = 5
 mon osd report timeout = 20
 mon osd down out interval = 60
+# every OSD is on this one host: a failure report of one peer OSD is enough (the defaults,
+# 2 reporters from distinct hosts, left a killed OSD "up" until the 20 s report timeout)
+mon osd reporter subtree level = osd
+mon osd min down reporters = 1
+# PG states reach the mgr every second, not every 5 s: waits for active+clean end sooner
+mgr stats period = 1
 
 [client]
 # one admin socket per client process (several test clients at once)
@@ -128,6 +139,11 @@ log file = $CEPH_DIR/log/\$name.log
 # never block forever on a dead OSD/mon: ops fail with ETIMEDOUT instead (default 0 = wait forever)
 rados osd op timeout = 30
 rados mon op timeout = 30
+# An op sent to the old primary while a restarted OSD takes its PGs back is dropped; the client
+# learns the new map only when it deems the op laggy (objecter_timeout 10 s, checked every
+# objecter_tick_interval 5 s): a 14 s stall, measured.  With these: about 2 s.
+objecter tick interval = 1
+objecter timeout = 2
 
 [mon]
 mon data = $CEPH_DIR/mon/\$cluster-\$id
@@ -196,18 +212,21 @@ cmd_up() {
         log "mgr.x started"
     fi
 
-    # --- OSDs ---
-    local i uuid key id
+    # --- OSDs --- (mkfs + start of each in the background: with 3 OSDs, 15 s in sequence)
+    local i uuid key id pids=()
     for i in $(seq 1 "$N_OSDS"); do
         uuid=$(uuidgen)
         key=$(ceph-authtool --gen-print-key)
         id=$(echo "{\"cephx_secret\": \"$key\"}" | C osd new "$uuid" -i -)
         mkdir -p "$CEPH_DIR/osd/ceph-$id"
         ceph-authtool --create-keyring "$CEPH_DIR/osd/ceph-$id/keyring" --name "osd.$id" --add-key "$key" >/dev/null
-        LD_PRELOAD=$OSD_PRELOAD ceph-osd -c "$CONF" -i "$id" --mkfs --osd-uuid "$uuid" >"$CEPH_DIR/log/osd.$id.mkfs.log" 2>&1
-        LD_PRELOAD=$OSD_PRELOAD ceph-osd -c "$CONF" -i "$id"
-        log "osd.$id started${OSD_PRELOAD:+ (LD_PRELOAD=$OSD_PRELOAD)}"
+        ( LD_PRELOAD=$OSD_PRELOAD ceph-osd -c "$CONF" -i "$id" --mkfs --osd-uuid "$uuid" \
+              >"$CEPH_DIR/log/osd.$id.mkfs.log" 2>&1
+          LD_PRELOAD=$OSD_PRELOAD ceph-osd -c "$CONF" -i "$id" 2>>"$CEPH_DIR/log/osd.$id.mkfs.log"
+          log "osd.$id started${OSD_PRELOAD:+ (LD_PRELOAD=$OSD_PRELOAD)}" ) &
+        pids+=($!)
     done
+    for i in "${pids[@]}"; do wait "$i"; done
     wait_for 120 "$N_OSDS OSD(s) up" bash -c \
         "[ \"\$(ceph -c '$CONF' osd stat -f json | python3 -c 'import json,sys;print(json.load(sys.stdin)[\"num_up_osds\"])')\" = $N_OSDS ]"
     log "all OSDs up"
@@ -252,6 +271,16 @@ cmd_start_osd() { # restart one OSD after `kill` (used by failover tests)
     LD_PRELOAD=$OSD_PRELOAD ceph-osd -c "$CONF" -i "$1"
 }
 
+cmd_rss() {
+    local f rss
+    for f in "$CEPH_DIR"/run/*.pid; do
+        [ -e "$f" ] || continue
+        rss=$(awk '/^VmRSS:/ {printf "%.1f", $2 / 1024}' "/proc/$(cat "$f")/status" 2>/dev/null) || continue
+        [ -n "$rss" ] && echo "$(basename "$f" .pid) $rss"
+    done
+    return 0
+}
+
 cmd_down() {
     local f pid
     for f in "$CEPH_DIR"/run/osd.*.pid "$CEPH_DIR"/run/mgr.*.pid "$CEPH_DIR"/run/mon.*.pid; do
@@ -273,8 +302,9 @@ case "${1:-up}" in
     status)  C -s ;;
     env)     echo "export CEPH_CONF=$CONF" ;;
     start)   cmd_start ;;
+    rss)     cmd_rss ;;
     down)    cmd_down ;;
     start-osd) cmd_start_osd "${2:?osd id}" ;;
     purge)   cmd_down; rm -rf "$CEPH_DIR" ;;
-    *) echo "usage: $0 install|up|status|env|start|start-osd ID|down|purge" >&2; exit 2 ;;
+    *) echo "usage: $0 install|up|status|env|start|start-osd ID|rss|down|purge" >&2; exit 2 ;;
 esac

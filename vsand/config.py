@@ -410,6 +410,8 @@ def load(argv: list[str] | None = None) -> Config:
     ap.add_argument("--rados-conf", metavar="PATH", help="ceph.conf of the RADOS cluster")
     ap.add_argument("--rados-pool", metavar="POOL", help="RADOS pool of the PSEG and metadata objects")
     ap.add_argument("--rados-namespace", metavar="NS", help="RADOS namespace (default: none)")
+    ap.add_argument("--rados-timeout", type=_positive_duration, metavar="DURATION",
+                    help="a RADOS call that takes longer fails with EIO: 30s (the default), 5s, ...")
     ap.add_argument("--standby", action="store_const", const=True,
                     help="backend rados: wait as the standby of the daemon holding the pool and "
                          "take it over when its heartbeats and its watch are gone")

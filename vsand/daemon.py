@@ -200,7 +200,8 @@ class Daemon:
         try:
             # Everything that can refuse the start is tried before a pool exists: the
             # port first (it needs no state directory), then the state directory, its
-            # lock (one daemon per pool), the socket files and the io engine.
+            # lock (one daemon per pool), the socket files, a shared backend's ownership
+            # (a standby waits here until it took the pool over) and the io engine.
             # A second daemon on a pool (its lock file exists) is told who holds the
             # pool rather than that the port is taken.
             early = not fresh.had_lock
@@ -215,9 +216,9 @@ class Daemon:
                     listeners.bind_tcp(cfg.tcp())
                     listeners.bind_metrics(cfg.metrics_addr())
                 listeners.bind_unix(cfg.nbd_socket, cfg.control)
-                ring = self._ring()
                 backend = await self._claim()
                 try:
+                    ring = self._ring()
                     self.pool = open_pool(cfg, backend)
                     fresh.keep()
                     self.pool.detector.limit = cfg.drive_error_limit

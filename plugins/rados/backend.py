@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
+import time
 
 from vsand.errors import Busy as VsanBusy, InvalidArgument, IOFailure
 from vsand.meta import format as fmt
@@ -24,7 +26,8 @@ from vsand.units import MiB, Units
 
 from .client import Cluster, WriteOp
 from .drive import QBLOCK, RadosDrive
-from .errors import Busy, ObjectNotFound, RadosError
+from .errors import Blocklisted, Busy, ObjectNotFound, RadosError
+from .heartbeat import Beacon, Standby
 from .owner import META_OID, Owner
 
 QUORUM = 8 * MiB
@@ -49,8 +52,14 @@ class RadosBackend:
         self.watch_timeout = watch_timeout
         self.on_lost = None             # (reason) -> None, called from any thread
         self._lost = False
+        self.epoch = 0                  # this daemon's term as the owner (owner.py)
         try:
-            self.cluster = Cluster(conf, name=user, timeout=timeout)
+            # librados pings a watch once per objecter tick (5 s by default): with a
+            # watch timeout of 5 s the OSD would drop a live watch between pings. An op
+            # dropped while a restarted OSD takes its PGs back is resent only once it
+            # counts as laggy (objecter_timeout, 10 s by default): a 10 s stall for clients
+            self.cluster = Cluster(conf, name=user, timeout=timeout,
+                                   options={"objecter_tick_interval": "1", "objecter_timeout": "2"})
             self.io = self.cluster.open_ioctx(pool, namespace)
         except RadosError as e:
             raise IOFailure(f"RADOS pool {pool!r} (conf {conf}): {e.strerror}") from None
@@ -67,21 +76,56 @@ class RadosBackend:
         """Takes the pool's lock and watch, then reads its metadata: a Busy error names
         the daemon holding it."""
         try:
-            self.owner.acquire()
+            self.epoch = self.owner.acquire()
         except Busy as e:
             raise VsanBusy(f"{self.where()} is owned by another daemon ({e}): start this one "
                            f"with --standby to take over when that one is gone") from None
-        self._watch()
+        except RadosError as e:
+            raise IOFailure(f"taking {self.where()}: {e.strerror}") from None
+        self._own()
+
+    async def standby(self, cfg) -> None:
+        """Waits, hearing the active daemon's heartbeats, until it is gone (no heartbeat
+        and no watch), then fences it and takes the pool over."""
+        sb = Standby(cfg.heartbeat_addr(), self.where())
+        try:
+            self.epoch = await sb.wait_for_takeover(self.owner, cfg.takeover_after)
+        except RadosError as e:
+            raise IOFailure(f"taking {self.where()} over: {e.strerror}") from None
+        finally:
+            await sb.stop()
+        log.warning("took over %s: epoch %d", self.where(), self.epoch)
+        self._own()
+
+    def _own(self) -> None:
+        self.owner.watch(self._watch_failed, timeout=self.watch_timeout)
         self._load()
 
-    def adopt(self) -> None:
-        """After a takeover (the standby holds the lock now): watch and read."""
-        self._watch()
-        self._load()
+    def _watch_failed(self, err: int) -> None:
+        """A watch breaks when this client was blocklisted, but also when its pings
+        lapsed (a stalled process, an OSD restart): look again, off the librados
+        thread that called this, and carry on if the lock is still ours."""
+        threading.Thread(target=self._rewatch, args=(err,), name="vsand-rewatch", daemon=True).start()
 
-    def _watch(self) -> None:
-        self.owner.watch(lambda err: self.lost(f"the watch on {META_OID} failed: errno {err}"),
-                         timeout=self.watch_timeout)
+    def _rewatch(self, err: int) -> None:
+        """Until the watch is back or the pool is lost: an unreachable cluster cannot
+        say which, and the guard refuses our metadata meanwhile if we lost it."""
+        while not self._lost:
+            try:
+                if not self.owner.holds():
+                    return self.lost(f"the watch on {META_OID} broke (errno {err}) and the "
+                                     f"lock is no longer ours")
+                self.owner.rewatch(self._watch_failed, timeout=self.watch_timeout)
+                log.warning("the watch on %s broke (errno %d); the lock is still ours: "
+                            "watching again", META_OID, err)
+                return
+            except Blocklisted:
+                return self.lost(f"this client was blocklisted (the watch on {META_OID} broke, "
+                                 f"errno {err})")
+            except RadosError as e:
+                log.error("the watch on %s broke (errno %d) and cannot be renewed yet: %s",
+                          META_OID, err, e.strerror)
+                time.sleep(1.0)
 
     def lost(self, reason: str) -> None:
         """Another daemon owns the pool now: nothing more may be written. Said once."""
@@ -94,8 +138,17 @@ class RadosBackend:
 
     @contextlib.asynccontextmanager
     async def beacon(self, cfg):
-        """The active daemon's heartbeats to its standby, while it serves."""
-        yield
+        """The active daemon's heartbeats to its standby (``peer``), while it serves."""
+        peer = cfg.peer_addr()
+        if peer is None:
+            yield
+            return
+        bind = cfg.heartbeat_addr() or (peer[0] if peer[0].startswith("127.") else "0.0.0.0", 0)
+        b = Beacon(bind, peer, self.where(), self.epoch,
+                   on_lost=lambda e: self.lost(f"an active peer holds a newer term (epoch {e} > "
+                                               f"{self.epoch})"))
+        async with b:
+            yield
 
     def update_meta(self, op: WriteOp) -> None:
         self.io.operate(META_OID, self.owner.guard(op))

@@ -37,6 +37,7 @@ class RadosDrive:
     direct = True       # like O_DIRECT: no page cache, every call may block (worker threads)
     align = 1
     fd = -1
+    heals_itself = True     # RADOS keeps the redundancy: an error is a stall, not a dead drive
 
     def __init__(self, backend, index: int, path: str, size: int, blocks: dict[int, bytes]):
         self.backend = backend

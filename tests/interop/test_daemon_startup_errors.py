@@ -96,6 +96,12 @@ CONFIGS = [
     ('drive_paths = "/dev/sdb"\n', "drive_paths: expected a list of paths"),
     ('drive_size = "huge"\n', "drive_size: not a size: 'huge'"),
     ("[tasks]\nrate_mib = -1\n", "tasks.rate_mib: must be >= 0 MiB/s"),
+    ('backend = "ceph"\n', "backend: expected one of files, rados, not 'ceph'"),
+    ('backend = "rados"\n', "backend rados needs the cluster's ceph.conf and a pool"),
+    ("standby = true\n", "--standby needs backend rados"),
+    ('[rados]\ntakeover_after = 0\n', "rados.takeover_after: expected seconds (0 < s < 3600), not 0"),
+    ('[rados]\nheartbeat = "nowhere"\n', "rados.heartbeat: expected HOST:PORT"),
+    ('[rados]\nwatch = 1\n', "unknown keys ['rados.watch']"),
 ]
 
 
@@ -127,4 +133,22 @@ def test_bad_flags_are_one_line(tmp_path):
                        (["--bogus"], "unrecognized arguments: --bogus")):
         r = start("--state-dir", tmp_path / "state", *args)
         assert r.returncode == 2 and says in one_line(r), r.stderr
+    assert not (tmp_path / "state").exists()
+
+
+def test_rados_backend_that_cannot_connect_is_one_line(tmp_path):
+    """A ceph.conf that does not exist: exit 1 with the reason, nothing left behind."""
+    state = tmp_path / "state"
+    r = start(*small(state, "--backend", "rados", "--rados-conf", tmp_path / "no.conf",
+                     "--rados-pool", "psegs", "--listen", "none"))
+    assert r.returncode == 1
+    line = one_line(r)
+    assert "cannot start: RADOS pool 'psegs'" in line and "no.conf" in line, line
+    assert not state.exists()
+
+
+def test_standby_needs_a_heartbeat_address(tmp_path):
+    r = start(*small(tmp_path / "state", "--backend", "rados", "--rados-conf", "x.conf",
+                     "--rados-pool", "p", "--standby"))
+    assert r.returncode == 2 and "--standby needs rados.heartbeat" in one_line(r), r.stderr
     assert not (tmp_path / "state").exists()

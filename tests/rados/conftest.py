@@ -1,4 +1,6 @@
-"""Fixtures for the RADOS tests: the run's shared Ceph cluster (tests/radoskit.py)."""
+"""Fixtures for the RADOS tests: the run's shared Ceph clusters (tests/radoskit.py):
+``rados_cluster`` (1 OSD) for most, ``rados3`` (3 OSDs, pool size 3 / min_size 2) for tests
+that kill OSDs."""
 
 from __future__ import annotations
 
@@ -25,9 +27,36 @@ def rados_cluster():
 
 
 @pytest.fixture(autouse=True)
-def rados_use(request, rados_cluster):
+def rados_use(request):
+    if "rados3" in request.fixturenames:       # holds its own cluster; do not start ONE
+        yield
+        return
+    request.getfixturevalue("rados_cluster")
     with radoskit.cluster_use(request.node.get_closest_marker("rados_exclusive") is not None):
         yield
+
+
+@pytest.fixture(scope="session")
+def rados3_cluster():
+    cluster, reason = radoskit.shared_cluster(radoskit.THREE)
+    if cluster is None:
+        pytest.skip(reason)
+    return cluster
+
+
+@pytest.fixture
+def rados3(rados3_cluster):
+    """The 3-OSD cluster, this test's alone, healthy at the start. OSDs the test left
+    dead are started again afterwards, and recovery is waited for so the next test
+    starts healthy."""
+    with radoskit.cluster_use(True, radoskit.THREE):
+        rados3_cluster.wait_healthy()
+        try:
+            yield rados3_cluster
+        finally:
+            for osd in range(rados3_cluster.n_osds):
+                if not rados3_cluster.osd_running(osd):
+                    rados3_cluster.start_osd(osd)
 
 
 @pytest.fixture

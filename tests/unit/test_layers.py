@@ -207,6 +207,9 @@ def test_control_handlers_live_in_control_and_nobody_calls_private_methods():
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
                     and node.func.attr.startswith("_") and not node.func.attr.startswith("__"):
                 recv = node.func.value
+                # os._exit is the stdlib's exit without cleanup, no object's private method
+                if ast.unparse(node.func) == "os._exit":
+                    continue
                 if not (isinstance(recv, ast.Name) and recv.id in ("self", "cls")):
                     bad.append(f"{mod}:{node.lineno} calls {ast.unparse(node.func)}")
     assert not bad, "calls of another object's private method:\n  " + "\n  ".join(bad)

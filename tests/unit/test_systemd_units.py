@@ -48,3 +48,20 @@ def test_example_config_metrics_line_is_one_and_loads(tmp_path):
     assert sum(line.startswith("metrics =") for line in lines) == 1
     (tmp_path / "vsand.toml").write_text("\n".join(lines) + "\n")
     assert load(["--config", str(tmp_path / "vsand.toml")]).metrics_addr() == ("127.0.0.1", 9187)
+
+
+def test_example_config_rados_lines_load(tmp_path):
+    """The commented RADOS example (backend, standby and the [rados] table), once
+    uncommented, is a valid setting of every RADOS key."""
+    from vsand.config import load
+    text = open(os.path.join(ROOT, "systemd", "vsand.toml")).read()
+    keys = ("# backend", "# standby", "# [rados]", "# conf", "# pool", "# namespace", "# user",
+            "# timeout", "# heartbeat", "# peer", "# takeover_after")
+    lines = [line[2:] if line.startswith(keys) else line for line in text.splitlines()]
+    assert sum(line.startswith(tuple(k[2:] for k in keys)) for line in lines) == len(keys)
+    (tmp_path / "vsand.toml").write_text("\n".join(lines) + "\n")
+    cfg = load(["--config", str(tmp_path / "vsand.toml")])
+    assert (cfg.backend, cfg.standby, cfg.rados_conf, cfg.rados_pool, cfg.rados_user) == (
+        "rados", True, "/etc/ceph/ceph.conf", "vsand", "client.admin")
+    assert cfg.rados_timeout == 30 and cfg.takeover_after == 3.0
+    assert cfg.heartbeat_addr() == ("192.0.2.10", 7810) and cfg.peer_addr() == ("192.0.2.11", 7810)

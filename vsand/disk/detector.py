@@ -1,5 +1,7 @@
 """Failure detection (DESIGN.md §5): I/O errors counted per drive; a drive past the
-limit, or one that missed a write of a redundant stripe, is failed.
+limit, or one that missed a write of a redundant stripe, is failed. A drive that
+``heals_itself`` (its backend is redundant, as RADOS is) is failed only for a missed
+write: its other errors fail the request, not the drive.
 
 RStoreIO reports every member call that fails (``error``). A failure recorded here
 takes effect at once in memory, so the I/O that met the error is retried from
@@ -38,6 +40,12 @@ class Detector:
             return
         n = self.errors[index] = self.errors.get(index, 0) + 1
         if threading.get_ident() != self._loop_thread:
+            return
+        if not fail and getattr(drive, "heals_itself", False):
+            # its redundancy is below us (RADOS replication): an error is a stall or an
+            # outage that passes, and failing it would fail a RAID0 LUN for good
+            log.warning("drive %d (%s): I/O error %d (not failed: its backend keeps its own "
+                        "redundancy): %s", index, drive.path, n, exc.message)
             return
         if fail or n >= self.limit:
             why = (f"missed a write ({exc.message})" if fail
