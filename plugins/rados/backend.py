@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 
-from vsand.errors import Busy as VsanBusy, InvalidArgument, IOFailure
+from vsand.errors import Busy as VsanBusy, Corrupt, InvalidArgument, IOFailure
 from vsand.meta import format as fmt
 from vsand.units import MiB, Units
 
@@ -184,14 +184,14 @@ class RadosBackend:
         if not path.startswith(prefix) or not path[len(prefix):].isdigit():
             raise InvalidArgument(f"{path}: not a drive of {self.where()} (expected {prefix}N)")
         index = int(path[len(prefix):])
+        if create_size is None and 0 not in self.blocks.get(index, {}):
+            raise InvalidArgument(f"drive {path} does not exist")
         blocks = self.blocks.setdefault(index, {})
         if create_size is None:
-            if 0 not in blocks:
-                raise InvalidArgument(f"drive {path} does not exist")
             try:
                 size = fmt.unpack_label(blocks[0][:fmt.LABEL.size]).size
-            except Exception as e:
-                raise IOFailure(f"drive {path}: label unreadable: {e}") from None
+            except Corrupt as e:
+                raise IOFailure(f"drive {path}: {e.message}") from None
         else:
             size = create_size
         return RadosDrive(self, index, path, size, blocks)
