@@ -5,16 +5,19 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 STATE   ?= var/demo
 PYTEST_ARGS ?=
-# Two pytest workers, one test module each at a time (pytest-xdist): most tests wait
-# on real daemons and clients, so two run in about 60 % of the time one takes.
-# PYTEST_WORKERS= (empty) runs the suite in one process.
-PYTEST_WORKERS ?= -n 2 --dist loadfile
+# Three pytest workers, one test module each at a time (pytest-xdist): most tests wait
+# on real daemons, clients and Ceph: on 2 cores the suite took 8 min 5 s with three
+# (idle, 2026-12-04). PYTEST_WORKERS= (empty) runs the suite in one process.
+# The 20 slowest tests are listed at the end.
+PYTEST_WORKERS ?= -n 3 --dist loadfile
 
 # Debian packages the interop tests drive (real NBD clients, fio, FUSE, filesystems),
-# the kernel-client test's QEMU guest (tests/kernel), the TLS tests' test CA (openssl)
-# and the status page's browser test (chromium).
+# the kernel-client test's QEMU guest (tests/kernel), the TLS tests' test CA (openssl),
+# the status page's browser test (chromium) and the RADOS benchmark's qemu-nbd on RBD
+# (qemu-block-extra).
 DEB_PKGS := libnbd-bin python3-libnbd nbdkit nbdfuse nbd-client qemu-utils fio fuse3 e2fsprogs openssl \
-            qemu-system-x86 socat busybox-static cpio strace chromium chromium-driver
+            qemu-system-x86 socat busybox-static cpio strace chromium chromium-driver \
+            qemu-block-extra
 # Ceph for the RADOS tests (tests/rados: one throw-away cluster per run, scripts/rados_up.sh;
 # plugins/rados binds librados2 through ctypes). Without recommends: 80 packages, not 93.
 CEPH_PKGS := ceph-mon ceph-osd ceph-mgr ceph-common librados2
@@ -51,7 +54,7 @@ run: venv
 	$(BIN)/python scripts/run_demo.py $(STATE)
 
 test: venv deps
-	$(BIN)/python -m pytest $(PYTEST_WORKERS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_WORKERS) --durations=20 $(PYTEST_ARGS)
 
 bench: venv
 	$(BIN)/python scripts/bench_mapmem.py
