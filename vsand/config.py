@@ -185,16 +185,21 @@ def _io_engine(text) -> str:
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
+def _number(text) -> float:
+    """``text`` as a float, or -1 for anything that is not a number (booleans too)."""
+    try:
+        if isinstance(text, bool):
+            raise ValueError
+        return float(text)
+    except (TypeError, ValueError):
+        return -1.0
+
+
 def _ratio(text) -> float:
     """A positive ratio such as 1.0 or 1.5, or off (0)."""
     if isinstance(text, str) and text.strip().lower() in ("off", "none", "never"):
         return 0.0
-    try:
-        if isinstance(text, bool):
-            raise ValueError
-        r = float(text)
-    except (TypeError, ValueError):
-        r = -1.0
+    r = _number(text)
     if not 0 <= r < float("inf"):
         raise argparse.ArgumentTypeError(f"expected a ratio such as 1.0 or 1.5, or off, not {text!r}")
     return r
@@ -248,12 +253,7 @@ def _udp(text) -> str:
 
 
 def _seconds(text) -> float:
-    try:
-        if isinstance(text, bool):
-            raise ValueError
-        r = float(text)
-    except (TypeError, ValueError):
-        r = -1.0
+    r = _number(text)
     if not 0 < r < 3600:
         raise argparse.ArgumentTypeError(f"expected seconds (0 < s < 3600), not {text!r}")
     return r
