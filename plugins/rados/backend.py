@@ -84,6 +84,18 @@ class RadosBackend:
             raise IOFailure(f"taking {self.where()}: {e.strerror}") from None
         self._own()
 
+    def inspect(self, live: bool = False) -> None:
+        """Reads the pool's metadata without taking it (the checker): Busy, naming the
+        owner, while a daemon holds it, unless ``live``."""
+        if not live:
+            try:
+                h = self.owner.holder()
+            except RadosError as e:
+                raise IOFailure(f"reading the lock of {self.where()}: {e.strerror}") from None
+            if h is not None:
+                raise VsanBusy(f"{self.where()} is owned by {h.client} at {h.addr}")
+        self._load()
+
     async def standby(self, cfg) -> None:
         """Waits, hearing the active daemon's heartbeats, until it is gone (no heartbeat
         and no watch), then fences it and takes the pool over."""

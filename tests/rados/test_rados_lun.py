@@ -176,3 +176,36 @@ def test_a_stalled_cluster_fails_requests_not_the_lun(tmp_path, rados_cluster, r
         assert "not failed: its backend keeps its own redundancy" in d.read_log()
     finally:
         d.stop()
+
+
+def test_offline_checker_on_a_rados_pool(tmp_path, rados_cluster, rados_ns):
+    """`vsand check --config FILE` checks the pool of the file's RADOS backend: clean
+    when stopped, refused (exit 2, naming the owner) while a daemon holds it, read
+    anyway with --live; a drive whose label was removed behind vsand's back is a
+    problem (its RAID0 data is unreadable); a pool that is not there is one line."""
+    from daemonkit import VSAND
+    need("qemu-io")
+    cfg = tmp_path / "vsand.toml"
+    cfg.write_text(f'backend = "rados"\n[rados]\nconf = "{rados_cluster.conf}"\n'
+                   f'pool = "{rados_cluster.pool}"\nnamespace = "{rados_ns}"\n')
+    d = start(tmp_path, rados_cluster, rados_ns)
+    try:
+        d.ctl("lun.create", name="vol", size=16 * MiB, raid=0)
+        d.ctl("snapshot.create", source="vol", name="snap")
+        qemu_io(d.uri("vol"), "write -P 0x21 0 4M", "flush")
+        busy = run(VSAND + ["check", "--config", str(cfg)], check=False)
+        assert busy.returncode == 2 and "is owned by client." in busy.stderr, busy
+        live = run(VSAND + ["check", "--config", str(cfg), "--live"], check=False)
+        assert live.returncode == 0 and "clean: 4 drives" in live.stdout, live
+    finally:
+        d.stop()
+    ok = run(VSAND + ["check", "--config", str(cfg), "--parity"], check=False)
+    assert ok.returncode == 0 and "clean: 4 drives" in ok.stdout, ok
+    with Cluster(rados_cluster.conf, timeout=10) as c, c.open_ioctx(rados_cluster.pool, rados_ns) as io:
+        io.operate(META_OID, WriteOp().omap_rm(["q001.000000"]))
+    gone = run(VSAND + ["check", "--config", str(cfg)], check=False)
+    assert gone.returncode == 1 and "drive 1" in gone.stdout, gone
+    bad = tmp_path / "bad.toml"
+    bad.write_text(cfg.read_text().replace(f'pool = "{rados_cluster.pool}"', 'pool = "nopool"'))
+    r = run(VSAND + ["check", "--config", str(bad)], check=False)
+    assert r.returncode == 2 and "RADOS pool 'nopool'" in r.stderr and "Traceback" not in r.stderr, r

@@ -13,8 +13,10 @@ import glob
 import os
 import sys
 
+from .. import backends
+from ..config import load
 from ..disk.check import check_report
-from ..errors import Busy
+from ..errors import Busy, VsanError
 
 CLEAN, PROBLEMS, CANNOT, DEGRADED = 0, 1, 2, 3
 
@@ -29,6 +31,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("state_dir", nargs="?", help="state directory (drives under DIR/drives/*.img)")
     ap.add_argument("--drive", action="append", default=[], help="drive path (repeatable)")
     ap.add_argument("--parity", action="store_true", help="also verify RAID redundancy of every allocated segment")
+    ap.add_argument("--config", metavar="FILE",
+                    help="the daemon's config file: check the pool of its backend (e.g. rados) "
+                         "instead of drive files")
     ap.add_argument("--live", action="store_true",
                     help="check a pool a daemon has open (no lock): what is read may be half-written, "
                          "so problems found this way may not be real")
@@ -36,15 +41,29 @@ def main(argv: list[str]) -> int:
     paths = list(args.drive)
     if args.state_dir:
         paths += drive_paths(args.state_dir)
-    if not paths:
-        print("vsand check: no drives found (give STATE_DIR or --drive)", file=sys.stderr)
-        return CANNOT
+    backend = None
     try:
-        rep = check_report(paths, parity=args.parity, live=args.live)
+        if args.config:
+            cfg = load(["--config", args.config])
+            if cfg.backend != "files":
+                backend = backends.load(cfg.backend).from_config(cfg)
+                backend.inspect(live=args.live)
+                paths = backend.paths(0)
+        if not paths:
+            print("vsand check: no drives found (give STATE_DIR, --drive or --config)", file=sys.stderr)
+            return CANNOT
+        rep = check_report(paths, parity=args.parity, live=args.live,
+                           drive_factory=backend.open_drive if backend else None)
     except Busy as e:
         print(f"vsand check: the pool is in use: {e.message}; stop that daemon first, or add "
               f"--live to read a pool that may be changing", file=sys.stderr)
         return CANNOT
+    except VsanError as e:
+        print(f"vsand check: {e.message}", file=sys.stderr)
+        return CANNOT
+    finally:
+        if backend is not None:
+            backend.close(release=False)
     for line in rep.notes:
         print(f"note: {line}")
     for line in rep.degraded:

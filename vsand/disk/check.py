@@ -35,12 +35,13 @@ def check_paths(paths: list[str], parity: bool = False, live: bool = False) -> l
     return check_report(paths, parity, live).problems
 
 
-def check_report(paths: list[str], parity: bool = False, live: bool = False) -> Report:
+def check_report(paths: list[str], parity: bool = False, live: bool = False,
+                 drive_factory=None) -> Report:
     """Checks the pool on ``paths``. Raises Busy when a daemon has it open (and not
-    ``live``)."""
+    ``live``). ``drive_factory``: how a backend other than files opens its drives."""
     rep = Report()
     try:
-        pool = Pool.open(paths, readonly=True, live=live)
+        pool = Pool.open(paths, readonly=True, live=live, drive_factory=drive_factory)
     except HalfCreated as e:
         rep.problems.append(f"{e.message}; vsand formats such drives again when it starts")
         return rep
