@@ -186,7 +186,7 @@ def _takeover_once(ceph: Ceph, work: str, k: int) -> float:
         Vsand(os.path.dirname(alog)).call("lun.create", name="r", size=256 * MiB, raid=0)
         b, blog, buri = daemon("b", "--standby", "--heartbeat", f"127.0.0.1:{hb}",
                                "--peer", f"127.0.0.1:{ha}")
-        _wait_log(blog, "hearing the active daemon", b)
+        _wait_log(blog, "standby: hearing the active daemon at", b)
         procs.append(subprocess.Popen(
             ["fio", "--name=load", "--ioengine=nbd", f"--uri={auri}", "--rw=randwrite", "--bs=16k",
              "--size=64M", "--iodepth=8", "--fsync=16", "--time_based", "--runtime=60"],

@@ -8,9 +8,10 @@ daemon needs of a backend object:
 - ``formatted()``: whether a pool was begun there;
 - ``open_drive(path, size)``: a drive with the interface of physical/drive.py;
 - ``units``, ``quorum_copies``: how a new pool is formatted;
-- ``claim()``: takes ownership or raises Busy naming the owner; ``adopt()`` after a
-  takeover; ``on_lost``: set by the daemon, called once ownership is gone (from any
-  thread): nothing may be written after it;
+- ``where()``: the pool's location, for messages;
+- ``claim()``: takes ownership or raises Busy naming the owner; ``on_lost``: set by
+  the daemon, called once ownership is gone (from any thread): nothing may be
+  written after it; ``inspect(live)``: reads without taking it (the checker);
 - ``standby(cfg)``: an awaitable that returns once this daemon took the pool over;
   ``beacon(cfg)``: the active side's heartbeats (async context manager);
 - ``close(release)``.

@@ -247,7 +247,7 @@ class Daemon:
         try:
             if cfg.standby:
                 log.info("standby for %s: hearing the active daemon on %s", backend.where(), cfg.heartbeat)
-                sd_notify("STATUS=standby")
+                sd_notify("READY=1\nSTATUS=standby: waiting to take the pool over")
                 await backend.standby(cfg)
             else:
                 backend.claim()

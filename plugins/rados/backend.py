@@ -82,7 +82,12 @@ class RadosBackend:
                            f"with --standby to take over when that one is gone") from None
         except RadosError as e:
             raise IOFailure(f"taking {self.where()}: {e.strerror}") from None
-        self._own()
+        try:
+            self._own()
+        except BaseException:
+            # no daemon will watch this lock: let it go, or every later start is refused
+            self.close()
+            raise
 
     def inspect(self, live: bool = False) -> None:
         """Reads the pool's metadata without taking it (the checker): Busy, naming the

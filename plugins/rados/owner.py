@@ -138,9 +138,11 @@ class Owner:
         (break_lock): that op carries the new map epoch and the OSD catches up before serving
         it. Only then can nothing of the old owner land any more. With ``locker`` None
         (nobody held the lock) this is ``acquire``."""
+        if locker is not None and locker.cookie == self.cookie:
+            # an earlier try took the lock, then timed out before it knew (or before the
+            # epoch went up): the lock is ours, only the new term is missing
+            return self._bump_epoch()
         if locker is not None:
-            if locker.cookie == self.cookie:
-                raise ValueError("take_over of our own lock")
             self.cluster.blocklist_add(locker.addr, expire=BLOCKLIST_EXPIRE)
             self.cluster.wait_for_latest_osdmap()
             try:
