@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from typing import Callable
+from typing import Awaitable, Callable
 
 import asyncio_dgram
 import msgpack
@@ -50,10 +50,11 @@ def decode(data: bytes) -> dict | None:
 
 
 class _Endpoint:
-    """A bound UDP socket and the task reading it."""
+    """A bound UDP socket and the task reading it; ``handle(msg, sender)`` gets every
+    heartbeat of our pool (the active's or the standby's side of the exchange)."""
 
-    def __init__(self, bind: Addr, pool: str):
-        self.bind, self.pool = bind, pool
+    def __init__(self, bind: Addr, pool: str, handle: Callable[[dict, Addr], Awaitable[None]]):
+        self.bind, self.pool, self.handle = bind, pool, handle
         self._stream: asyncio_dgram.aio.DatagramServer | None = None
         self._tasks: list[asyncio.Task] = []
         self._strangers: set[tuple] = set()         # (sender, pool) warned about
@@ -109,10 +110,7 @@ class _Endpoint:
                     log.warning("heartbeat from %s:%s for pool %r ignored (ours is %r)",
                                 sender[0], sender[1], msg["pool"], self.pool)
                 continue
-            await self._handle(msg, sender[:2])
-
-    async def _handle(self, msg: dict, sender: Addr) -> None:
-        raise NotImplementedError
+            await self.handle(msg, sender[:2])
 
 
 class Beacon(_Endpoint):
@@ -123,7 +121,7 @@ class Beacon(_Endpoint):
 
     def __init__(self, bind: Addr, peer: Addr, pool: str, epoch: int,
                  on_lost: Callable[[int], None] | None = None, interval: float = 0.25):
-        super().__init__(bind, pool)
+        super().__init__(bind, pool, self._handle)
         self.peer, self.epoch, self.on_lost, self.interval = peer, epoch, on_lost, interval
         self.sent = 0
         self.standby_heard = 0                  # answers from a standby
@@ -173,7 +171,7 @@ class Standby(_Endpoint):
     "holder gone", "no holder", "lost race", "error"); ``heard`` counts heartbeats received."""
 
     def __init__(self, bind: Addr, pool: str, check_every: float = 0.5):
-        super().__init__(bind, pool)
+        super().__init__(bind, pool, self._handle)
         self.check_every = check_every
         self.heard = 0
         self.last_heard: float | None = None    # loop.time() of the last active heartbeat
